@@ -1,0 +1,198 @@
+/* conv.c — 2-D convolution (im2col + sgemm) and the kernel == stride
+ * transposed convolution (one sgemm and a scatter). */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+
+/* The im2col buffer is built for a band of output rows at a time and holds
+ * at most this many floats (16 MB): an SD VAE decoder conv at 512x512 with
+ * 128 channels would otherwise need a 1.2 GB column matrix. */
+enum { FM__COL_BUDGET = 1 << 22 };
+
+typedef struct fm__conv_geom {
+  int64_t c, h, w;       // input channels and size
+  int64_t oc, kh, kw;    // filters
+  int64_t oh, ow;        // output size
+  int64_t sh, sw, ph, pw;
+} fm__conv_geom;
+
+static bool fm__conv_check(const fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                           const fm_tensor *b, fm__conv_geom *g) {
+  char xs[128], ws[128], bs[128];
+  if (!fm__check_input(x, "fm_conv2d: x") || !fm__check_ndim(x, 4, "fm_conv2d: x") ||
+      !fm__check_input(w, "fm_conv2d: w") || !fm__check_ndim(w, 4, "fm_conv2d: w") ||
+      !fm__check_output(out, "fm_conv2d: out"))
+    return false;
+  g->c = x->dims[1], g->h = x->dims[2], g->w = x->dims[3];  // stride, pad already set
+  g->oc = w->dims[0], g->kh = w->dims[2], g->kw = w->dims[3];
+  if (w->dims[1] != g->c)
+    return fm__error("fm_conv2d: w %s expects %lld input channels, x %s has %lld",
+                     fm__shape_str(w, ws, sizeof ws), (long long)w->dims[1],
+                     fm__shape_str(x, xs, sizeof xs), (long long)g->c), false;
+  if (b && !fm__check_input(b, "fm_conv2d: b")) return false;
+  if (b && (b->ndim != 1 || b->dims[0] != g->oc))
+    return fm__error("fm_conv2d: b %s does not match w %s (expected [%lld])",
+                     fm__shape_str(b, bs, sizeof bs), fm__shape_str(w, ws, sizeof ws),
+                     (long long)g->oc), false;
+  if (g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0)
+    return fm__error("fm_conv2d: stride (%lld, %lld) must be >= 1 and padding (%lld, %lld) >= 0",
+                     (long long)g->sh, (long long)g->sw, (long long)g->ph, (long long)g->pw),
+           false;
+  int64_t eh = g->h + 2 * g->ph - g->kh, ew = g->w + 2 * g->pw - g->kw;
+  if (eh < 0 || ew < 0 || g->kh < 1 || g->kw < 1)
+    return fm__error("fm_conv2d: kernel %lldx%lld does not fit x %s padded by (%lld, %lld)",
+                     (long long)g->kh, (long long)g->kw, fm__shape_str(x, xs, sizeof xs),
+                     (long long)g->ph, (long long)g->pw), false;
+  g->oh = eh / g->sh + 1, g->ow = ew / g->sw + 1;
+  int64_t want[4] = {x->dims[0], g->oc, g->oh, g->ow};
+  if (!fm__check_shape(out, 4, want, "fm_conv2d: out")) return false;
+  int64_t ckk = g->c * g->kh * g->kw;
+  if (!fm__blas_fits(ckk) || !fm__blas_fits(g->oc) || !fm__blas_fits(g->oh * g->ow) ||
+      !fm__blas_fits(g->h * g->w))
+    return fm__error("fm_conv2d: x %s, w %s: sizes exceed BLAS's int range",
+                     fm__shape_str(x, xs, sizeof xs), fm__shape_str(w, ws, sizeof ws)), false;
+  return true;
+}
+
+/* col: (C*KH*KW, nrows*OW), the receptive fields of output rows
+ * [oh0, oh0 + nrows) of one image x: (C, H, W). Padding reads as 0. */
+static void fm__im2col(float *col, const float *x, const fm__conv_geom *g, int64_t oh0,
+                       int64_t nrows) {
+  int64_t ckk = g->c * g->kh * g->kw, ncol = nrows * g->ow;
+  #pragma omp parallel for if (ckk * ncol > FM__PAR_MIN)
+  for (int64_t r = 0; r < ckk; ++r) {
+    int64_t ch = r / (g->kh * g->kw), ki = r / g->kw % g->kh, kj = r % g->kw;
+    const float *xc = x + ch * g->h * g->w;
+    float *dst = col + r * ncol;
+    for (int64_t i = 0; i < nrows; ++i) {
+      int64_t ih = (oh0 + i) * g->sh - g->ph + ki;
+      float *d = dst + i * g->ow;
+      if (ih < 0 || ih >= g->h) {
+        memset(d, 0, (size_t)g->ow * sizeof *d);
+        continue;
+      }
+      const float *xr = xc + ih * g->w;
+      for (int64_t j = 0; j < g->ow; ++j) {
+        int64_t iw = j * g->sw - g->pw + kj;
+        d[j] = iw >= 0 && iw < g->w ? xr[iw] : 0.f;
+      }
+    }
+  }
+}
+
+// y: (OC, S) of one image; every row starts as its bias
+static void fm__fill_bias(float *y, const float *b, int64_t oc, int64_t s) {
+  #pragma omp parallel for if (oc * s > FM__PAR_MIN)
+  for (int64_t o = 0; o < oc; ++o)
+    for (int64_t i = 0; i < s; ++i) y[o * s + i] = b[o];
+}
+
+// x: (N, C, H, W), w: (OC, C, KH, KW), b: (OC) or NULL; out: (N, OC, OH, OW)
+int fm_conv2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
+              int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w) {
+  fm__conv_geom g = {.sh = stride_h, .sw = stride_w, .ph = pad_h, .pw = pad_w};
+  if (!fm__conv_check(out, x, w, b, &g)) return -1;
+  int64_t n = x->dims[0], ckk = g.c * g.kh * g.kw, os = g.oh * g.ow, is = g.c * g.h * g.w;
+  if (n == 0 || g.oc == 0 || os == 0) return 0;
+  bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  int64_t band = pointwise ? g.oh : FM__COL_BUDGET / (ckk * g.ow > 0 ? ckk * g.ow : 1);
+  band = band < 1 ? 1 : (band > g.oh ? g.oh : band);
+  float *col = NULL;
+  if (!pointwise && ckk > 0 && !(col = malloc((size_t)(ckk * band * g.ow) * sizeof *col)))
+    return fm__error("fm_conv2d: out of memory for a %lld x %lld column buffer",
+                     (long long)ckk, (long long)(band * g.ow));
+  float beta = b ? 1.f : 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float *xi = fm__f32(x) + i * is;
+    float *yi = fm__f32(out) + i * g.oc * os;
+    if (b) fm__fill_bias(yi, fm__f32(b), g.oc, os);
+    else if (ckk == 0) memset(yi, 0, (size_t)(g.oc * os) * sizeof *yi);
+    if (ckk == 0) continue;
+    for (int64_t oh0 = 0; oh0 < g.oh; oh0 += band) {
+      int64_t rows = g.oh - oh0 < band ? g.oh - oh0 : band, ncol = rows * g.ow;
+      const float *src = xi;  // a 1x1 stride-1 convolution is its input as (C, H*W)
+      if (!pointwise) fm__im2col(col, xi, &g, oh0, rows), src = col;
+      // yi[:, oh0*OW : +ncol] (OC, ncol) = w (OC, CKK) . src (CKK, ncol)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.oc, (int)ncol, (int)ckk,
+                  1.f, fm__f32(w), (int)ckk, src, (int)ncol, beta, yi + oh0 * g.ow, (int)os);
+    }
+  }
+  free(col);
+  return 0;
+}
+
+/* ---- transposed convolution, kernel == stride ---------------------------- */
+
+static bool fm__conv_t_check(const fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                             const fm_tensor *b, int32_t stride) {
+  char xs[128], ws[128], bs[128];
+  if (!fm__check_input(x, "fm_conv_transpose2d: x") ||
+      !fm__check_ndim(x, 4, "fm_conv_transpose2d: x") ||
+      !fm__check_input(w, "fm_conv_transpose2d: w") ||
+      !fm__check_ndim(w, 4, "fm_conv_transpose2d: w") ||
+      !fm__check_output(out, "fm_conv_transpose2d: out"))
+    return false;
+  if (stride < 1 || w->dims[2] != stride || w->dims[3] != stride)
+    return fm__error("fm_conv_transpose2d: w %s must be (C, OC, K, K) with K == stride (%d)",
+                     fm__shape_str(w, ws, sizeof ws), (int)stride), false;
+  if (w->dims[0] != x->dims[1])
+    return fm__error("fm_conv_transpose2d: w %s expects %lld input channels, x %s has %lld",
+                     fm__shape_str(w, ws, sizeof ws), (long long)w->dims[0],
+                     fm__shape_str(x, xs, sizeof xs), (long long)x->dims[1]), false;
+  if (b && !fm__check_input(b, "fm_conv_transpose2d: b")) return false;
+  if (b && (b->ndim != 1 || b->dims[0] != w->dims[1]))
+    return fm__error("fm_conv_transpose2d: b %s does not match w %s (expected [%lld])",
+                     fm__shape_str(b, bs, sizeof bs), fm__shape_str(w, ws, sizeof ws),
+                     (long long)w->dims[1]), false;
+  int64_t want[4] = {x->dims[0], w->dims[1], x->dims[2] * stride, x->dims[3] * stride};
+  if (!fm__check_shape(out, 4, want, "fm_conv_transpose2d: out")) return false;
+  if (!fm__blas_fits(w->dims[1] * stride * stride) || !fm__blas_fits(x->dims[1]) ||
+      !fm__blas_fits(x->dims[2] * x->dims[3]))
+    return fm__error("fm_conv_transpose2d: x %s, w %s: sizes exceed BLAS's int range",
+                     fm__shape_str(x, xs, sizeof xs), fm__shape_str(w, ws, sizeof ws)), false;
+  return true;
+}
+
+/* y: (OC, K, K, H, W) -> out: (OC, H*K, W*K) with bias: each input pixel
+ * paints its own KxK tile, since the tiles of kernel == stride never overlap. */
+static void fm__tiles_scatter(float *out, const float *y, const float *b, int64_t oc,
+                              int64_t k, int64_t h, int64_t w) {
+  #pragma omp parallel for if (oc * k * k * h * w > FM__PAR_MIN)
+  for (int64_t o = 0; o < oc; ++o) {
+    float bias = b ? b[o] : 0.f;
+    for (int64_t ih = 0; ih < h; ++ih)
+      for (int64_t ki = 0; ki < k; ++ki) {
+        float *orow = out + (o * h * k + ih * k + ki) * w * k;
+        for (int64_t kj = 0; kj < k; ++kj) {
+          const float *yr = y + (((o * k + ki) * k + kj) * h + ih) * w;
+          for (int64_t iw = 0; iw < w; ++iw) orow[iw * k + kj] = yr[iw] + bias;
+        }
+      }
+  }
+}
+
+// x: (N, C, H, W), w: (C, OC, K, K), b: (OC) or NULL; out: (N, OC, H*K, W*K)
+int fm_conv_transpose2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                        const fm_tensor *b, int32_t stride) {
+  if (!fm__conv_t_check(out, x, w, b, stride)) return -1;
+  int64_t n = x->dims[0], c = x->dims[1], hw = x->dims[2] * x->dims[3];
+  int64_t k = stride, okk = w->dims[1] * k * k;
+  if (n == 0 || okk == 0 || hw == 0) return 0;
+  float *y = malloc((size_t)(okk * hw) * sizeof *y);
+  if (!y)
+    return fm__error("fm_conv_transpose2d: out of memory for %lld x %lld floats",
+                     (long long)okk, (long long)hw);
+  for (int64_t i = 0; i < n; ++i) {
+    // y (OC*K*K, H*W) = wᵀ with w as (C, OC*K*K), times x[i] as (C, H*W)
+    if (c == 0) memset(y, 0, (size_t)(okk * hw) * sizeof *y);
+    else
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)okk, (int)hw, (int)c, 1.f,
+                  fm__f32(w), (int)okk, fm__f32(x) + i * c * hw, (int)hw, 0.f, y, (int)hw);
+    fm__tiles_scatter(fm__f32(out) + i * okk * hw, y, b ? fm__f32(b) : NULL, w->dims[1], k,
+                      x->dims[2], x->dims[3]);
+  }
+  free(y);
+  return 0;
+}

@@ -1,0 +1,218 @@
+/* fmseg.h — libfmseg, the C runtime of fmseg.
+ *
+ * A small tensor library with the kernels that foundation-model
+ * segmentation needs. Plain C11; knows nothing of Lua. The Lua face reads
+ * this header with ffi.cdef (preprocessor lines stripped), so the
+ * declarations use no macros, no varargs and pass no structs by value.
+ *
+ * Tutorial
+ *
+ *   int64_t shape[2] = {197, 768};
+ *   fm_tensor *x = fm_tensor_new(FM_F32, 2, shape);    // zero-filled, refcount 1
+ *   fm_safetensors *st = fm_safetensors_open("model.safetensors");
+ *   if (!st) { fprintf(stderr, "%s\n", fm_last_error()); return 1; }
+ *   fm_tensor *w = fm_safetensors_get(st, "fc1.weight"); // view into the mmap
+ *   int64_t oshape[2] = {197, w->dims[0]};
+ *   fm_tensor *y = fm_tensor_new(FM_F32, 2, oshape);
+ *   if (fm_linear(y, x, w, NULL) != 0) puts(fm_last_error());
+ *   fm_tensor_release(w); fm_tensor_release(x); fm_tensor_release(y);
+ *   fm_safetensors_close(st);                            // w stays valid if retained
+ *
+ * Contract
+ * - Ownership: every function that returns a tensor hands the caller one
+ *   reference; give it back with fm_tensor_release. Views share storage and
+ *   keep it alive.
+ * - Errors: nothing aborts. Functions return 0 / non-NULL on success and
+ *   -1 / NULL on failure, leaving a message in fm_last_error() (per thread).
+ * - Kernels write into a preallocated `out` (first argument) whose shape
+ *   they check; inputs must be contiguous unless stated otherwise.
+ *   `out` may alias the input for elementwise kernels.
+ * - Sizes are int64_t. Strides are in elements.
+ */
+#ifndef FMSEG_H
+#define FMSEG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- version, errors, threads ------------------------------------------ */
+
+const char *fm_version(void);
+const char *fm_last_error(void);          /* "" when no error is pending */
+void fm_clear_error(void);
+void fm_set_error_message(const char *msg); /* lets callers chain context */
+int fm_set_threads(int n);                /* OpenMP + OpenBLAS; <=0: default */
+int fm_get_threads(void);
+
+/* ---- tensors ------------------------------------------------------------ */
+
+typedef enum fm_dtype { FM_F32 = 0, FM_I32 = 1, FM_U8 = 2 } fm_dtype;
+enum { FM_MAX_DIMS = 8 };
+
+typedef struct fm_storage fm_storage;     /* owned, borrowed or mmap'd bytes */
+
+/* Field names differ from the Lua methods t:dtype(), t:shape(), t:stride()
+ * on purpose: LuaJIT looks struct fields up before metatype methods. */
+typedef struct fm_tensor {
+  int32_t type;                           /* fm_dtype */
+  int32_t ndim;
+  int64_t dims[FM_MAX_DIMS];              /* the shape */
+  int64_t strides[FM_MAX_DIMS];           /* elements */
+  void *data;                             /* first element */
+  fm_storage *storage;
+  int32_t refcount;
+  int32_t readonly;                       /* views of a read-only mmap */
+} fm_tensor;
+
+fm_tensor *fm_tensor_new(int32_t dtype, int32_t ndim, const int64_t *shape);
+fm_tensor *fm_tensor_borrow(int32_t dtype, int32_t ndim, const int64_t *shape,
+                            void *data);  /* caller keeps data alive */
+fm_tensor *fm_tensor_retain(fm_tensor *t);
+void fm_tensor_release(fm_tensor *t);     /* NULL is fine */
+
+int64_t fm_tensor_numel(const fm_tensor *t);
+size_t fm_dtype_size(int32_t dtype);
+const char *fm_dtype_name(int32_t dtype);
+int fm_tensor_is_contiguous(const fm_tensor *t);
+
+/* Views (share storage, no copy). */
+fm_tensor *fm_tensor_view(const fm_tensor *t, int32_t ndim, const int64_t *shape,
+                          const int64_t *stride, int64_t offset);
+fm_tensor *fm_tensor_reshape(const fm_tensor *t, int32_t ndim, const int64_t *shape);
+fm_tensor *fm_tensor_permute(const fm_tensor *t, const int32_t *dims);
+fm_tensor *fm_tensor_narrow(const fm_tensor *t, int32_t dim, int64_t start, int64_t length);
+fm_tensor *fm_tensor_select(const fm_tensor *t, int32_t dim, int64_t index);
+
+/* Copies. copy_ converts between dtypes and handles any strides. */
+int fm_tensor_copy_(fm_tensor *dst, const fm_tensor *src);
+fm_tensor *fm_tensor_clone(const fm_tensor *t);           /* contiguous copy */
+fm_tensor *fm_tensor_contiguous(const fm_tensor *t);      /* retain or copy */
+fm_tensor *fm_tensor_to(const fm_tensor *t, int32_t dtype); /* contiguous, converted */
+int fm_tensor_fill_(fm_tensor *t, double value);
+
+/* Elementwise, numpy broadcasting, any strides in inputs; out contiguous
+ * with the broadcast shape (may alias an input of that shape). F32 only. */
+typedef enum fm_binary_op {
+  FM_ADD = 0, FM_SUB, FM_MUL, FM_DIV, FM_MAX, FM_MIN, FM_POW,
+  FM_GT, FM_GE, FM_LT, FM_LE, FM_EQ
+} fm_binary_op;
+int fm_binary(fm_tensor *out, const fm_tensor *a, const fm_tensor *b, int32_t op);
+int fm_binary_scalar(fm_tensor *out, const fm_tensor *a, double s, int32_t op);
+
+typedef enum fm_unary_op {
+  FM_NEG = 0, FM_EXP, FM_LOG, FM_SQRT, FM_ABS, FM_TANH, FM_SIGMOID,
+  FM_RELU, FM_GELU, FM_GELU_TANH, FM_QUICK_GELU, FM_SILU, FM_FLOOR,
+  FM_ROUND, FM_RSQRT, FM_SIN, FM_COS, FM_ERF
+} fm_unary_op;
+int fm_unary(fm_tensor *out, const fm_tensor *a, int32_t op);
+
+/* Reductions along `dim` (out has that dim removed or of size 1 — any
+ * shape with the same element count). Any strides in `a`. */
+typedef enum fm_reduce_op { FM_SUM = 0, FM_MEAN, FM_RMAX, FM_RMIN, FM_ARGMAX, FM_ARGMIN, FM_NORM2 } fm_reduce_op;
+int fm_reduce(fm_tensor *out, const fm_tensor *a, int32_t dim, int32_t op);
+double fm_reduce_all(const fm_tensor *a, int32_t op); /* SUM MEAN RMAX RMIN NORM2 */
+
+/* Concatenate along dim. */
+int fm_cat(fm_tensor *out, const fm_tensor *const *parts, int32_t n, int32_t dim);
+
+/* ---- linear algebra (core/linalg.c) ------------------------------------- */
+
+/* x: (..., K), w: (N, K) as PyTorch stores it, b: (N) or NULL; out: (..., N) */
+int fm_linear(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b);
+/* a: (..., M, K) (or (..., K, M) when trans_a), b: (..., K, N) (or (..., N, K));
+ * out: (..., M, N) = alpha * op(a) op(b). Batch dims equal, or b unbatched. */
+int fm_matmul(fm_tensor *out, const fm_tensor *a, const fm_tensor *b,
+              int32_t trans_a, int32_t trans_b, float alpha);
+
+/* ---- neural-network kernels (core/nn.c, conv.c, attention.c) ----------- */
+
+/* x: (..., C), w, b: (C) or NULL */
+int fm_layer_norm(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                  const fm_tensor *b, float eps);
+/* x: (N, C, ...spatial), w, b: (C) or NULL */
+int fm_group_norm(fm_tensor *out, const fm_tensor *x, int64_t groups,
+                  const fm_tensor *w, const fm_tensor *b, float eps);
+/* x: (N, C, H, W) normalised over C per pixel (SAM's channels-first LN) */
+int fm_layer_norm_channels(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                           const fm_tensor *b, float eps);
+/* softmax over the last dim */
+int fm_softmax(fm_tensor *out, const fm_tensor *x);
+
+/* x: (N, C, H, W), w: (OC, C, KH, KW), b: (OC) or NULL; out: (N, OC, OH, OW) */
+int fm_conv2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
+              int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w);
+/* kernel == stride (SAM's 2x2/2): x (N, C, H, W), w (C, OC, K, K) as PyTorch
+ * stores ConvTranspose2d; out (N, OC, H*K, W*K) */
+int fm_conv_transpose2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
+                        const fm_tensor *b, int32_t stride);
+
+/* Multi-head scaled dot-product attention.
+ * q: (B, Tq, H*D), k: (B, Tk, H*D), v: (B, Tk, H*Dv); out: (B, Tq, H*Dv)
+ * out = softmax(scale * q kᵀ + mask [+ causal]) v, head by head.
+ * mask: NULL, (Tq, Tk) or (B, H, Tq, Tk) additive. probs: NULL or (B, H, Tq, Tk)
+ * receives the probabilities. */
+int fm_attention(fm_tensor *out, const fm_tensor *q, const fm_tensor *k,
+                 const fm_tensor *v, int64_t heads, float scale,
+                 const fm_tensor *mask, int32_t causal, fm_tensor *probs);
+
+/* ---- interpolation and images (core/resize.c, image.c) ------------------ */
+
+typedef enum fm_interp_mode { FM_NEAREST = 0, FM_BILINEAR = 1, FM_BICUBIC = 2 } fm_interp_mode;
+/* x: (N, C, H, W) F32 -> out: (N, C, OH, OW), torch.nn.functional.interpolate
+ * semantics (bicubic A = -0.75; with antialias, PyTorch's _aa kernels). */
+int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode,
+                   int32_t align_corners, int32_t antialias);
+
+/* PIL Image.resize on 8-bit images: img (H, W, C) U8 -> out (OH, OW, C) U8.
+ * mode FM_BILINEAR or FM_BICUBIC (PIL's a = -0.5), always antialiased. */
+int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode);
+
+/* Decode PNG/JPEG/BMP/... to (H, W, 3) U8; grey and RGBA become RGB. */
+fm_tensor *fm_image_load(const char *path);
+fm_tensor *fm_image_load_memory(const uint8_t *bytes, int64_t len);
+/* img: (H, W, C) U8 with C in 1..4 */
+int fm_image_save_png(const char *path, const fm_tensor *img);
+int fm_image_save_jpg(const char *path, const fm_tensor *img, int32_t quality);
+/* labels: (H, W) U8 or I32 in [0, 255]; palette: 3*ncolors bytes */
+int fm_image_save_palette_png(const char *path, const fm_tensor *labels,
+                              const uint8_t *palette, int32_t ncolors);
+/* 8-bit palette PNGs read back as their indices (H, W) U8 */
+fm_tensor *fm_image_load_indices(const char *path);
+
+/* ---- safetensors (core/safetensors.c) ----------------------------------- */
+
+typedef struct fm_safetensors fm_safetensors;
+fm_safetensors *fm_safetensors_open(const char *path);
+void fm_safetensors_close(fm_safetensors *st);
+int64_t fm_safetensors_count(const fm_safetensors *st);
+int64_t fm_safetensors_find(const fm_safetensors *st, const char *name); /* -1 */
+const char *fm_safetensors_name(const fm_safetensors *st, int64_t i);
+const char *fm_safetensors_dtype(const fm_safetensors *st, int64_t i);  /* "F16" */
+int32_t fm_safetensors_ndim(const fm_safetensors *st, int64_t i);
+int64_t fm_safetensors_dim(const fm_safetensors *st, int64_t i, int32_t d);
+const char *fm_safetensors_metadata(const fm_safetensors *st); /* JSON or "" */
+/* F32 → zero-copy read-only view of the mapping; F16/BF16/F64 → converted
+ * F32; I64/I32/I16/I8/U8/BOOL → I32 (range-checked). */
+fm_tensor *fm_safetensors_get(fm_safetensors *st, const char *name);
+/* Writes F32 / I32 / U8 tensors (any strides). */
+int fm_safetensors_save(const char *path, int64_t n, const char *const *names,
+                        const fm_tensor *const *tensors);
+
+/* ---- YAML (core/yaml.c) -------------------------------------------------- */
+
+/* Parses a YAML file (one document) into JSON text with YAML 1.1 core
+ * scalar resolution for plain scalars (null, true/false, ints, floats);
+ * quoted scalars stay strings. Anchors/aliases and merge keys (<<) are
+ * resolved. Errors name the file, line and column. Free with fm_free. */
+char *fm_yaml_to_json(const char *path);
+char *fm_yaml_string_to_json(const char *text, const char *name_for_errors);
+void fm_free(void *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FMSEG_H */

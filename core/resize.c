@@ -1,0 +1,418 @@
+/* resize.c — interpolation with torch.nn.functional.interpolate's semantics
+ * (float32, N C H W) and PIL's Image.resize (uint8, H W C).
+ *
+ * Every mode is separable: for each output index along one axis we list a
+ * fixed number of (source index, weight) taps, then resample rows (width)
+ * and then columns (height), which is the order PyTorch's separable and
+ * antialiased kernels and PIL use.
+ *
+ * ref: pytorch aten/src/ATen/native/UpSample.h (area_pixel_compute_scale,
+ *      area_pixel_compute_source_index, nearest_idx, guard_index_and_lambda,
+ *      get_cubic_upsample_coefficients),
+ *      aten/src/ATen/native/cpu/UpSampleKernel.cpp (HelperInterpLinear /
+ *      HelperInterpCubic ::aa_filter, _compute_index_ranges_weights);
+ *      Pillow src/libImaging/Resample.c (precompute_coeffs,
+ *      normalize_coeffs_8bpc, ImagingResampleHorizontal/Vertical_8bpc). */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One axis of a separable resampling: output i reads
+ * sum_t weight[i*taps + t] * src[index[i*taps + t]]. Unused taps have
+ * weight 0 and a valid index. */
+typedef struct fm__axis {
+  int64_t out, taps;
+  int64_t *index;
+  float *weight;
+} fm__axis;
+
+static bool fm__axis_alloc(fm__axis *ax, int64_t out, int64_t taps) {
+  ax->out = out;
+  ax->taps = taps;
+  ax->index = calloc((size_t)(out * taps), sizeof *ax->index);
+  ax->weight = calloc((size_t)(out * taps), sizeof *ax->weight);
+  if (ax->index && ax->weight) return true;
+  free(ax->index);
+  free(ax->weight);
+  ax->index = NULL;
+  ax->weight = NULL;
+  return fm__error("fm_interpolate: out of memory"), false;
+}
+
+static void fm__axis_free(fm__axis *ax) {
+  free(ax->index);
+  free(ax->weight);
+}
+
+static int64_t fm__clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* PyTorch computes scales and source positions in float for float input;
+ * we do the same so that index choices agree with it bit for bit. */
+static float fm__area_scale(int64_t in, int64_t out, int32_t align_corners) {
+  if (align_corners) return out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+  return (float)in / (float)out;
+}
+
+static float fm__source_index(float scale, int64_t dst, int32_t align_corners, bool cubic) {
+  if (align_corners) return scale * (float)dst;
+  float src = scale * ((float)dst + 0.5f) - 0.5f;
+  return (!cubic && src < 0.0f) ? 0.0f : src;
+}
+
+/* torch 'nearest': floor(dst * in / out), no half-pixel offset. */
+static bool fm__axis_nearest(fm__axis *ax, int64_t in, int64_t out) {
+  if (!fm__axis_alloc(ax, out, 1)) return false;
+  float scale = (float)in / (float)out;
+  for (int64_t i = 0; i < out; ++i) {
+    int64_t src;
+    if (out == in) src = i;
+    else if (out == 2 * in) src = i >> 1;
+    else src = fm__clamp64((int64_t)floorf((float)i * scale), 0, in - 1);
+    ax->index[i] = src;
+    ax->weight[i] = 1.0f;
+  }
+  return true;
+}
+
+/* floor of the source position, clamped to the last pixel, and the
+ * fraction past it in [0, 1] (guard_index_and_lambda) */
+static void fm__guard(float real, int64_t in, int64_t *index, float *lambda) {
+  int64_t i = (int64_t)floorf(real);
+  if (i > in - 1) i = in - 1;
+  float l = real - (float)i;
+  *index = i;
+  *lambda = l < 0.0f ? 0.0f : l > 1.0f ? 1.0f : l;
+}
+
+static bool fm__axis_linear(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners) {
+  if (!fm__axis_alloc(ax, out, 2)) return false;
+  float scale = fm__area_scale(in, out, align_corners);
+  for (int64_t i = 0; i < out; ++i) {
+    int64_t *idx = ax->index + 2 * i;
+    float *w = ax->weight + 2 * i;
+    if (in == out) {
+      idx[0] = idx[1] = i;
+      w[0] = 1.0f;
+      w[1] = 0.0f;
+      continue;
+    }
+    int64_t i0;
+    float l1;
+    fm__guard(fm__source_index(scale, i, align_corners, false), in, &i0, &l1);
+    idx[0] = i0;
+    idx[1] = i0 < in - 1 ? i0 + 1 : i0;
+    w[0] = 1.0f - l1;
+    w[1] = l1;
+  }
+  return true;
+}
+
+/* Keys' cubic convolution kernel, |x| <= 1 and 1 < |x| < 2 branches. */
+static double fm__cubic1(double x, double a) { return ((a + 2) * x - (a + 3)) * x * x + 1; }
+static double fm__cubic2(double x, double a) { return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a; }
+
+/* torch bicubic: A = -0.75, four taps around floor(src), reads clamped to
+ * the border. */
+static bool fm__axis_cubic(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners) {
+  if (!fm__axis_alloc(ax, out, 4)) return false;
+  const float a = -0.75f;
+  float scale = fm__area_scale(in, out, align_corners);
+  for (int64_t i = 0; i < out; ++i) {
+    int64_t i0;
+    float t;
+    fm__guard(fm__source_index(scale, i, align_corners, true), in, &i0, &t);
+    float *w = ax->weight + 4 * i;
+    w[0] = (float)fm__cubic2((double)(t + 1.0f), a);
+    w[1] = (float)fm__cubic1((double)t, a);
+    w[2] = (float)fm__cubic1((double)(1.0f - t), a);
+    w[3] = (float)fm__cubic2((double)(2.0f - t), a);
+    for (int64_t k = 0; k < 4; ++k) ax->index[4 * i + k] = fm__clamp64(i0 - 1 + k, 0, in - 1);
+  }
+  return true;
+}
+
+static double fm__aa_linear(double x) {
+  x = fabs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+/* The antialiased paths (PyTorch's _aa kernels and PIL) use a = -0.5. */
+static double fm__aa_cubic(double x) {
+  x = fabs(x);
+  if (x < 1.0) return fm__cubic1(x, -0.5);
+  if (x < 2.0) return fm__cubic2(x, -0.5);
+  return 0.0;
+}
+
+/* The antialiased window shared by PyTorch's _aa kernels and PIL: a filter
+ * of half-width `support` (stretched by the scale when shrinking) centred
+ * on scale * (i + 0.5), truncated at the borders and renormalised.
+ * Weights and bounds in double; *first gets each window's first index,
+ * *count its length. Returns the fixed tap count, or -1. */
+static int64_t fm__aa_window(int64_t in, int64_t out, double scale, double (*filter)(double),
+                             double half, double **weights, int64_t **first, int64_t **count) {
+  double filterscale = scale < 1.0 ? 1.0 : scale;
+  double support = half * filterscale;
+  int64_t taps = (int64_t)ceil(support) * 2 + 1;
+  double *w = calloc((size_t)(out * taps), sizeof *w);
+  int64_t *f = malloc((size_t)out * sizeof *f), *c = malloc((size_t)out * sizeof *c);
+  if (!w || !f || !c) {
+    free(w); free(f); free(c);
+    return fm__error("resize: out of memory");
+  }
+  for (int64_t i = 0; i < out; ++i) {
+    double center = scale * ((double)i + 0.5);
+    /* truncation, not floor, as both references write it */
+    int64_t lo = (int64_t)(center - support + 0.5), hi = (int64_t)(center + support + 0.5);
+    if (lo < 0) lo = 0;
+    if (hi > in) hi = in;
+    int64_t n = fm__clamp64(hi - lo, 0, taps);
+    double total = 0.0, *wi = w + i * taps;
+    for (int64_t j = 0; j < n; ++j) {
+      wi[j] = filter(((double)(j + lo) - center + 0.5) / filterscale);
+      total += wi[j];
+    }
+    if (total != 0.0)
+      for (int64_t j = 0; j < n; ++j) wi[j] /= total;
+    f[i] = lo;
+    c[i] = n;
+  }
+  *weights = w;
+  *first = f;
+  *count = c;
+  return taps;
+}
+
+static bool fm__axis_aa(fm__axis *ax, int64_t in, int64_t out, int32_t mode, int32_t align_corners) {
+  double *w = NULL;
+  int64_t *first = NULL, *count = NULL;
+  double scale = fm__area_scale(in, out, align_corners);
+  int64_t taps = mode == FM_BICUBIC ? fm__aa_window(in, out, scale, fm__aa_cubic, 2.0, &w, &first, &count)
+                                    : fm__aa_window(in, out, scale, fm__aa_linear, 1.0, &w, &first, &count);
+  if (taps < 0) return false;
+  bool good = fm__axis_alloc(ax, out, taps);
+  for (int64_t i = 0; good && i < out; ++i)
+    for (int64_t j = 0; j < taps; ++j) {
+      ax->index[i * taps + j] = j < count[i] ? first[i] + j : first[i];
+      ax->weight[i * taps + j] = j < count[i] ? (float)w[i * taps + j] : 0.0f;
+    }
+  free(w);
+  free(first);
+  free(count);
+  return good;
+}
+
+static bool fm__axis_make(fm__axis *ax, int64_t in, int64_t out, int32_t mode, int32_t align_corners,
+                          int32_t antialias) {
+  if (antialias) return fm__axis_aa(ax, in, out, mode, align_corners);
+  if (mode == FM_NEAREST) return fm__axis_nearest(ax, in, out);
+  if (mode == FM_BILINEAR) return fm__axis_linear(ax, in, out, align_corners);
+  return fm__axis_cubic(ax, in, out, align_corners);
+}
+
+/* x: (P, H, W) -> tmp: (P, H, OW) -> out: (P, OH, OW), P = N * C planes. */
+static void fm__resample(float *out, const float *x, float *tmp, int64_t planes, int64_t h, int64_t w,
+                         const fm__axis *ay, const fm__axis *ax) {
+  int64_t oh = ay->out, ow = ax->out, tx = ax->taps, ty = ay->taps;
+  #pragma omp parallel for if (planes * h * ow * tx > 65536) schedule(static)
+  for (int64_t r = 0; r < planes * h; ++r) {
+    const float *src = x + r * w;
+    float *dst = tmp + r * ow;
+    for (int64_t o = 0; o < ow; ++o) {
+      const int64_t *idx = ax->index + o * tx;
+      const float *wt = ax->weight + o * tx;
+      float s = src[idx[0]] * wt[0];
+      for (int64_t t = 1; t < tx; ++t) s += src[idx[t]] * wt[t];
+      dst[o] = s;
+    }
+  }
+  #pragma omp parallel for if (planes * oh * ow * ty > 65536) schedule(static)
+  for (int64_t r = 0; r < planes * oh; ++r) {
+    int64_t p = r / oh, o = r % oh;
+    const int64_t *idx = ay->index + o * ty;
+    const float *wt = ay->weight + o * ty;
+    const float *plane = tmp + p * h * ow;
+    float *dst = out + r * ow;
+    for (int64_t i = 0; i < ow; ++i) dst[i] = plane[idx[0] * ow + i] * wt[0];
+    for (int64_t t = 1; t < ty; ++t) {
+      const float *row = plane + idx[t] * ow;
+      float wv = wt[t];
+      for (int64_t i = 0; i < ow; ++i) dst[i] += row[i] * wv;
+    }
+  }
+}
+
+// x: (N, C, H, W) -> out: (N, C, OH, OW)
+int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
+                   int32_t antialias) {
+  char a[128], b[128];
+  if (!fm__check_input(x, "fm_interpolate: x") || !fm__check_output(out, "fm_interpolate: out"))
+    return -1;
+  if (x->ndim != 4 || out->ndim != 4 || x->dims[0] != out->dims[0] || x->dims[1] != out->dims[1])
+    return fm__error("fm_interpolate: x %s and out %s must be (N, C, H, W) with the same N and C",
+                     fm__shape_str(x, a, sizeof a), fm__shape_str(out, b, sizeof b));
+  if (mode != FM_NEAREST && mode != FM_BILINEAR && mode != FM_BICUBIC)
+    return fm__error("fm_interpolate: unknown mode %d", (int)mode);
+  /* torch refuses these combinations too */
+  if (mode == FM_NEAREST && (align_corners || antialias))
+    return fm__error("fm_interpolate: align_corners and antialias need bilinear or bicubic mode");
+  int64_t planes = x->dims[0] * x->dims[1], h = x->dims[2], w = x->dims[3];
+  int64_t oh = out->dims[2], ow = out->dims[3];
+  if (planes == 0 || oh == 0 || ow == 0) return 0;
+  if (h < 1 || w < 1) return fm__error("fm_interpolate: empty input %s", fm__shape_str(x, a, sizeof a));
+
+  fm__axis ay = {0}, ax = {0};
+  float *tmp = NULL;
+  int rc = -1;
+  if (!fm__axis_make(&ay, h, oh, mode, align_corners, antialias) ||
+      !fm__axis_make(&ax, w, ow, mode, align_corners, antialias))
+    goto done;
+  tmp = malloc((size_t)(planes * h * ow) * sizeof *tmp);
+  if (!tmp) {
+    fm__error("fm_interpolate: out of memory for %" PRId64 " floats", planes * h * ow);
+    goto done;
+  }
+  fm__resample(fm__f32(out), fm__f32(x), tmp, planes, h, w, &ay, &ax);
+  rc = 0;
+done:
+  free(tmp);
+  fm__axis_free(&ay);
+  fm__axis_free(&ax);
+  return rc;
+}
+
+/* ---- PIL ------------------------------------------------------------------ */
+
+/* PIL's fixed point: coefficients scaled by 2^22, leaving 8 bits for the
+ * pixel and 2 for overshoot of the negative-lobed filters. */
+enum { FM__PIL_BITS = 32 - 8 - 2 };
+
+/* One axis in PIL's integer form. */
+typedef struct fm__pil_axis {
+  int64_t taps;
+  int64_t *first, *count;
+  int32_t *coeff;    /* (out, taps) */
+} fm__pil_axis;
+
+static bool fm__pil_axis_make(fm__pil_axis *ax, int64_t in, int64_t out, int32_t mode) {
+  double *w = NULL;
+  /* PIL's box is (0, 0, in) as float, so scale = in / out in double */
+  int64_t taps = mode == FM_BICUBIC ? fm__aa_window(in, out, (double)in / (double)out, fm__aa_cubic, 2.0,
+                                                    &w, &ax->first, &ax->count)
+                                    : fm__aa_window(in, out, (double)in / (double)out, fm__aa_linear, 1.0,
+                                                    &w, &ax->first, &ax->count);
+  if (taps < 0) return false;
+  ax->taps = taps;
+  ax->coeff = malloc((size_t)(out * taps) * sizeof *ax->coeff);
+  if (!ax->coeff) {
+    free(w);
+    return fm__error("fm_image_resize_pil: out of memory"), false;
+  }
+  /* round half away from zero, as normalize_coeffs_8bpc does */
+  for (int64_t k = 0; k < out * taps; ++k) {
+    double v = w[k] * (double)(1 << FM__PIL_BITS);
+    ax->coeff[k] = (int32_t)(v < 0 ? v - 0.5 : v + 0.5);
+  }
+  free(w);
+  return true;
+}
+
+static void fm__pil_axis_free(fm__pil_axis *ax) {
+  free(ax->first);
+  free(ax->count);
+  free(ax->coeff);
+}
+
+static uint8_t fm__pil_clip8(int32_t acc) {
+  int32_t v = acc >> FM__PIL_BITS;  /* arithmetic shift, as in PIL */
+  return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// src: (rows, W, C) -> dst: (rows, OW, C), each row independently
+static void fm__pil_horizontal(uint8_t *dst, const uint8_t *src, int64_t rows, int64_t w, int64_t c,
+                               const fm__pil_axis *ax, int64_t ow) {
+  #pragma omp parallel for if (rows * ow * c * ax->taps > 65536) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t o = 0; o < ow; ++o) {
+      const int32_t *k = ax->coeff + o * ax->taps;
+      const uint8_t *s = src + (r * w + ax->first[o]) * c;
+      uint8_t *d = dst + (r * ow + o) * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        int32_t acc = 1 << (FM__PIL_BITS - 1);  /* rounds the final shift */
+        for (int64_t t = 0; t < ax->count[o]; ++t) acc += (int32_t)s[t * c + ch] * k[t];
+        d[ch] = fm__pil_clip8(acc);
+      }
+    }
+  }
+}
+
+// src: (rows, n) -> dst: (OH, n), rows combined by ay's taps (n = OW * C)
+static void fm__pil_vertical(uint8_t *dst, const uint8_t *src, int64_t n, const fm__pil_axis *ay,
+                             int64_t oh) {
+  #pragma omp parallel for if (oh * n * ay->taps > 65536) schedule(static)
+  for (int64_t o = 0; o < oh; ++o) {
+    const int32_t *k = ay->coeff + o * ay->taps;
+    const uint8_t *s = src + ay->first[o] * n;
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t acc = 1 << (FM__PIL_BITS - 1);
+      for (int64_t t = 0; t < ay->count[o]; ++t) acc += (int32_t)s[t * n + i] * k[t];
+      dst[o * n + i] = fm__pil_clip8(acc);
+    }
+  }
+}
+
+// img: (H, W, C) U8 -> out: (OH, OW, C) U8
+int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode) {
+  const char *what = "fm_image_resize_pil";
+  char a[128], b[128];
+  if (!img || !out) return fm__error("%s: NULL tensor", what);
+  if (img->type != FM_U8 || out->type != FM_U8)
+    return fm__error("%s: img and out must be uint8, got %s and %s", what, fm_dtype_name(img->type),
+                     fm_dtype_name(out->type));
+  if (img->ndim != 3 || out->ndim != 3 || img->dims[2] != out->dims[2] || img->dims[0] < 1 ||
+      img->dims[1] < 1 || out->dims[0] < 1 || out->dims[1] < 1)
+    return fm__error("%s: img %s and out %s must be non-empty (H, W, C) with the same C", what,
+                     fm__shape_str(img, a, sizeof a), fm__shape_str(out, b, sizeof b));
+  if (mode != FM_BILINEAR && mode != FM_BICUBIC)
+    return fm__error("%s: mode %d: only FM_BILINEAR and FM_BICUBIC", what, (int)mode);
+  if (!fm__check_contiguous(out, what) || !fm__check_writable(out, what)) return -1;
+
+  int64_t h = img->dims[0], w = img->dims[1], c = img->dims[2], oh = out->dims[0], ow = out->dims[1];
+  fm_tensor *src = fm_tensor_contiguous(img);
+  if (!src) return -1;
+  fm__pil_axis ay = {0}, ax = {0};
+  uint8_t *tmp = NULL;
+  int rc = -1;
+  if (!fm__pil_axis_make(&ay, h, oh, mode) || !fm__pil_axis_make(&ax, w, ow, mode)) goto done;
+
+  /* horizontal pass first, only over the rows the vertical pass reads */
+  const uint8_t *rows = src->data;
+  int64_t row0 = 0;
+  if (ow != w) {
+    row0 = ay.first[0];
+    int64_t row1 = ay.first[oh - 1] + ay.count[oh - 1];
+    tmp = malloc((size_t)((row1 - row0) * ow * c));
+    if (!tmp) {
+      fm__error("%s: out of memory", what);
+      goto done;
+    }
+    fm__pil_horizontal(tmp, rows + row0 * w * c, row1 - row0, w, c, &ax, ow);
+    rows = tmp;
+  }
+  if (oh != h) {
+    for (int64_t o = 0; o < oh; ++o) ay.first[o] -= row0;
+    fm__pil_vertical(out->data, rows, ow * c, &ay, oh);
+  } else {
+    memcpy(out->data, rows, (size_t)(oh * ow * c));
+  }
+  rc = 0;
+done:
+  free(tmp);
+  fm__pil_axis_free(&ay);
+  fm__pil_axis_free(&ax);
+  fm_tensor_release(src);
+  return rc;
+}

@@ -1,0 +1,106 @@
+-- fmseg.cli — the command line. Each sub-command is a function taking the
+-- remaining arguments and returning an exit code; errors raised anywhere
+-- reach main.c, which prints one line and exits 1.
+local M = {}
+
+local COMMANDS = {}   -- name -> { run = fn, usage = "...", help = "..." }
+local ORDER = {}
+
+local function command(name, usage, help, run)
+  COMMANDS[name] = { run = run, usage = usage, help = help }
+  ORDER[#ORDER + 1] = name
+end
+M.command = command
+
+local function usage_text()
+  local lines = {
+    "fmseg — image segmentation with foundation models (CLIP, DINO, SAM, Stable Diffusion)",
+    "",
+    "usage: fmseg <command> [args]",
+    "",
+  }
+  for _, name in ipairs(ORDER) do
+    lines[#lines + 1] = ("  %-40s %s"):format(COMMANDS[name].usage, COMMANDS[name].help)
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "  fmseg --help | --version"
+  lines[#lines + 1] = "Environment: FMSEG_THREADS (threads), FMSEG_FIXTURES, FMSEG_DEBUG (tracebacks)."
+  return table.concat(lines, "\n")
+end
+
+-- `fmseg run SCRIPT [args]`: the script gets its arguments as `...` and in
+-- the conventional global `arg`, and can require modules beside it.
+command("run", "run SCRIPT.lua [args...]", "run a Lua script with fmseg loaded", function(args)
+  local script = args[1]
+  if not script then error("run: no script given (fmseg run SCRIPT.lua [args])", 0) end
+  local chunk, err = loadfile(script)
+  if not chunk then error(err, 0) end
+  local dir = script:match("^(.*)/[^/]*$") or "."
+  package.path = dir .. "/?.lua;" .. package.path
+  local script_args = { [0] = script }
+  for i = 2, #args do script_args[i - 1] = args[i] end
+  rawset(_G, "arg", script_args)
+  local rc = chunk(unpack(script_args))
+  return type(rc) == "number" and rc or 0
+end)
+
+command("info", "info PATH", "tensors of a safetensors file or model directory; image size", function(args)
+  local path = args[1]
+  if not path then error("info: no path given (fmseg info PATH)", 0) end
+  return require("fmseg.info").run(path)
+end)
+
+command("parity", "parity DIR [--dump FILE]", "compare a model directory with its reference tensors", function(args)
+  local dir, dump
+  local i = 1
+  while i <= #args do
+    if args[i] == "--dump" then
+      dump = args[i + 1]
+      if not dump then error("parity: --dump needs a file name", 0) end
+      i = i + 2
+    elseif not dir then
+      dir = args[i]; i = i + 1
+    else
+      error("parity: unexpected argument '" .. args[i] .. "'", 0)
+    end
+  end
+  if not dir then error("parity: no directory given (fmseg parity DIR [--dump FILE])", 0) end
+  return require("fmseg.parity").run(dir, { dump = dump })
+end)
+
+local function set_threads()
+  local n = tonumber(os.getenv("FMSEG_THREADS") or "")
+  if n then
+    local core = require("fmseg.core")
+    core.C.fm_set_threads(n)
+  end
+end
+
+-- Commands defined in their own modules register here when present.
+local OPTIONAL = { "fmseg.commands" }
+
+function M.main(args)
+  for _, mod in ipairs(OPTIONAL) do
+    local ok, err = pcall(require, mod)
+    if not ok and not tostring(err):match("module '" .. mod .. "' not found") then error(err, 0) end
+  end
+  local name = args[1]
+  if name == nil or name == "--help" or name == "-h" or name == "help" then
+    print(usage_text())
+    return name == nil and 1 or 0
+  end
+  if name == "--version" or name == "version" then
+    print("fmseg " .. require("fmseg").version())
+    return 0
+  end
+  local cmd = COMMANDS[name]
+  if not cmd then
+    error(("unknown command '%s' (fmseg --help lists them)"):format(name), 0)
+  end
+  set_threads()
+  local rest = {}
+  for i = 2, #args do rest[#rest + 1] = args[i] end
+  return cmd.run(rest) or 0
+end
+
+return M

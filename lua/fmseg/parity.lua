@@ -1,0 +1,103 @@
+-- fmseg.parity — `fmseg parity DIR [--dump FILE]`: run a model directory on
+-- the inputs stored in DIR/ref.safetensors and compare every reference
+-- tensor with what we compute.
+--
+-- Each family has a module lua/fmseg/parity/<family>.lua returning
+--   { inputs = { "pixel_values", ... },          -- given, not compared
+--     compute = function(dir, ref, meta) return { name = tensor, ... } end }
+-- where `ref` is the opened ref.safetensors and `meta` the decoded ref.json.
+local hf = require("fmseg.hf")
+local safetensors = require("fmseg.safetensors")
+local T = require("fmseg.tensor")
+
+local M = {}
+M.tolerance = 1e-4   -- max|a-b| / max|b|, the fixtures' README
+
+local FAMILIES = {
+  clip = "fmseg.parity.clip",
+  dino = "fmseg.parity.vit",
+  dinov2 = "fmseg.parity.vit",
+  sam = "fmseg.parity.sam",
+  ["stable-diffusion"] = "fmseg.parity.sd",
+}
+
+local function family_of(dir, meta)
+  if meta.family then return meta.family end
+  local cfg = hf.exists(dir .. "/config.json") and hf.read_json(dir .. "/config.json") or {}
+  return cfg.model_type
+end
+
+-- Errors of `got` against `want`: max abs, max |want|, relative.
+function M.compare(got, want)
+  local gs, ws = got:shape(), want:shape()
+  if T.shape_string(gs) ~= T.shape_string(ws) then
+    return nil, ("shape %s, reference %s"):format(T.shape_string(gs), T.shape_string(ws))
+  end
+  local g, w = got:float(), want:float()
+  local abs = (g - w):abs():max()
+  local scale = w:abs():max()
+  if abs ~= abs then abs = math.huge end
+  return { abs = abs, rel = scale > 0 and abs / scale or abs }
+end
+
+function M.run(dir, opts)
+  opts = opts or {}
+  dir = dir:gsub("/+$", "")
+  local meta = hf.read_json(dir .. "/ref.json")
+  local family = family_of(dir, meta)
+  local modname = FAMILIES[family]
+  if not modname then
+    local known = {}
+    for k in pairs(FAMILIES) do known[#known + 1] = k end
+    table.sort(known)
+    error(("%s: unknown model family '%s' (known: %s)"):format(dir, tostring(family), table.concat(known, ", ")), 0)
+  end
+  local fam = require(modname)
+  local ref = safetensors.open(dir .. "/ref.safetensors")
+  local is_input = {}
+  for _, n in ipairs(fam.inputs) do is_input[n] = true end
+
+  local t0 = os.clock()
+  local computed = fam.compute(dir, ref, meta)
+  local elapsed = os.clock() - t0
+
+  local names = {}
+  for name in pairs(meta.tensors) do
+    if not is_input[name] then names[#names + 1] = name end
+  end
+  table.sort(names)
+  local failures, width = 0, 10
+  for _, n in ipairs(names) do width = math.max(width, #n) end
+  local fmt = "%-" .. width .. "s  %-18s %12s %12s  %s"
+  print(("%s (%s): %d reference tensors, computed in %.2f s CPU"):format(dir, family, #names, elapsed))
+  print(fmt:format("tensor", "shape", "max abs", "rel", ""))
+  for _, name in ipairs(names) do
+    local got = computed[name]
+    local shape = T.shape_string(ref:shape(name))
+    if not got then
+      failures = failures + 1
+      print(fmt:format(name, shape, "-", "-", "NOT COMPUTED"))
+    else
+      local e, why = M.compare(got, ref:get(name))
+      if not e then
+        failures = failures + 1
+        print(fmt:format(name, shape, "-", "-", "FAIL " .. why))
+      else
+        local ok = e.rel <= M.tolerance
+        if not ok then failures = failures + 1 end
+        print(fmt:format(name, shape, ("%.3g"):format(e.abs), ("%.3g"):format(e.rel), ok and "ok" or "FAIL"))
+      end
+    end
+  end
+  if opts.dump then
+    local out = {}
+    for name, t in pairs(computed) do out[name] = t:float() end
+    safetensors.save(opts.dump, out)
+    print("wrote " .. opts.dump)
+  end
+  print(failures == 0 and ("all %d tensors within %.0e relative"):format(#names, M.tolerance)
+        or ("%d of %d tensors out of tolerance or missing"):format(failures, #names))
+  return failures == 0 and 0 or 1
+end
+
+return M

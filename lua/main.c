@@ -1,0 +1,94 @@
+/* main.c — the fmseg executable: LuaJIT with libfmseg, running
+ * lua/fmseg/cli.lua. Lua calls C; C only starts Lua and reports errors. */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fmseg.h"
+
+/* The repository root: FMSEG_ROOT, else the directory of the executable. */
+static void find_root(char *root, size_t len) {
+  const char *env = getenv("FMSEG_ROOT");
+  if (env && *env) {
+    snprintf(root, len, "%s", env);
+    return;
+  }
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) {
+    snprintf(root, len, ".");
+    return;
+  }
+  exe[n] = '\0';
+  snprintf(root, len, "%s", dirname(exe));
+}
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) msg = "(error object is not a string)";
+  if (getenv("FMSEG_DEBUG")) {
+    luaL_traceback(L, L, msg, 1);
+  } else {
+    lua_pushstring(L, msg);
+  }
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  char root[PATH_MAX];
+  find_root(root, sizeof root);
+
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    fprintf(stderr, "fmseg: cannot create the Lua state\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+
+  /* package.path: our modules first; recipes load as "recipes.<name>". */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s", root, root, root,
+                  lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 1);
+  /* package.loaded["fmseg.host"] = { root = ..., linked = true } */
+  lua_getfield(L, -1, "loaded");
+  lua_newtable(L);
+  lua_pushstring(L, root);
+  lua_setfield(L, -2, "root");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "linked");
+  lua_setfield(L, -2, "fmseg.host");
+  lua_pop(L, 2);
+
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "fmseg.cli");
+  int rc = 1;
+  if (lua_pcall(L, 1, 1, -3) == 0) {
+    lua_getfield(L, -1, "main");
+    lua_newtable(L);
+    for (int i = 1; i < argc; ++i) {
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, i);
+    }
+    if (lua_pcall(L, 1, 1, -4) == 0) {
+      rc = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : 0;
+    } else {
+      fprintf(stderr, "fmseg: %s\n", lua_tostring(L, -1));
+    }
+  } else {
+    fprintf(stderr, "fmseg: %s\n", lua_tostring(L, -1));
+  }
+  fflush(stdout);
+  lua_close(L);
+  return rc;
+}
