@@ -202,6 +202,33 @@ fm_tensor *fm_safetensors_get(fm_safetensors *st, const char *name);
 int fm_safetensors_save(const char *path, int64_t n, const char *const *names,
                         const fm_tensor *const *tensors);
 
+/* ---- PAMR (core/pamr.c) --------------------------------------------------- */
+
+/* Pixel-adaptive mask refinement (Araslanov & Roth 2020), as the
+ * training-free CLIP methods use it. img: (K, H, W), mask: (C, H, W) at the
+ * same size; out: (C, H, W). Affinity over the 8 neighbours at each
+ * dilation: softmax_p(mean_k(-|I - I_p| / (1e-8 + 0.1 std))), std the
+ * unbiased deviation over the 9 * n_dil sampled values; then `iters` times
+ * mask = sum_p affinity_p * mask_p, with replicate padding. */
+int fm_pamr(fm_tensor *out, const fm_tensor *img, const fm_tensor *mask, int32_t iters,
+            const int32_t *dilations, int32_t n_dilations);
+
+/* ---- drawing (core/draw.c): overlays people can look at ------------------- */
+
+/* img (H, W, 3) U8 in place: pixels with label l get
+ * (1 - alpha) * img + alpha * palette[l]; labels (H, W) U8 or I32; labels
+ * < 0 or >= ncolors are left alone. */
+int fm_draw_blend_labels(fm_tensor *img, const fm_tensor *labels, const uint8_t *palette,
+                         int32_t ncolors, float alpha);
+/* Filled rectangle [x0, x1) x [y0, y1), clipped to the image. */
+int fm_draw_rect(fm_tensor *img, int64_t x0, int64_t y0, int64_t x1, int64_t y1,
+                 uint8_t r, uint8_t g, uint8_t b);
+/* ASCII text with its top-left at (x, y), each font pixel scale x scale;
+ * returns the width drawn in pixels. */
+int64_t fm_draw_text(fm_tensor *img, int64_t x, int64_t y, const char *text, int32_t scale,
+                     uint8_t r, uint8_t g, uint8_t b);
+int64_t fm_text_width(const char *text, int32_t scale);
+
 /* ---- YAML (core/yaml.c) -------------------------------------------------- */
 
 /* Parses a YAML file (one document) into JSON text with YAML 1.1 core

@@ -18,6 +18,7 @@
 #define STBI_ASSERT(x) ((void)0)
 #define STBIW_ASSERT(x) ((void)0)
 #define STB_IMAGE_STATIC
+#define STBI_FAILURE_USERMSG  /* "Corrupt PNG" rather than "outofdata" */
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -48,15 +49,13 @@ static fm_tensor *fm__image_from_stb(unsigned char *pixels, int w, int h) {
 
 fm_tensor *fm_image_load(const char *path) {
   if (!path) return fm__error_null("fm_image_load: path is NULL");
+  /* opened here rather than by stb, whose message would not say why */
+  FILE *f = fopen(path, "rb");
+  if (!f) return fm__error_null("fm_image_load: %s: cannot open (%s)", path, strerror(errno));
   int w, h, n;
-  errno = 0;
-  unsigned char *pixels = stbi_load(path, &w, &h, &n, 3);
-  if (!pixels) {
-    /* stb says only "can't fopen"; errno says why */
-    if (errno && strcmp(stbi_failure_reason(), "can't fopen") == 0)
-      return fm__error_null("fm_image_load: %s: cannot open (%s)", path, strerror(errno));
-    return fm__error_null("fm_image_load: %s: %s", path, stbi_failure_reason());
-  }
+  unsigned char *pixels = stbi_load_from_file(f, &w, &h, &n, 3);
+  fclose(f);
+  if (!pixels) return fm__error_null("fm_image_load: %s: %s", path, stbi_failure_reason());
   return fm__image_from_stb(pixels, w, h);
 }
 

@@ -17,14 +17,27 @@ static inline bool fm__blas_fits(int64_t n) { return n >= 0 && n <= INT_MAX; }
 /* e^x in float, accurate to ~2 ulp, written so that a loop over it
  * vectorises (no libm call, no branches): range reduction to
  * x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r (Cephes'
- * coefficients), and 2^n built in the exponent bits. Underflows to 0 below
- * -87.3 (so e^-inf = 0), saturates to +inf above 88.7. */
+ * coefficients), and 2^n built in the exponent bits. Gives 0 below -87
+ * (so e^-inf = 0), +inf above 88; NaN gives 0 or +inf by its sign.
+ *
+ * The range checks compare bit patterns as integers and select with masks:
+ * with float compares in ?: selects GCC (under the default -ftrapping-math)
+ * left the loop scalar, and softmax then cost more than both products of
+ * attention. As unsigned, x < -87 exactly when its bits exceed those of -87
+ * (negative floats grow in magnitude with their bits); as signed, x > 88
+ * exactly when its bits exceed those of 88. */
 static inline float fm__expf(float x) {
-  float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  /* round to nearest by the 1.5 * 2^23 trick: vectorises where roundf
-   * would stay a libm call */
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  // all-ones masks, so that the selects are bit operations
+  uint32_t under = 0u - (uint32_t)(u > 0xC2AE0000u);         // bits of -87.0f
+  uint32_t over = 0u - (uint32_t)((int32_t)u > 0x42B00000);  // bits of 88.0f
+  uint32_t cu = (u & ~under & ~over) | (0xC2AE0000u & under) | (0x42B00000u & over);
+  float xc;
+  memcpy(&xc, &cu, sizeof xc);
+  // round to nearest by the 1.5 * 2^23 trick, which vectorises
   float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;   /* ln2 split in two for exactness */
+  float r = xc - n * 0.693359375f;       // ln2 split in two for exactness
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -33,10 +46,14 @@ static inline float fm__expf(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  union { int32_t i; float f; } scale = { .i = ((int32_t)n + 127) << 23 };
-  float y = p * scale.f;
-  y = x > 88.7f ? __builtin_inff() : y;
-  return x < -87.3f ? 0.0f : y;
+  uint32_t su = (uint32_t)((int32_t)n + 127) << 23, yu;
+  float scale, y;
+  memcpy(&scale, &su, sizeof scale);
+  y = p * scale;
+  memcpy(&yu, &y, sizeof yu);
+  yu = (yu & ~under & ~over) | (0x7F800000u & over);
+  memcpy(&y, &yu, sizeof y);
+  return y;
 }
 
 /* In place softmax of one row of n floats. A row that is all -inf (every

@@ -68,6 +68,23 @@ command("parity", "parity DIR [--dump FILE]", "compare a model directory with it
   return require("fmseg.parity").run(dir, { dump = dump })
 end)
 
+command("segment", "segment CONFIG IMAGE... [-o DIR] [--set k=v]", "segment images with a config's recipe", function(args)
+  return require("fmseg.segment").command(args)
+end)
+
+command("print-config", "print-config CONFIG [--set k=v]", "print the resolved config", function(args)
+  local path, sets = nil, {}
+  local i = 1
+  while i <= #args do
+    if args[i] == "--set" then sets[#sets + 1] = args[i + 1]; i = i + 2
+    else path = path or args[i]; i = i + 1 end
+  end
+  if not path then error("print-config: no config given", 0) end
+  local config = require("fmseg.config")
+  io.write(config.dump(config.load(path, sets)))
+  return 0
+end)
+
 local function set_threads()
   local n = tonumber(os.getenv("FMSEG_THREADS") or "")
   if n then

@@ -84,23 +84,28 @@ end
 
 local merge
 
--- A copy of v with every `_delete_` marker removed (nothing to delete from).
-local function clean(v)
-  if is_dict(v) then return merge({}, v) end
-  return v
+-- A deep copy (keeping json.lua's array/object marks), with every
+-- `_delete_` marker dropped: there is nothing for it to delete.
+local function copy(v)
+  if not is_table(v) then return v end
+  if is_dict(v) then return merge(json.object(), v) end
+  local out = setmetatable({}, getmetatable(v))
+  for k, x in pairs(v) do out[k] = copy(x) end
+  return out
 end
 
--- `over` merged into a copy of `base`: mappings merge key by key, anything
--- else replaces. Neither argument is modified.
+-- `over` merged into `base`, as a new table sharing nothing with either:
+-- mappings merge key by key, anything else replaces; a mapping marked
+-- `_delete_: true` replaces too.
 function merge(base, over)
   local out = json.object()   -- so that json.encode writes {} when empty
-  for k, v in pairs(base) do out[k] = v end
+  for k, v in pairs(base) do out[k] = copy(v) end
   for k, v in pairs(over) do
     if k ~= "_delete_" then
       if is_dict(v) and v._delete_ ~= true and is_dict(out[k]) then
         out[k] = merge(out[k], v)
       else
-        out[k] = clean(v)
+        out[k] = copy(v)
       end
     end
   end

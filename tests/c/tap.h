@@ -7,7 +7,7 @@
 
 static int tap__n, tap__failed;
 
-static int ok(int cond, const char *name) {
+__attribute__((unused)) static int ok(int cond, const char *name) {
   ++tap__n;
   if (!cond) ++tap__failed;
   printf("%sok %d - %s\n", cond ? "" : "not ", tap__n, name);
@@ -15,10 +15,10 @@ static int ok(int cond, const char *name) {
   return cond;
 }
 
-static void diag(const char *msg) { printf("# %s\n", msg); }
+__attribute__((unused)) static void diag(const char *msg) { printf("# %s\n", msg); }
 
 /* max |a-b| / max |b|, the fixtures' relative error */
-static double rel_err(const float *a, const float *b, long n) {
+__attribute__((unused)) static double rel_err(const float *a, const float *b, long n) {
   double num = 0, den = 0;
   for (long i = 0; i < n; ++i) {
     double d = fabs((double)a[i] - b[i]);
@@ -28,13 +28,13 @@ static double rel_err(const float *a, const float *b, long n) {
   return den > 0 ? num / den : num;
 }
 
-static int done_testing(void) {
+__attribute__((unused)) static int done_testing(void) {
   printf("1..%d\n", tap__n);
   return tap__failed ? 1 : 0;
 }
 
 /* deterministic uniform in [-1, 1) */
-static float frand(void) {
+__attribute__((unused)) static float frand(void) {
   static unsigned long long s = 88172645463325252ULL;
   s ^= s << 13; s ^= s >> 7; s ^= s << 17;
   return (float)((s >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f;

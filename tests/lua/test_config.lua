@@ -112,6 +112,10 @@ tap.ok(same(s.fresh, { a = 1 }), "_delete_ marker removed even with nothing to d
 local a, b = { x = { y = 1, z = 2 } }, { x = { y = 3 } }
 local m = config.merge(a, b)
 tap.ok(m.x.y == 3 and m.x.z == 2 and a.x.y == 1 and b.x.z == nil, "merge does not modify its inputs")
+local c = { keep = { deep = { 1, 2 } } }
+local mc = config.merge(c, { other = 1 })
+mc.keep.deep[1] = 99
+tap.eq(c.keep.deep[1], 1, "merge shares no tables with its inputs")
 
 -- an empty file is an empty config
 write("empty.yaml", "# nothing\n")

@@ -1,0 +1,29 @@
+-- fmseg.models — model kinds a config can name, and how each loads.
+-- Each module exposes load(dir) → an immutable model.
+local M = {}
+
+local KINDS = {
+  clip = "fmseg.models.clip",
+  dino = "fmseg.models.vit",
+  dinov2 = "fmseg.models.vit",
+  vit = "fmseg.models.vit",
+  sam = "fmseg.models.sam",
+  sd = "fmseg.models.sd",
+}
+
+local cache = {}
+
+function M.load(kind, path)
+  local modname = KINDS[kind]
+  if not modname then
+    local known = {}
+    for k in pairs(KINDS) do known[#known + 1] = k end
+    table.sort(known)
+    error(("unknown model kind '%s' (known: %s)"):format(kind, table.concat(known, ", ")), 0)
+  end
+  local key = kind .. "\0" .. path
+  if not cache[key] then cache[key] = require(modname).load(path) end
+  return cache[key]
+end
+
+return M

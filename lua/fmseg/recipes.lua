@@ -1,0 +1,72 @@
+-- fmseg.recipes — finds a method by name: recipes/<name>.lua returns
+--   { name, needs = {model kinds}, defaults = {...},
+--     setup = function(params, models, classes) → state,
+--     segment = function(state, image) → result }
+-- See README.md ("Writing a recipe").
+local core = require("fmseg.core")
+
+local M = {}
+
+function M.dir() return core.root .. "/recipes" end
+
+function M.available()
+  local names = {}
+  local p = io.popen(("ls '%s' 2>/dev/null"):format(M.dir()))
+  if p then
+    for file in p:lines() do
+      local name = file:match("^([%w_]+)%.lua$")
+      if name then names[#names + 1] = name end
+    end
+    p:close()
+  end
+  table.sort(names)
+  return names
+end
+
+local function check_contract(recipe, name)
+  if type(recipe) ~= "table" then error(("recipes/%s.lua must return a table"):format(name), 0) end
+  if type(recipe.segment) ~= "function" then
+    error(("recipes/%s.lua has no segment(state, image) function"):format(name), 0)
+  end
+  recipe.name = recipe.name or name
+  recipe.needs = recipe.needs or {}
+  recipe.defaults = recipe.defaults or {}
+  recipe.setup = recipe.setup or function(params) return { params = params } end
+  return recipe
+end
+
+function M.load(name)
+  if type(name) ~= "string" or not name:match("^[%w_]+$") then
+    error(("config: recipe must be a name like 'sclip', got %s"):format(tostring(name)), 0)
+  end
+  local path = M.dir() .. "/" .. name .. ".lua"
+  local chunk, err = loadfile(path)
+  if not chunk then
+    if not io.open(path, "r") then
+      error(("unknown recipe '%s' (available: %s)"):format(name, table.concat(M.available(), ", ")), 0)
+    end
+    error(("recipes/%s.lua: %s"):format(name, err), 0)
+  end
+  local ok, recipe = pcall(chunk)
+  if not ok then error(("recipes/%s.lua: %s"):format(name, tostring(recipe)), 0) end
+  return check_contract(recipe, name)
+end
+
+-- defaults overlaid with the config's params (unknown keys are refused:
+-- a misspelt parameter must not silently fall back to a default).
+function M.params(recipe, given)
+  local out = {}
+  for k, v in pairs(recipe.defaults) do out[k] = v end
+  for k, v in pairs(given or {}) do
+    if recipe.defaults[k] == nil and not (recipe.extra_params and recipe.extra_params[k]) then
+      local known = {}
+      for d in pairs(recipe.defaults) do known[#known + 1] = d end
+      table.sort(known)
+      error(("recipe %s: unknown parameter '%s' (known: %s)"):format(recipe.name, k, table.concat(known, ", ")), 0)
+    end
+    out[k] = v
+  end
+  return out
+end
+
+return M

@@ -1,0 +1,196 @@
+-- fmseg.segment — a config's recipe over images, and the files people
+-- read afterwards: a palette PNG label map, an overlay with a legend, and a
+-- JSON summary per image.
+--
+--   local seg = require("fmseg.segment")
+--   local session = seg.session(config.load("configs/sclip/sclip_vitb16_voc21.yaml"))
+--   local result = session:segment(fmseg.image.load("cat.jpg"))
+--
+-- A recipe's result is one of
+--   { kind = "semantic", labels = (H, W) int32, scores = (C, H, W)?, dump = {...}? }
+--   { kind = "segments", labels = (H, W) int32 }          -- unsupervised ids
+--   { kind = "instances", masks = {(H, W) uint8...}, scores = {...},
+--     labels = {class index...}?, records = {...}? }
+local classes_mod = require("fmseg.classes")
+local config = require("fmseg.config")
+local image = require("fmseg.image")
+local json = require("fmseg.json")
+local models = require("fmseg.models")
+local recipes = require("fmseg.recipes")
+local viz = require("fmseg.viz")
+
+local M = {}
+
+local Session = {}
+Session.__index = Session
+
+function M.session(cfg)
+  local recipe = recipes.load(config.get(cfg, "recipe"))
+  local params = recipes.params(recipe, config.get(cfg, "params", {}))
+  local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
+  local loaded = {}
+  for _, kind in ipairs(recipe.needs) do
+    local path = config.get(cfg, "models." .. kind)
+    if not path then
+      error(("config: recipe %s needs models.%s (a model directory)"):format(recipe.name, kind), 0)
+    end
+    loaded[kind] = models.load(kind, path)
+  end
+  local state = recipe.setup(params, loaded, classes, cfg)
+  return setmetatable({ recipe = recipe, params = params, classes = classes, models = loaded,
+                        state = state, cfg = cfg }, Session)
+end
+
+local KINDS = { semantic = true, segments = true, instances = true }
+
+function Session:segment(img)
+  local result = self.recipe.segment(self.state, img)
+  if type(result) ~= "table" or not KINDS[result.kind] then
+    error(("recipe %s: segment() must return a result with kind semantic, segments or instances"):format(
+      self.recipe.name), 0)
+  end
+  if result.labels and type(result.labels) ~= "table" then
+    local h, w = result.labels:size(1), result.labels:size(2)
+    if h ~= img:size(1) or w ~= img:size(2) then
+      error(("recipe %s: labels are %dx%d, the image is %dx%d"):format(self.recipe.name, h, w,
+        img:size(1), img:size(2)), 0)
+    end
+  end
+  return result
+end
+
+-- Display names by 0-based label.
+function Session:label_names(result)
+  local names = {}
+  if result.kind == "semantic" and self.classes then
+    for i, n in ipairs(self.classes.names) do names[i - 1] = n end
+  elseif result.kind == "segments" then
+    for i = 0, 255 do names[i] = "segment " .. i end
+  end
+  return names
+end
+
+-- Writes text to path through a temporary file and a rename, so a killed
+-- run never leaves a half-written file.
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then error(("cannot write %s: %s"):format(path, err), 0) end
+  f:write(text)
+  f:close()
+  local ok, rerr = os.rename(tmp, path)
+  if not ok then error(("cannot write %s: %s"):format(path, rerr), 0) end
+end
+M.write_atomic = write_atomic
+
+local function pixel_shares(labels, names)
+  local counts = {}
+  local lab = labels:dtype() == "int32" and labels:contiguous() or labels:int()
+  local p, n = lab:ptr(), lab:numel()
+  for i = 0, n - 1 do counts[p[i]] = (counts[p[i]] or 0) + 1 end
+  local shares = {}
+  for label, c in pairs(counts) do
+    shares[names[label] or tostring(label)] = c / n
+  end
+  return shares
+end
+
+-- Instances → one (H, W) label map: later (lower-scored) masks don't
+-- overwrite earlier ones; 0 is "no mask".
+local function instance_labels(result, h, w)
+  local T = require("fmseg.tensor")
+  local labels = T.new({ h, w }, "int32")
+  for i = #result.masks, 1, -1 do
+    local m = result.masks[i]:float()
+    labels = labels * (1 - m) + m * i
+  end
+  return labels:int()
+end
+
+-- Writes <dir>/<stem>.png, <stem>_overlay.png and <stem>.json; returns
+-- the summary table.
+function Session:write(result, img, dir, stem)
+  local h, w = img:size(1), img:size(2)
+  local names = self:label_names(result)
+  local labels = result.labels
+  if result.kind == "instances" then labels = instance_labels(result, h, w) end
+  viz.save_labels(dir .. "/" .. stem .. ".png", labels)
+  local overlay_names = names
+  if result.kind == "instances" then
+    overlay_names = {}
+    for i = 1, #result.masks do
+      local cls = result.labels and result.labels[i]
+      overlay_names[i] = cls and self.classes and self.classes.names[cls + 1] or ("mask " .. i)
+    end
+  end
+  image.save_png(dir .. "/" .. stem .. "_overlay.png", viz.overlay(img, labels, { names = overlay_names }))
+  local summary = {
+    recipe = self.recipe.name, width = w, height = h, kind = result.kind,
+    classes = self.classes and self.classes.names or nil,
+    pixel_shares = pixel_shares(labels, overlay_names),
+    instances = result.records,
+  }
+  write_atomic(dir .. "/" .. stem .. ".json", json.encode(summary, { pretty = true }) .. "\n")
+  return summary
+end
+
+local function stem_of(path)
+  return (path:match("([^/]+)$") or path):gsub("%.[^.]*$", "")
+end
+
+local function parse_args(args)
+  local opts = { images = {}, sets = {}, out = "out" }
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "-o" or a == "--out" then opts.out = args[i + 1]; i = i + 2
+    elseif a == "--set" then opts.sets[#opts.sets + 1] = args[i + 1]; i = i + 2
+    elseif a == "--dump" then opts.dump = args[i + 1]; i = i + 2
+    elseif a:match("^%-") then error("segment: unknown option " .. a, 0)
+    elseif not opts.config then opts.config = a; i = i + 1
+    else opts.images[#opts.images + 1] = a; i = i + 1 end
+    if (a == "-o" or a == "--out" or a == "--set" or a == "--dump") and not args[i - 1] then
+      error("segment: " .. a .. " needs a value", 0)
+    end
+  end
+  if not opts.config or #opts.images == 0 then
+    error("segment: usage: fmseg segment CONFIG IMAGE... [-o DIR] [--set key=value] [--dump FILE]", 0)
+  end
+  return opts
+end
+
+-- `fmseg segment`: a failing image is reported and skipped; the others'
+-- outputs are written as each finishes. Exit 1 if any failed.
+function M.command(args)
+  local opts = parse_args(args)
+  local cfg = config.load(opts.config, opts.sets)
+  local session = M.session(cfg)
+  os.execute(("mkdir -p '%s'"):format(opts.out:gsub("'", "'\\''")))
+  local dumps, failed = {}, 0
+  local t0 = os.time()
+  for k, path in ipairs(opts.images) do
+    io.stderr:write(("\rsegment: %d/%d %s"):format(k, #opts.images, path))
+    local ok, err = pcall(function()
+      local img = image.load(path)
+      local result = session:segment(img)
+      session:write(result, img, opts.out, stem_of(path))
+      if opts.dump and result.dump then
+        for name, t in pairs(result.dump) do
+          dumps[#opts.images == 1 and name or (stem_of(path) .. "." .. name)] = t
+        end
+      end
+    end)
+    if not ok then
+      failed = failed + 1
+      io.stderr:write(("\nsegment: %s: %s\n"):format(path, tostring(err)))
+    end
+  end
+  io.stderr:write(("\rsegment: %d image(s) in %d s, outputs in %s/%s\n"):format(
+    #opts.images - failed, os.time() - t0, opts.out, failed > 0 and (", " .. failed .. " failed") or ""))
+  if opts.dump then
+    require("fmseg.safetensors").save(opts.dump, dumps)
+  end
+  return failed == 0 and 0 or 1
+end
+
+return M
