@@ -73,6 +73,8 @@ test-lua: all
 bench: deps all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 	@for b in bench/*.lua; do [ -f "$$b" ] || continue; echo "== $$b"; ./fmseg run $$b || exit 1; done
+	@for py in python3 /usr/bin/python3; do if $$py -c 'import torch' 2>/dev/null; then \
+	  echo "== bench/torch_vit.py ($$py)"; OMP_WAIT_POLICY=passive $$py bench/torch_vit.py; break; fi; done
 
 demo: deps all
 	./fmseg demo

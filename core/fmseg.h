@@ -229,6 +229,110 @@ int64_t fm_draw_text(fm_tensor *img, int64_t x, int64_t y, const char *text, int
                      uint8_t r, uint8_t g, uint8_t b);
 int64_t fm_text_width(const char *text, int32_t scale);
 
+/* ---- masks (core/masks.c, distance.c): label maps, regions, RLE, boxes --- */
+
+/* Masks are (H, W) uint8 (nonzero = set); batches (N, H, W). Outputs of
+ * mask kind hold 0/1. segment-anything's mask helpers (utils/amg.py) and
+ * torchvision's box ops are reproduced exactly where named. */
+
+/* x: (C, H, W) F32 -> out: (H, W) I32, index of the largest channel (the
+ * first on ties) */
+int fm_argmax_channels(fm_tensor *out, const fm_tensor *x);
+/* x: F32, any shape -> out: U8, same shape, x > t */
+int fm_threshold(fm_tensor *out, const fm_tensor *x, float t);
+
+/* Connected components of the set pixels of mask (H, W) U8, connectivity
+ * 4 or 8. labels (H, W) I32: 0 off the mask, 1..n numbered as OpenCV's
+ * connectedComponents numbers them (4: by first pixel in raster order;
+ * 8: by first 2x2 block, blocks in raster order). Returns n, or -1. */
+int64_t fm_connected_components(fm_tensor *labels, const fm_tensor *mask,
+                                int32_t connectivity);
+/* labels (H, W) I32 in [0, n] -> areas (n + 1) I32: pixels per label */
+int fm_label_areas(fm_tensor *areas, const fm_tensor *labels);
+
+/* segment-anything's remove_small_regions: "holes" fills the components of
+ * the unset pixels (8-connected, the image border included) smaller than
+ * area_thresh; "islands" drops the components of the set pixels smaller
+ * than area_thresh, keeping the largest when all are small. mask (H, W)
+ * U8 -> out (H, W) U8 (may alias mask). Returns 1 when something was
+ * small (out changed), 0 when not (out = mask as 0/1), -1 on error. */
+typedef enum fm_region_mode { FM_HOLES = 0, FM_ISLANDS = 1 } fm_region_mode;
+int fm_remove_small_regions(fm_tensor *out, const fm_tensor *mask, double area_thresh,
+                            int32_t mode);
+
+/* COCO run-length encoding as pycocotools has it: run lengths over the
+ * pixels in column-major (Fortran) order, alternating unset / set, starting
+ * with the unset run (0 when the first pixel is set). Counts are (m) I32
+ * tensors summing to H * W. */
+fm_tensor *fm_rle_encode(const fm_tensor *mask);           /* (H, W) U8 -> (m) I32 */
+int fm_rle_decode(fm_tensor *mask, const fm_tensor *counts); /* -> (H, W) U8 0/1 */
+int64_t fm_rle_area(const fm_tensor *counts);              /* set pixels, or -1 */
+/* labels (H, W) I32: labels[p] = value at the set pixels of the RLE (paints
+ * a decoded mask into a label map without decoding it) */
+int fm_rle_paint(fm_tensor *labels, const fm_tensor *counts, int32_t value);
+/* pycocotools' compressed counts string (rleToString: each count, minus the
+ * count two back from the fourth on, in 5-bit groups with a continuation
+ * bit, as ASCII 48..111). Free with fm_free. */
+char *fm_rle_to_string(const fm_tensor *counts);
+fm_tensor *fm_rle_from_string(const char *s);              /* -> (m) I32 */
+
+/* masks (N, H, W) U8 -> boxes (N, 4) F32 XYXY of the set pixels, inclusive
+ * pixel indices (x1 = last set column), 0 0 0 0 for an empty mask
+ * (batched_mask_to_box). */
+int fm_masks_to_boxes(fm_tensor *boxes, const fm_tensor *masks);
+/* boxes (N, 4) XYXY -> out (N, 4) XYWH with w = x1 - x0 (may alias) */
+int fm_boxes_xyxy_to_xywh(fm_tensor *out, const fm_tensor *boxes);
+/* a (N, 4), b (M, 4) F32 XYXY -> out (N, M) F32, torchvision box_iou
+ * (area = (x1 - x0) (y1 - y0); 0/0 gives NaN as there) */
+int fm_box_iou(fm_tensor *out, const fm_tensor *a, const fm_tensor *b);
+/* Greedy NMS as torchvision's batched_nms: boxes (N, 4) F32 XYXY, scores
+ * (N) F32, categories (N) I32 or NULL (one category). Visits boxes by score
+ * descending (ties: lower index first) and drops those whose IoU with a kept
+ * box of the same category is > iou_threshold. keep (N) I32 receives the
+ * kept indices (0-based) in visiting order; returns how many, or -1. */
+int64_t fm_nms(fm_tensor *keep, const fm_tensor *boxes, const fm_tensor *scores,
+               const fm_tensor *categories, double iou_threshold);
+/* calculate_stability_score: logits (N, ...) F32 -> out (N) F32 =
+ * #(logits > t + offset) / #(logits > t - offset), thresholds rounded to
+ * float as torch compares them; 0/0 gives NaN */
+int fm_stability_score(fm_tensor *out, const fm_tensor *logits, double mask_threshold,
+                       double offset);
+/* is_box_near_crop_edge: boxes (N, 4) XYXY in crop coordinates; crop_box and
+ * orig_box point at 4 values XYXY in image coordinates. out (N) U8: 1 where
+ * some side of the uncropped box is within atol of the crop's side but not
+ * of the image's. */
+int fm_boxes_near_crop_edge(fm_tensor *out, const fm_tensor *boxes, const double *crop_box,
+                            const double *orig_box, double atol);
+
+/* Exact Euclidean distance transform (Felzenszwalb-Huttenlocher): mask
+ * (H, W) U8 -> out (H, W) F32, distance from each set pixel to the nearest
+ * unset pixel (0 on unset pixels; +inf everywhere when none is unset —
+ * outside the image does not count as unset). */
+int fm_distance_transform(fm_tensor *out, const fm_tensor *mask);
+/* Binary dilation / erosion of mask (H, W) U8 by a (2r+1)^2 square or a
+ * cross of arm r -> out (H, W) U8 0/1. Pixels outside the image are
+ * ignored (OpenCV's default border). out must not alias mask. */
+typedef enum fm_morph_op { FM_DILATE = 0, FM_ERODE = 1 } fm_morph_op;
+typedef enum fm_kernel_shape { FM_KERNEL_SQUARE = 0, FM_KERNEL_CROSS = 1 } fm_kernel_shape;
+int fm_morphology(fm_tensor *out, const fm_tensor *mask, int32_t op, int32_t radius,
+                  int32_t shape);
+
+/* ---- metrics (core/metrics.c): counts behind segmentation scores ---------- */
+
+/* conf: (K, P) I32, accumulated in place: conf[g][p] += the number of
+ * pixels with ground truth g and prediction p. pred, gt: the same shape,
+ * I32 or U8 each, contiguous. Pixels whose gt is ignore_index are skipped;
+ * any other gt outside [0, K), or pred outside [0, P), is an error naming
+ * the value and the pixel, and so is a count passing 2^31 - 1; on error
+ * conf is unchanged. */
+int fm_confusion_add(fm_tensor *conf, const fm_tensor *pred, const fm_tensor *gt,
+                     int32_t ignore_index);
+/* out[i] = lut[in[i]]: in I32 or U8 (any shape, contiguous), out I32 with
+ * as many elements (may alias an I32 in). Every value must lie in [0, n)
+ * and map to an entry >= 0 (negative entries mean "no mapping"); otherwise
+ * an error naming the value and pixel, out unchanged. */
+int fm_labels_remap(fm_tensor *out, const fm_tensor *in, const int32_t *lut, int32_t n);
+
 /* ---- YAML (core/yaml.c) -------------------------------------------------- */
 
 /* Parses a YAML file (one document) into JSON text with YAML 1.1 core
@@ -238,6 +342,24 @@ int64_t fm_text_width(const char *text, int32_t scale);
 char *fm_yaml_to_json(const char *path);
 char *fm_yaml_string_to_json(const char *text, const char *name_for_errors);
 void fm_free(void *p);
+
+/* ---- SAM (core/sam_attention.c) ----------------------------------------- */
+
+/* SAM's image-encoder self-attention over a grid_h x grid_w grid of tokens
+ * (row-major) with decomposed relative positions (MViTv2; transformers'
+ * SamVisionAttention). For tokens i at (yi, xi) and j at (yj, xj):
+ *   score = scale * q_i.k_j + q_i.rel_pos_h[yi - yj + grid_h - 1]
+ *                           + q_i.rel_pos_w[xi - xj + grid_w - 1]
+ * then softmax over j and the product with v, head by head in blocks of
+ * query rows: the (B, H, T, T) scores never exist unless `probs` asks.
+ * q, k: (B, T, H*D), v: (B, T, H*Dv), T = grid_h * grid_w, last dim
+ * contiguous (views of a fused qkv are fine); rel_pos_h (2*grid_h-1, D),
+ * rel_pos_w (2*grid_w-1, D), or both NULL for none; out: (B, T, H*Dv);
+ * probs: NULL or (B, H, T, T). */
+int fm_sam_attention(fm_tensor *out, const fm_tensor *q, const fm_tensor *k,
+                     const fm_tensor *v, int64_t heads, float scale,
+                     const fm_tensor *rel_pos_h, const fm_tensor *rel_pos_w,
+                     int64_t grid_h, int64_t grid_w, fm_tensor *probs);
 
 #ifdef __cplusplus
 }

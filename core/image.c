@@ -312,10 +312,13 @@ static fm_tensor *fm__png_indices(const fm__png *png, const char *path) {
   int depth = png->bit_depth;
   size_t stride = ((size_t)w * (size_t)depth + 7) / 8;
   size_t want = (size_t)h * (stride + 1);
-  if (want > INT_MAX) return fm__error_null("%s: %s: image too large", what, path);
+  if (want > INT_MAX || png->idat_len > INT_MAX) return fm__error_null("%s: %s: image too large", what, path);
+  /* the first guess is bounded by what the compressed data could hold, so
+   * a header claiming a huge image cannot make us allocate it up front */
+  size_t guess = png->idat_len < want / 64 ? png->idat_len * 64 : want;
   int got = 0;
   uint8_t *raw = (uint8_t *)stbi_zlib_decode_malloc_guesssize((const char *)png->idat, (int)png->idat_len,
-                                                              (int)want, &got);
+                                                              (int)guess + 1, &got);
   if (!raw) return fm__error_null("%s: %s: bad compressed data (%s)", what, path, stbi_failure_reason());
   if ((size_t)got < want) {
     free(raw);

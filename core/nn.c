@@ -93,8 +93,10 @@ int fm_group_norm(fm_tensor *out, const fm_tensor *x, int64_t groups, const fm_t
     // a group of cg channels is one contiguous block of len floats
     const float *xg = xv + g * len;
     double sum = 0, var = 0;
+    #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < len; ++i) sum += xg[i];
     double mean = sum / (double)len;
+    #pragma omp simd reduction(+ : var)
     for (int64_t i = 0; i < len; ++i) var += ((double)xg[i] - mean) * ((double)xg[i] - mean);
     float fmean = (float)mean, rstd = (float)(1.0 / sqrt(var / (double)len + eps));
     for (int64_t j = 0; j < cg; ++j) {
@@ -166,6 +168,7 @@ int fm_layer_norm_channels(fm_tensor *out, const fm_tensor *x, const fm_tensor *
 
 enum { FM__SOFTMAX_CHUNK = 256 };
 
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void fm__softmax_row(float *row, int64_t n) {
   float mx = -INFINITY;
   #pragma omp simd reduction(max : mx)

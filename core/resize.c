@@ -339,32 +339,47 @@ static void fm__pil_horizontal(uint8_t *dst, const uint8_t *src, int64_t rows, i
     for (int64_t o = 0; o < ow; ++o) {
       const int32_t *k = ax->coeff + o * ax->taps;
       const uint8_t *s = src + (r * w + ax->first[o]) * c;
-      uint8_t *d = dst + (r * ow + o) * c;
-      for (int64_t ch = 0; ch < c; ++ch) {
-        int32_t acc = 1 << (FM__PIL_BITS - 1);  /* rounds the final shift */
-        for (int64_t t = 0; t < ax->count[o]; ++t) acc += (int32_t)s[t * c + ch] * k[t];
-        d[ch] = fm__pil_clip8(acc);
-      }
+      int32_t acc[4];
+      for (int64_t ch = 0; ch < c; ++ch) acc[ch] = 1 << (FM__PIL_BITS - 1);  /* rounds the final shift */
+      for (int64_t t = 0; t < ax->count[o]; ++t)
+        for (int64_t ch = 0; ch < c; ++ch) acc[ch] += (int32_t)s[t * c + ch] * k[t];
+      for (int64_t ch = 0; ch < c; ++ch) dst[(r * ow + o) * c + ch] = fm__pil_clip8(acc[ch]);
     }
   }
 }
 
 // src: (rows, n) -> dst: (OH, n), rows combined by ay's taps (n = OW * C)
-static void fm__pil_vertical(uint8_t *dst, const uint8_t *src, int64_t n, const fm__pil_axis *ay,
-                             int64_t oh) {
-  #pragma omp parallel for if (oh * n * ay->taps > 65536) schedule(static)
-  for (int64_t o = 0; o < oh; ++o) {
-    const int32_t *k = ay->coeff + o * ay->taps;
-    const uint8_t *s = src + ay->first[o] * n;
-    for (int64_t i = 0; i < n; ++i) {
-      int32_t acc = 1 << (FM__PIL_BITS - 1);
-      for (int64_t t = 0; t < ay->count[o]; ++t) acc += (int32_t)s[t * n + i] * k[t];
-      dst[o * n + i] = fm__pil_clip8(acc);
+static int fm__pil_vertical(uint8_t *dst, const uint8_t *src, int64_t n, const fm__pil_axis *ay,
+                            int64_t oh) {
+  int failed = 0;
+  #pragma omp parallel if (oh * n * ay->taps > 65536)
+  {
+    int32_t *acc = malloc((size_t)n * sizeof *acc);  /* one row of sums per thread */
+    if (!acc) {
+      #pragma omp atomic write
+      failed = 1;
     }
+    #pragma omp for schedule(static)
+    for (int64_t o = 0; o < oh; ++o) {
+      if (!acc) continue;
+      const int32_t *k = ay->coeff + o * ay->taps;
+      const uint8_t *s = src + ay->first[o] * n;
+      for (int64_t i = 0; i < n; ++i) acc[i] = 1 << (FM__PIL_BITS - 1);
+      for (int64_t t = 0; t < ay->count[o]; ++t) {
+        const uint8_t *row = s + t * n;
+        int32_t kt = k[t];
+        for (int64_t i = 0; i < n; ++i) acc[i] += (int32_t)row[i] * kt;
+      }
+      for (int64_t i = 0; i < n; ++i) dst[o * n + i] = fm__pil_clip8(acc[i]);
+    }
+    free(acc);
   }
+  return failed ? fm__error("fm_image_resize_pil: out of memory") : 0;
 }
 
 // img: (H, W, C) U8 -> out: (OH, OW, C) U8
+/* Bit-exact with PIL for L (C=1) and RGB (C=3). PIL resizes LA and RGBA
+ * with premultiplied alpha; here every channel is resampled alike. */
 int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode) {
   const char *what = "fm_image_resize_pil";
   char a[128], b[128];
@@ -404,7 +419,7 @@ int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode) {
   }
   if (oh != h) {
     for (int64_t o = 0; o < oh; ++o) ay.first[o] -= row0;
-    fm__pil_vertical(out->data, rows, ow * c, &ay, oh);
+    if (fm__pil_vertical(out->data, rows, ow * c, &ay, oh) != 0) goto done;
   } else {
     memcpy(out->data, rows, (size_t)(oh * ow * c));
   }

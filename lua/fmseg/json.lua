@@ -4,7 +4,7 @@
 --   local t = json.decode('{"a": [1, 2.5, null]}')   -- t.a[3] == json.null
 --   local t = json.decode_file("vocab.json")
 --   json.encode(t)                    --> '{"a":[1,2.5,null]}'
---   json.encode(t, { indent = 2 })    -- pretty, 2 spaces a level
+--   json.encode(t, { indent = 2 })    -- pretty, 2 spaces a level (or pretty = true)
 --
 -- Decoding: objects and arrays become tables (marked with json.object_mt /
 -- json.array_mt so that they encode back the way they came), null becomes
@@ -350,11 +350,13 @@ encode_value = function(v, opts, out, depth, seen)
   end
 end
 
--- options: indent (number of spaces, or true for 2), nan ("error" or "null")
+-- options: indent (number of spaces, or true for 2; pretty = true is the
+-- same as indent = 2), nan ("error" or "null")
 function M.encode(v, options)
   local opts = { nan = "error" }
   if options then
     local ind = options.indent
+    if ind == nil and options.pretty then ind = 2 end
     if ind == true then ind = 2 end
     if ind and (type(ind) ~= "number" or ind < 0) then
       error("json.encode: indent must be a non-negative number", 2)

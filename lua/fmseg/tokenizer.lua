@@ -68,7 +68,7 @@ function M.html_unescape(s)
     if not amp then break end
     n = n + 1; out[n] = sub(s, pos, amp - 1)
     local rep, stop
-    local _, e, digits, semi = find(s, "^#(%d+)(;?)", amp + 1)
+    local _, e, digits = find(s, "^#(%d+);?", amp + 1)
     if e then
       rep, stop = numeric_ref(tonumber(digits)), e
     else
@@ -134,8 +134,8 @@ end
 ---------------------------------------------------------------- ftfy
 
 -- One translation for fix_c1_controls, fix_latin_ligatures,
--- fix_character_width, uncurl_quotes and the U+2028/U+2029 part of
--- fix_line_breaks, composed in ftfy's order; keyed by UTF-8 character.
+-- fix_character_width and uncurl_quotes, composed in ftfy's order; keyed by
+-- UTF-8 character.
 local char_fixes
 local function char_fix_table()
   if char_fixes then return char_fixes end
@@ -150,7 +150,6 @@ local function char_fix_table()
   quotes[0x2BC] = { 0x27 }
   for cp = 0x2018, 0x201B do quotes[cp] = { 0x27 } end
   for cp = 0x201C, 0x201F do quotes[cp] = { 0x22 } end
-  steps[5] = { [0x2028] = { 0x0A }, [0x2029] = { 0x0A } }
   local function apply(step, cps)
     local out = {}
     for _, cp in ipairs(cps) do
@@ -186,7 +185,10 @@ local function fix_segment(seg, unescape_html)
     if unescape_html then seg = ftfy_unescape(seg) end
     local non_ascii = find(seg, "[\128-\255]")
     if non_ascii then seg = gsub(seg, UTF8_CHAR, char_fix_table()) end
+    -- fix_line_breaks: \r\n, then \r, then U+2028 and U+2029 (U+0085 is
+    -- already an ellipsis, from fix_c1_controls)
     seg = gsub(seg, "\r\n?", "\n")
+    if non_ascii then seg = gsub(seg, "\226\128[\168\169]", "\n") end
     seg = gsub(seg, "\27%[[%d;]*[a-zA-Z]", "")
     seg = gsub(seg, "[%z\1-\8\11\14-\31\127]", "")
     if non_ascii then
@@ -272,11 +274,21 @@ local CONTRACTION1 = { [0x74] = true, [0x54] = true, [0x6D] = true, [0x4D] = tru
   [0x64] = true, [0x44] = true }
 local CONTRACTION2 = { re = true, ve = true, ll = true }
 
-local function special_at(s, offset)
-  local head = sub(s, offset, offset + 14)
-  if head:lower() == BOS then return BOS end
-  head = sub(s, offset, offset + 12)
-  if head:lower() == EOS then return EOS end
+-- Length in code points of the special token starting at cps[i], or nil.
+local SPECIALS = { { BOS:byte(1, -1) }, { EOS:byte(1, -1) } }
+local function special_at(cps, n, i)
+  for _, sp in ipairs(SPECIALS) do
+    local len = #sp
+    if i + len - 1 <= n then
+      local k = 1
+      while k <= len do
+        local cp, want = cps[i + k - 1], sp[k]
+        if cp ~= want and not (want == 0x73 and is_s(cp)) then break end
+        k = k + 1
+      end
+      if k > len then return len end
+    end
+  end
   return nil
 end
 
@@ -293,8 +305,8 @@ function M.pretokenize(s)
     local cp = cps[i]
     local j -- last code point of the match
     if cp == 0x3C then
-      local sp = special_at(s, offs[i])
-      if sp then j = i + #sp - 1 end
+      local len = special_at(cps, n, i)
+      if len then j = i + len - 1 end
     elseif cp == 0x27 and i < n then
       local c1 = cps[i + 1]
       if is_s(c1) or CONTRACTION1[c1] then j = i + 1
@@ -319,7 +331,7 @@ function M.pretokenize(s)
       t = t + 1; tokens[t] = sub(s, offs[i], offs[j + 1] - 1)
       i = j + 1
     else
-      i = i + 1 -- whitespace: no match starts here
+      i = i + 1 -- whitespace (or U+0345): no match starts here
     end
   end
   return tokens

@@ -100,8 +100,9 @@ local function find_range(list, stride, cp)
   return nil
 end
 
--- Pre-tokeniser classes: 1 letter (\p{L}), 2 number (\p{N}), 3 space (\s), 0 other.
-M.LETTER, M.NUMBER, M.SPACE, M.OTHER = 1, 2, 3, 0
+-- Pre-tokeniser classes: 1 letter (\p{L}), 2 number (\p{N}), 3 space (\s),
+-- 4 skipped (matches no alternative of the CLIP pattern), 0 other.
+M.LETTER, M.NUMBER, M.SPACE, M.SKIPPED, M.OTHER = 1, 2, 3, 4, 0
 
 local class_cache = {}
 for cp = 0, 127 do

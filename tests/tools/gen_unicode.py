@@ -70,6 +70,14 @@ def classes():
         letters = regex_class(r"[\p{L}]")
         numbers = regex_class(r"[\p{N}]")
         spaces = regex_class(r"\s")
+        # Under IGNORECASE a few characters (U+0345, whose case partners are
+        # letters) match neither [\p{L}] nor [^\s\p{L}\p{N}]: the
+        # pre-tokeniser skips them like spaces.
+        others = regex_class(r"[^\s\p{L}\p{N}]")
+        covered = set()
+        for a, b in letters + numbers + spaces + others:
+            covered.update(range(a, b + 1))
+        skipped = ranges_of(lambda c: c not in covered)
         source = "regex %s" % regex.__version__
     else:
         cat = unicodedata.category
@@ -78,9 +86,10 @@ def classes():
         white = set([9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, 0x2028, 0x2029,
                      0x202F, 0x205F, 0x3000] + list(range(0x2000, 0x200B)))
         spaces = ranges_of(lambda c: c in white)
+        skipped = []
         source = "unicodedata categories (regex not installed)"
     triples = [(a, b, 1) for a, b in letters] + [(a, b, 2) for a, b in numbers] \
-        + [(a, b, 3) for a, b in spaces]
+        + [(a, b, 3) for a, b in spaces] + [(a, b, 4) for a, b in skipped]
     triples.sort()
     for (a0, b0, _), (a1, _, _) in zip(triples, triples[1:]):
         assert b0 < a1, "classes overlap at U+%04X" % a1
@@ -214,7 +223,8 @@ def write_unicode_data(path):
         w("-- Ranges are flat lists, sorted by first code point.\n")
         w("return {\n")
         w('  unicode_version = "%s",\n' % unicodedata.unidata_version)
-        w("  -- pre-tokeniser classes {first, last, class}: 1 \\p{L}, 2 \\p{N}, 3 \\s\n")
+        w("  -- pre-tokeniser classes {first, last, class}: 1 \\p{L}, 2 \\p{N}, 3 \\s,\n")
+        w("  -- 4 matched by no alternative under IGNORECASE (skipped); others 0\n")
         w("  classes = {\n%s\n  },\n" % flat(cls))
         w("  -- str.isspace() {first, last} (what str.strip() removes)\n")
         w("  isspace = {\n%s\n  },\n" % flat(isspace))

@@ -172,9 +172,10 @@ end
 --   override      { [i] = function(block, x, info) return y[, probs] end }
 --                 replaces block i's forward (info: index, mask, causal)
 --   mask, causal  passed to every block's attention
--- out.last is the last run block's output.
+-- out.last is the last run block's output. `own` = true lets encode free x
+-- once the first block has used it (the caller made x for this call).
 -- ref: transformers/models/clip/modeling_clip.py, CLIPEncoder
-function M.encode(blocks, x, opts)
+function M.encode(blocks, x, opts, own)
   opts = opts or {}
   local n = opts.layers or #blocks
   if n < 0 or n > #blocks or n % 1 ~= 0 then
@@ -182,7 +183,7 @@ function M.encode(blocks, x, opts)
   end
   local out = { hidden_states = opts.hidden_states and { [0] = x } or nil,
                 attentions = opts.attentions and {} or nil }
-  local owned = false             -- is x ours to free?
+  local owned = own or false       -- is x ours to free?
   for i = 1, n do
     local blk, y, probs, parts = blocks[i]
     local hook = opts.override and opts.override[i]
@@ -258,7 +259,7 @@ end
 function M.prepend(first, patches)
   local b, c = patches:size(1), patches:size(3)
   local row = first:reshape(1, 1, c)
-  local parts = { nil }
+  local parts = {}
   for i = 1, b do parts[i] = row end
   return T.cat({ T.cat(parts, 1), patches }, 2)
 end

@@ -1,0 +1,667 @@
+-- fmseg.models.sam — Segment Anything (transformers SamModel) from a Hugging
+-- Face directory: facebook/sam-vit-base, -large and -huge load the same
+-- way, every shape from config.json. Only network modules live here (the
+-- segment-anything layout's modeling/); preprocessing and the stateful
+-- predictor are fmseg.sam.processor and fmseg.sam.predictor.
+--
+--   local sam = require("fmseg.models.sam")
+--   local model = sam.load("sam-vit-base")
+--   local emb = model:encode_image(pixel_values)      -- (B, 256, 64, 64)
+--   local sparse, dense = model:encode_prompt({
+--     points = pts,     -- (B, N, P, 2) x, y in input pixels (1024 frame)
+--     labels = lab,     -- (B, N, P): 1 fg, 0 bg, -1 not a point, -10 padding
+--     boxes = box,      -- (B, N, 4) x0, y0, x1, y1
+--     masks = m,        -- (B*N | B | 1, 1, 256, 256) low-res mask logits
+--   })
+--   local masks, iou = model:decode_masks(emb, sparse, dense, true)
+--   -- masks (B, N, 3, 256, 256) low-res logits, iou (B, N, 3); with
+--   -- multimask = false: the single-mask output, (B, N, 1, ...)
+--
+-- N is the point batch: N prompts decoded at once against the same image
+-- (the automatic mask generator's batches). The model is immutable; every
+-- call returns new tensors. Weights keep the checkpoint's names and the
+-- tables below mirror transformers' module tree (model.vision_encoder.
+-- layers[i].attn.qkv.weight is "vision_encoder.layers.<i-1>.attn.qkv.weight").
+local core = require("fmseg.core")
+local hf = require("fmseg.hf")
+local nn = require("fmseg.nn")
+local T = require("fmseg.tensor")
+local transformer = require("fmseg.models.transformer")
+
+local C, check = core.C, core.check
+local param, linear_params, norm_params = transformer.param, transformer.linear_params,
+  transformer.norm_params
+
+local M = {}
+
+-- transformers' SamVisionConfig / SamPromptEncoderConfig /
+-- SamMaskDecoderConfig defaults (sam-vit-huge's), for keys a config.json
+-- leaves out.
+local VISION_DEFAULTS = {
+  hidden_size = 1280, output_channels = 256, num_hidden_layers = 32, num_attention_heads = 16,
+  num_channels = 3, image_size = 1024, patch_size = 16, hidden_act = "gelu",
+  layer_norm_eps = 1e-6, qkv_bias = true, mlp_ratio = 4.0, use_abs_pos = true,
+  use_rel_pos = true, window_size = 14, global_attn_indexes = { 7, 15, 23, 31 },
+  num_pos_feats = 128,
+}
+local PROMPT_DEFAULTS = {
+  hidden_size = 256, image_size = 1024, patch_size = 16, mask_input_channels = 16,
+  num_point_embeddings = 4, hidden_act = "gelu", layer_norm_eps = 1e-6,
+}
+local DECODER_DEFAULTS = {
+  hidden_size = 256, hidden_act = "relu", mlp_dim = 2048, num_hidden_layers = 2,
+  num_attention_heads = 8, attention_downsample_rate = 2, num_multimask_outputs = 3,
+  iou_head_depth = 3, iou_head_hidden_dim = 256, layer_norm_eps = 1e-6,
+}
+-- Norms the reference builds without passing the config's eps: SamLayerNorm's
+-- default (the neck, the mask decoder's upscaling) and nn.LayerNorm's
+-- (the two-way transformer's layer_norm_final_attn).
+local SAM_LAYER_NORM_EPS = 1e-6
+local TORCH_LAYER_NORM_EPS = 1e-5
+-- SamFeedForward depth of the output hypernetwork MLPs (fixed in the reference).
+local HYPERNETWORK_DEPTH = 3
+
+local function settings(section, defaults)
+  section = section or {}
+  local out = {}
+  for k, v in pairs(defaults) do out[k] = hf.cfg(section, k, v) end
+  return out
+end
+
+local function is_global(cfg, i0)
+  for _, g in ipairs(cfg.global_attn_indexes) do
+    if g == i0 then return true end
+  end
+  return false
+end
+
+-- Loading ----------------------------------------------------------------------
+
+local function conv_params(w, name, oc, ic, k, bias)
+  return { weight = param(w, name .. ".weight", { oc, ic, k, k }),
+           bias = bias and param(w, name .. ".bias", { oc }) or nil }
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamVisionLayer / SamVisionAttention
+local function vision_layer(w, prefix, cfg, i0)
+  local c, heads = cfg.hidden_size, cfg.num_attention_heads
+  local grid = math.floor(cfg.image_size / cfg.patch_size)
+  local window = is_global(cfg, i0) and 0 or cfg.window_size
+  local input = window == 0 and grid or window   -- the attention's token grid
+  local d = c / heads
+  local attn = {
+    qkv = linear_params(w, prefix .. "attn.qkv", 3 * c, c, cfg.qkv_bias),
+    proj = linear_params(w, prefix .. "attn.proj", c, c, true),
+  }
+  if cfg.use_rel_pos then
+    attn.rel_pos_h = param(w, prefix .. "attn.rel_pos_h", { 2 * input - 1, d })
+    attn.rel_pos_w = param(w, prefix .. "attn.rel_pos_w", { 2 * input - 1, d })
+  end
+  return {
+    window_size = window,
+    layer_norm1 = norm_params(w, prefix .. "layer_norm1", c),
+    attn = attn,
+    layer_norm2 = norm_params(w, prefix .. "layer_norm2", c),
+    mlp = { lin1 = linear_params(w, prefix .. "mlp.lin1", cfg.mlp_dim, c, true),
+            lin2 = linear_params(w, prefix .. "mlp.lin2", c, cfg.mlp_dim, true) },
+  }
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamVisionEncoder
+local function vision_encoder(w, cfg)
+  local c, p, oc = cfg.hidden_size, cfg.patch_size, cfg.output_channels
+  local grid = math.floor(cfg.image_size / p)
+  local pre = "vision_encoder."
+  local enc = {
+    patch_embed = { projection = conv_params(w, pre .. "patch_embed.projection", c, cfg.num_channels, p, true) },
+    pos_embed = cfg.use_abs_pos and param(w, pre .. "pos_embed", { 1, grid, grid, c }) or nil,
+    layers = {},
+    neck = {
+      conv1 = conv_params(w, pre .. "neck.conv1", oc, c, 1, false),
+      layer_norm1 = norm_params(w, pre .. "neck.layer_norm1", oc),
+      conv2 = conv_params(w, pre .. "neck.conv2", oc, oc, 3, false),
+      layer_norm2 = norm_params(w, pre .. "neck.layer_norm2", oc),
+    },
+  }
+  for i = 1, cfg.num_hidden_layers do
+    enc.layers[i] = vision_layer(w, ("%slayers.%d."):format(pre, i - 1), cfg, i - 1)
+  end
+  return enc
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamPromptEncoder / SamMaskEmbedding
+local function prompt_encoder(w, cfg)
+  local c, mc = cfg.hidden_size, cfg.mask_input_channels
+  local pre = "prompt_encoder."
+  local enc = {
+    point_embed = {},
+    not_a_point_embed = param(w, pre .. "not_a_point_embed.weight", { 1, c }),
+    no_mask_embed = param(w, pre .. "no_mask_embed.weight", { 1, c }),
+    mask_embed = {
+      conv1 = conv_params(w, pre .. "mask_embed.conv1", mc / 4, 1, 2, true),
+      layer_norm1 = norm_params(w, pre .. "mask_embed.layer_norm1", mc / 4),
+      conv2 = conv_params(w, pre .. "mask_embed.conv2", mc, mc / 4, 2, true),
+      layer_norm2 = norm_params(w, pre .. "mask_embed.layer_norm2", mc),
+      conv3 = conv_params(w, pre .. "mask_embed.conv3", c, mc, 1, true),
+    },
+  }
+  -- point_embed[1..4]: reference point_embed.0 (bg) .1 (fg) .2 .3 (box corners)
+  for i = 1, cfg.num_point_embeddings do
+    enc.point_embed[i] = param(w, ("%spoint_embed.%d.weight"):format(pre, i - 1), { 1, c })
+  end
+  return enc
+end
+
+local function attention_params(w, prefix, c, internal)
+  return {
+    q_proj = linear_params(w, prefix .. ".q_proj", internal, c, true),
+    k_proj = linear_params(w, prefix .. ".k_proj", internal, c, true),
+    v_proj = linear_params(w, prefix .. ".v_proj", internal, c, true),
+    out_proj = linear_params(w, prefix .. ".out_proj", c, internal, true),
+  }
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamFeedForward
+local function feed_forward(w, prefix, nin, hidden, nout, depth)
+  local ff = { proj_in = linear_params(w, prefix .. ".proj_in", hidden, nin, true), layers = {},
+               proj_out = linear_params(w, prefix .. ".proj_out", nout, hidden, true) }
+  for i = 1, depth - 2 do
+    ff.layers[i] = linear_params(w, ("%s.layers.%d"):format(prefix, i - 1), hidden, hidden, true)
+  end
+  return ff
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder / SamTwoWayTransformer
+local function mask_decoder(w, cfg)
+  local c = cfg.hidden_size
+  local internal = math.floor(c / cfg.attention_downsample_rate)
+  local ntok = cfg.num_multimask_outputs + 1
+  local pre = "mask_decoder."
+  local tr = { layers = {} }
+  for i = 1, cfg.num_hidden_layers do
+    local lp = ("%stransformer.layers.%d."):format(pre, i - 1)
+    tr.layers[i] = {
+      skip_first_layer_pe = i == 1,
+      self_attn = attention_params(w, lp .. "self_attn", c, c),
+      layer_norm1 = norm_params(w, lp .. "layer_norm1", c),
+      cross_attn_token_to_image = attention_params(w, lp .. "cross_attn_token_to_image", c, internal),
+      layer_norm2 = norm_params(w, lp .. "layer_norm2", c),
+      mlp = { lin1 = linear_params(w, lp .. "mlp.lin1", cfg.mlp_dim, c, true),
+              lin2 = linear_params(w, lp .. "mlp.lin2", c, cfg.mlp_dim, true) },
+      layer_norm3 = norm_params(w, lp .. "layer_norm3", c),
+      layer_norm4 = norm_params(w, lp .. "layer_norm4", c),
+      cross_attn_image_to_token = attention_params(w, lp .. "cross_attn_image_to_token", c, internal),
+    }
+  end
+  tr.final_attn_token_to_image = attention_params(w, pre .. "transformer.final_attn_token_to_image", c, internal)
+  tr.layer_norm_final_attn = norm_params(w, pre .. "transformer.layer_norm_final_attn", c)
+  local dec = {
+    iou_token = param(w, pre .. "iou_token.weight", { 1, c }),
+    mask_tokens = param(w, pre .. "mask_tokens.weight", { ntok, c }),
+    transformer = tr,
+    upscale_conv1 = { weight = param(w, pre .. "upscale_conv1.weight", { c, c / 4, 2, 2 }),
+                      bias = param(w, pre .. "upscale_conv1.bias", { c / 4 }) },
+    upscale_layer_norm = norm_params(w, pre .. "upscale_layer_norm", c / 4),
+    upscale_conv2 = { weight = param(w, pre .. "upscale_conv2.weight", { c / 4, c / 8, 2, 2 }),
+                      bias = param(w, pre .. "upscale_conv2.bias", { c / 8 }) },
+    output_hypernetworks_mlps = {},
+    iou_prediction_head = feed_forward(w, pre .. "iou_prediction_head", c, cfg.iou_head_hidden_dim,
+                                       ntok, cfg.iou_head_depth),
+  }
+  for i = 1, ntok do
+    dec.output_hypernetworks_mlps[i] = feed_forward(w, ("%soutput_hypernetworks_mlps.%d"):format(pre, i - 1),
+                                                    c, c, c / 8, HYPERNETWORK_DEPTH)
+  end
+  return dec
+end
+
+local function check_config(v, p, d)
+  local function need(ok, msg, ...)
+    if not ok then error("config.json: " .. msg:format(...), 0) end
+  end
+  need(v.hidden_size % v.num_attention_heads == 0, "vision hidden_size %d is not a multiple of %d heads",
+       v.hidden_size, v.num_attention_heads)
+  need(v.image_size % v.patch_size == 0, "vision image_size %d is not a multiple of patch_size %d",
+       v.image_size, v.patch_size)
+  need(2 * v.num_pos_feats == p.hidden_size, "2 x num_pos_feats (%d) must equal the prompt hidden_size %d",
+       v.num_pos_feats, p.hidden_size)
+  need(p.hidden_size == d.hidden_size and v.output_channels == d.hidden_size,
+       "prompt hidden_size %d, mask decoder hidden_size %d and vision output_channels %d must agree",
+       p.hidden_size, d.hidden_size, v.output_channels)
+  need(d.hidden_size % 8 == 0, "mask decoder hidden_size %d is not a multiple of 8", d.hidden_size)
+  need(p.mask_input_channels % 4 == 0, "mask_input_channels %d is not a multiple of 4", p.mask_input_channels)
+  local internal = math.floor(d.hidden_size / d.attention_downsample_rate)
+  need(internal % d.num_attention_heads == 0 and d.hidden_size % d.num_attention_heads == 0,
+       "mask decoder: %d heads do not divide %d / %d", d.num_attention_heads, d.hidden_size, internal)
+  for _, act in ipairs({ v.hidden_act, p.hidden_act, d.hidden_act }) do
+    need(nn.has_activation(act), "unsupported hidden_act '%s'", tostring(act))
+  end
+end
+
+local SAM = {}
+SAM.__index = SAM
+
+-- The image-wide positional encoding (1, C, h, w) of the embedding grid,
+-- computed once per model. ref: SamModel.get_image_wide_positional_embeddings
+local function image_wide_positional_embeddings(self)
+  local size = self.config.prompt.image_embedding_size
+  local grid = T.new({ size, size, 2 })
+  local p = grid:ptr()
+  for y = 0, size - 1 do
+    for x = 0, size - 1 do
+      -- cumsum of ones minus 0.5, over the size: pixel centres in [0, 1]
+      p[(y * size + x) * 2] = (x + 1 - 0.5) / size
+      p[(y * size + x) * 2 + 1] = (y + 1 - 0.5) / size
+    end
+  end
+  local pe = self:positional_encoding(grid)            -- (h, w, C)
+  return pe:permute(3, 1, 2):contiguous():unsqueeze(1)  -- (1, C, h, w)
+end
+
+-- new(config, weights, opts): config = decoded config.json; weights with
+-- has(name) / get(name, shape) (fmseg.hf weights). opts.strict = false
+-- allows unknown tensors.
+-- ref: transformers/models/sam/modeling_sam.py, SamModel
+function M.new(config, weights, opts)
+  opts = opts or {}
+  local v = settings(config.vision_config, VISION_DEFAULTS)
+  v.mlp_dim = hf.cfg(config.vision_config or {}, "mlp_dim", math.floor(v.hidden_size * v.mlp_ratio))
+  local p = settings(config.prompt_encoder_config, PROMPT_DEFAULTS)
+  p.image_embedding_size = hf.cfg(config.prompt_encoder_config or {}, "image_embedding_size",
+                                  math.floor(p.image_size / p.patch_size))
+  local d = settings(config.mask_decoder_config, DECODER_DEFAULTS)
+  check_config(v, p, d)
+  local self = setmetatable({ config = { vision = v, prompt = p, decoder = d } }, SAM)
+  -- SamPositionalEmbedding's Gaussian matrix; the prompt encoder holds a
+  -- tied copy under its own name in some checkpoints
+  local pe_name = "shared_image_embedding.positional_embedding"
+  local tied = "prompt_encoder.shared_embedding.positional_embedding"
+  if not weights:has(pe_name) and weights:has(tied) then pe_name = tied end
+  self.shared_image_embedding = { positional_embedding = param(weights, pe_name, { 2, v.num_pos_feats }) }
+  self.vision_encoder = vision_encoder(weights, v)
+  self.prompt_encoder = prompt_encoder(weights, p)
+  self.mask_decoder = mask_decoder(weights, d)
+  if opts.strict ~= false and weights.check_all_used then
+    weights:check_all_used(nil, { "^prompt_encoder%.shared_embedding%.positional_embedding$" })
+  end
+  self.image_positional_embeddings = image_wide_positional_embeddings(self)
+  return self
+end
+
+-- load(path, opts): a SamModel directory (config.json + model.safetensors).
+function M.load(path, opts)
+  local dir = hf.open(path)
+  local model = M.new(dir.config, dir:weights(opts and opts.variant), opts)
+  model.path = dir.path
+  return model
+end
+
+-- A predictor (embed once, prompt many times) over `model`; see
+-- fmseg.sam.predictor.
+function M.predictor(model, opts)
+  return require("fmseg.sam.predictor").new(model, opts)
+end
+
+-- Vision encoder ------------------------------------------------------------------
+
+-- (B, H, W, C) → windows (B*nh*nw, ws, ws, C), zero-padded at the bottom
+-- and right to multiples of ws; returns the padded height and width too.
+-- ref: SamVisionLayer.window_partition
+local function window_partition(x, ws)
+  local b, h, w, c = unpack(x:shape())
+  local ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
+  local hp, wp = h + ph, w + pw
+  if ph > 0 or pw > 0 then
+    local padded = T.zeros({ b, hp, wp, c })
+    padded:narrow(2, 1, h):narrow(3, 1, w):copy(x)
+    x = padded
+  end
+  local windows = x:reshape(b, hp / ws, ws, wp / ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
+  return windows:reshape(b * (hp / ws) * (wp / ws), ws, ws, c), hp, wp
+end
+
+-- windows (B*nh*nw, ws, ws, C) → (B, h, w, C), padding dropped.
+-- ref: SamVisionLayer.window_unpartition
+local function window_unpartition(windows, ws, hp, wp, h, w)
+  local c = windows:size(4)
+  local b = windows:size(1) / ((hp / ws) * (wp / ws))
+  local x = windows:reshape(b, hp / ws, wp / ws, ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
+  x = x:reshape(b, hp, wp, c)
+  if hp == h and wp == w then return x end
+  return x:narrow(2, 1, h):narrow(3, 1, w):contiguous()
+end
+
+-- rel_pos (L, D) resampled to the 2*size-1 relative offsets of a size-long
+-- axis (linear, as F.interpolate(mode="linear")); as it is when it fits.
+-- ref: SamVisionAttention.get_rel_pos (q_size == k_size)
+local function get_rel_pos(rel_pos, size)
+  local l, d = rel_pos:size(1), rel_pos:size(2)
+  if l == 2 * size - 1 then return rel_pos end
+  local x = rel_pos:t():contiguous():reshape(1, d, 1, l)
+  return nn.interpolate(x, 1, 2 * size - 1):reshape(d, 2 * size - 1):t():contiguous()
+end
+
+-- x (N, gh, gw, C) → (N, gh, gw, C): multi-head self-attention over each
+-- grid with decomposed relative positions (core/sam_attention.c).
+-- ref: transformers/models/sam/modeling_sam.py, SamVisionAttention
+local function vision_attention(attn, x, heads)
+  local n, gh, gw, c = unpack(x:shape())
+  local qkv = nn.linear(x:reshape(n, gh * gw, c), attn.qkv.weight, attn.qkv.bias) -- (N, T, 3C)
+  local q, k, v = qkv:narrow(3, 1, c), qkv:narrow(3, c + 1, c), qkv:narrow(3, 2 * c + 1, c)
+  local rh = attn.rel_pos_h and get_rel_pos(attn.rel_pos_h, gh)
+  local rw = attn.rel_pos_w and get_rel_pos(attn.rel_pos_w, gw)
+  local out = T.new({ n, gh * gw, c })
+  check(C.fm_sam_attention(out, q, k, v, heads, 1 / math.sqrt(c / heads), rh, rw, gh, gw, nil))
+  q:free(); k:free(); v:free(); qkv:free()
+  local y = nn.linear(out, attn.proj.weight, attn.proj.bias)
+  out:free()
+  return y:reshape(n, gh, gw, c)
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamMLPBlock
+local function mlp_block(mlp, x, act)
+  local h = nn.activation(nn.linear(x, mlp.lin1.weight, mlp.lin1.bias), act)
+  local y = nn.linear(h, mlp.lin2.weight, mlp.lin2.bias)
+  h:free()
+  return y
+end
+
+-- x (B, h, w, C) → (B, h, w, C). ref: SamVisionLayer.forward
+local function vision_layer_forward(layer, x, cfg)
+  local _, h, w = unpack(x:shape())
+  local ln1, ln2 = layer.layer_norm1, layer.layer_norm2
+  local y = nn.layer_norm(x, ln1.weight, ln1.bias, cfg.layer_norm_eps)
+  local ws, hp, wp = layer.window_size
+  if ws > 0 then y, hp, wp = window_partition(y, ws) end
+  y = vision_attention(layer.attn, y, cfg.num_attention_heads)
+  if ws > 0 then y = window_unpartition(y, ws, hp, wp, h, w) end
+  x = x + y
+  y:free()
+  local z = nn.layer_norm(x, ln2.weight, ln2.bias, cfg.layer_norm_eps)
+  local m = mlp_block(layer.mlp, z, cfg.hidden_act)
+  z:free()
+  x:add_(m)
+  m:free()
+  return x
+end
+
+-- pixel_values (B, C, S, S), S = vision image_size → image embeddings
+-- (B, output_channels, S/patch, S/patch). opts.hidden_states = true also
+-- returns {[0] = after the position embedding, [i] = after layer i} as
+-- (B, h, w, C), the layout transformers returns.
+-- ref: transformers/models/sam/modeling_sam.py, SamVisionEncoder
+function SAM:encode_image(pixel_values, opts)
+  opts = opts or {}
+  local cfg, enc = self.config.vision, self.vision_encoder
+  local shape = pixel_values:shape()
+  if #shape ~= 4 or shape[2] ~= cfg.num_channels or shape[3] ~= cfg.image_size or shape[4] ~= cfg.image_size then
+    error(("sam: pixel_values %s, expected [B, %d, %d, %d] (SAM's encoder takes its fixed input size)"):format(
+      T.shape_string(shape), cfg.num_channels, cfg.image_size, cfg.image_size), 2)
+  end
+  local pe = enc.patch_embed.projection
+  local patches = nn.conv2d(pixel_values, pe.weight, pe.bias, { stride = cfg.patch_size })
+  local x = patches:permute(1, 3, 4, 2):contiguous()        -- (B, h, w, C)
+  patches:free()
+  if enc.pos_embed then x:add_(enc.pos_embed) end
+  local hidden = opts.hidden_states and { [0] = x:clone() } or nil
+  for i, layer in ipairs(enc.layers) do
+    local y = vision_layer_forward(layer, x, cfg)
+    x:free()
+    x = y
+    if hidden then hidden[i] = x:clone() end
+  end
+  -- ref: SamVisionNeck
+  local neck = enc.neck
+  local y = x:permute(1, 4, 2, 3):contiguous()               -- (B, C, h, w)
+  x:free()
+  y = nn.conv2d(y, neck.conv1.weight, nil)
+  y = nn.layer_norm_channels(y, neck.layer_norm1.weight, neck.layer_norm1.bias, SAM_LAYER_NORM_EPS)
+  y = nn.conv2d(y, neck.conv2.weight, nil, { padding = 1 })
+  y = nn.layer_norm_channels(y, neck.layer_norm2.weight, neck.layer_norm2.bias, SAM_LAYER_NORM_EPS)
+  return y, hidden
+end
+
+-- Prompt encoder --------------------------------------------------------------------
+
+-- coords (..., 2) in [0, 1] → (..., 2F) random Fourier features.
+-- ref: transformers/models/sam/modeling_sam.py, SamPositionalEmbedding
+function SAM:positional_encoding(coords)
+  local shape = coords:shape()
+  local n = coords:numel() / 2
+  local g = self.shared_image_embedding.positional_embedding       -- (2, F)
+  local c = (coords * 2 - 1):reshape(n, 2):matmul(g)               -- (n, F)
+  c = c * (2 * math.pi)
+  shape[#shape] = 2 * g:size(2)
+  return T.cat({ c:sin(), c:cos() }, 2):reshape(shape)
+end
+
+local POINT_LABELS = { [1] = true, [0] = true, [-1] = true, [-10] = true }
+
+-- points (B, N, P, 2) in input pixels, labels (B, N, P) → (B, N, P', C);
+-- P' = P + 1 with `pad` (SAM's not-a-point when no box is given).
+-- ref: SamPromptEncoder._embed_points
+function SAM:embed_points(points, labels, pad)
+  local pe, cfg = self.prompt_encoder, self.config.prompt
+  local b, n, p = unpack(points:shape())
+  labels = labels:float()
+  for _, l in ipairs(labels:values()) do
+    if not POINT_LABELS[l] then
+      error(("sam: point label %s (1 fg, 0 bg, -1 not a point, -10 padding)"):format(tostring(l)), 3)
+    end
+  end
+  points = points + 0.5                                  -- pixel centres
+  if pad then
+    points = T.cat({ points, T.zeros({ b, n, 1, 2 }) }, 3)
+    labels = T.cat({ labels, T.full({ b, n, 1 }, -1) }, 3)
+  end
+  local emb = self:positional_encoding(points / cfg.image_size)    -- (B, N, P', C)
+  local function where(v) return labels:eq(v):unsqueeze(-1) end    -- (B, N, P', 1)
+  local is_nap, is_pad, is_bg, is_fg = where(-1), where(-10), where(0), where(1)
+  -- label -1: not_a_point_embed instead; -10: zeros; 0 / 1: + point_embed
+  emb = emb * (1 - is_nap - is_pad) + pe.not_a_point_embed * is_nap
+  return emb + pe.point_embed[1] * is_bg + pe.point_embed[2] * is_fg
+end
+
+-- boxes (B, N, 4) x0, y0, x1, y1 in input pixels → corners (B, N, 2, C).
+-- ref: SamPromptEncoder._embed_boxes
+function SAM:embed_boxes(boxes)
+  local pe, cfg = self.prompt_encoder, self.config.prompt
+  local b, n = boxes:size(1), boxes:size(2)
+  local corners = (boxes + 0.5):reshape(b, n, 2, 2)
+  local emb = self:positional_encoding(corners / cfg.image_size)
+  return emb + T.cat({ pe.point_embed[3], pe.point_embed[4] }, 1)   -- (2, C): top-left, bottom-right
+end
+
+-- masks (M, 1, 4h, 4w) low-res logits → dense embeddings (M, C, h, w).
+-- ref: transformers/models/sam/modeling_sam.py, SamMaskEmbedding
+function SAM:embed_masks(masks)
+  local me, cfg = self.prompt_encoder.mask_embed, self.config.prompt
+  local x = nn.conv2d(masks, me.conv1.weight, me.conv1.bias, { stride = 2 })
+  x = nn.layer_norm_channels(x, me.layer_norm1.weight, me.layer_norm1.bias, cfg.layer_norm_eps)
+  x = nn.activation(x, cfg.hidden_act)
+  x = nn.conv2d(x, me.conv2.weight, me.conv2.bias, { stride = 2 })
+  x = nn.layer_norm_channels(x, me.layer_norm2.weight, me.layer_norm2.bias, cfg.layer_norm_eps)
+  x = nn.activation(x, cfg.hidden_act)
+  return nn.conv2d(x, me.conv3.weight, me.conv3.bias)
+end
+
+-- prompt = {points (B, N, P, 2), labels (B, N, P) (default all 1),
+-- boxes (B, N, 4), masks (M, 1, 4h, 4w)}, coordinates in input pixels →
+-- sparse (B, N, K, C) or nil when there are no points or boxes,
+-- dense (M | 1, C, h, w).
+-- ref: transformers/models/sam/modeling_sam.py, SamPromptEncoder.forward
+function SAM:encode_prompt(prompt)
+  prompt = prompt or {}
+  local sparse
+  if prompt.points then
+    local labels = prompt.labels or T.ones({ unpack(prompt.points:shape(), 1, 3) })
+    sparse = self:embed_points(prompt.points, labels, prompt.boxes == nil)
+  end
+  if prompt.boxes then
+    local boxes = self:embed_boxes(prompt.boxes)
+    if sparse and (sparse:size(1) ~= boxes:size(1) or sparse:size(2) ~= boxes:size(2)) then
+      error(("sam: %d x %d point sets but %d x %d boxes: give one box per point set"):format(
+        sparse:size(1), sparse:size(2), boxes:size(1), boxes:size(2)), 2)
+    end
+    sparse = sparse and T.cat({ sparse, boxes }, 3) or boxes
+  end
+  local dense
+  if prompt.masks then
+    dense = self:embed_masks(prompt.masks)
+  else
+    local s, c = self.config.prompt.image_embedding_size, self.config.prompt.hidden_size
+    dense = T.zeros({ 1, c, s, s }) + self.prompt_encoder.no_mask_embed:reshape(1, c, 1, 1)
+  end
+  return sparse, dense
+end
+
+-- Mask decoder ---------------------------------------------------------------------------
+
+-- x (B, ...) → (B*n, ...), each row repeated n times in a row.
+local function repeat_interleave(x, n)
+  if n == 1 then return x end
+  local shape = x:shape()
+  local parts, u = {}, x:unsqueeze(2)
+  for i = 1, n do parts[i] = u end
+  shape[1] = shape[1] * n
+  return T.cat(parts, 2):reshape(shape)
+end
+
+-- query (B, Tq, C), key (B, Tk, C), value (B, Tk, C) → (B, Tq, C).
+-- ref: transformers/models/sam/modeling_sam.py, SamAttention
+local function attention(a, query, key, value, heads)
+  local q = nn.linear(query, a.q_proj.weight, a.q_proj.bias)
+  local k = nn.linear(key, a.k_proj.weight, a.k_proj.bias)
+  local v = nn.linear(value, a.v_proj.weight, a.v_proj.bias)
+  local o = nn.attention(q, k, v, heads)
+  q:free(); k:free(); v:free()
+  local y = nn.linear(o, a.out_proj.weight, a.out_proj.bias)
+  o:free()
+  return y
+end
+
+local function layer_norm(x, ln, eps) return nn.layer_norm(x, ln.weight, ln.bias, eps) end
+
+-- queries (BN, Tq, C), keys (BN, HW, C) → queries, keys.
+-- ref: transformers/models/sam/modeling_sam.py, SamTwoWayAttentionBlock
+local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg)
+  local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+  if layer.skip_first_layer_pe then
+    queries = attention(layer.self_attn, queries, queries, queries, heads)
+  else
+    local q = queries + query_pe
+    queries = queries + attention(layer.self_attn, q, q, queries, heads)
+  end
+  queries = layer_norm(queries, layer.layer_norm1, eps)
+  -- tokens attending to the image
+  local q, k = queries + query_pe, keys + key_pe
+  queries = layer_norm(queries + attention(layer.cross_attn_token_to_image, q, k, keys, heads),
+                       layer.layer_norm2, eps)
+  queries = layer_norm(queries + mlp_block(layer.mlp, queries, cfg.hidden_act), layer.layer_norm3, eps)
+  -- the image attending to the tokens (keys + key_pe is unchanged)
+  q = queries + query_pe
+  local update = attention(layer.cross_attn_image_to_token, k, q, queries, heads)
+  k:free()
+  local new_keys = keys + update
+  update:free()
+  keys = layer_norm(new_keys, layer.layer_norm4, eps)
+  new_keys:free()
+  return queries, keys
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamTwoWayTransformer
+local function two_way_transformer(tr, tokens, src, pos, cfg)
+  local queries, keys = tokens, src
+  for _, layer in ipairs(tr.layers) do
+    local new_queries, new_keys = two_way_block(layer, queries, keys, tokens, pos, cfg)
+    keys:free()   -- src too: the blocks hand back new keys
+    queries, keys = new_queries, new_keys
+  end
+  local q, k = queries + tokens, keys + pos
+  local out = attention(tr.final_attn_token_to_image, q, k, keys, cfg.num_attention_heads)
+  k:free()
+  queries = layer_norm(queries + out, tr.layer_norm_final_attn, TORCH_LAYER_NORM_EPS)
+  return queries, keys
+end
+
+-- ref: transformers/models/sam/modeling_sam.py, SamFeedForward (ReLU)
+local function feed_forward_forward(ff, x)
+  local h = nn.linear(x, ff.proj_in.weight, ff.proj_in.bias):relu_()
+  for _, l in ipairs(ff.layers) do h = nn.linear(h, l.weight, l.bias):relu_() end
+  return nn.linear(h, ff.proj_out.weight, ff.proj_out.bias)
+end
+
+-- image_embeddings (B, C, h, w), sparse (B, N, K, C) or nil, dense
+-- (B*N | B | 1, C, h, w), multimask → low-res mask logits (B, N, M, 4h, 4w)
+-- and IoU predictions (B, N, M): M = num_multimask_outputs (mask tokens
+-- 2..) with multimask, else 1 (mask token 1).
+-- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder.forward
+function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
+  local dec, cfg = self.mask_decoder, self.config.decoder
+  local b, c, h, w = unpack(image_embeddings:shape())
+  local s = self.config.prompt.image_embedding_size
+  if h ~= s or w ~= s then
+    error(("sam: image embeddings %s, expected [B, %d, %d, %d]"):format(
+      T.shape_string(image_embeddings:shape()), c, s, s), 2)
+  end
+  local n = sparse and sparse:size(2) or 1
+  local bn = b * n
+  -- output tokens (IoU, mask tokens) followed by the prompt's tokens
+  local out_tokens = T.cat({ dec.iou_token, dec.mask_tokens }, 1)           -- (1 + Mt, C)
+  local ntok = out_tokens:size(1)
+  local tokens = T.zeros({ bn, ntok, c }) + out_tokens
+  if sparse then tokens = T.cat({ tokens, sparse:reshape(bn, sparse:size(3), c) }, 2) end
+  -- per-image data repeated for each prompt of its point batch
+  local src = repeat_interleave(image_embeddings, n)
+  local nd = dense:size(1)
+  if nd ~= bn and nd ~= 1 then
+    if nd ~= b then
+      error(("sam: dense embeddings for %d prompts, expected %d, %d or 1"):format(nd, bn, b), 2)
+    end
+    dense = repeat_interleave(dense, n)
+  end
+  src = src + dense
+  local pos = self.image_positional_embeddings
+  local keys = src:reshape(bn, c, h * w):transpose(2, 3):contiguous()      -- (BN, HW, C)
+  src:free()
+  local key_pe = pos:reshape(1, c, h * w):transpose(2, 3):contiguous()     -- (1, HW, C), broadcast
+  local queries
+  queries, keys = two_way_transformer(dec.transformer, tokens, keys, key_pe, cfg)
+  key_pe:free()
+  -- upscale the image tokens and predict a mask per mask token
+  local img = keys:transpose(2, 3):contiguous():reshape(bn, c, h, w)
+  keys:free()
+  local up = nn.conv_transpose2d(img, dec.upscale_conv1.weight, dec.upscale_conv1.bias, 2)
+  img:free()
+  up = nn.layer_norm_channels(up, dec.upscale_layer_norm.weight, dec.upscale_layer_norm.bias,
+                              SAM_LAYER_NORM_EPS):gelu_()
+  up = nn.conv_transpose2d(up, dec.upscale_conv2.weight, dec.upscale_conv2.bias, 2):gelu_()
+  local uc, uh, uw = up:size(2), up:size(3), up:size(4)
+  local mtok = dec.mask_tokens:size(1)
+  local hyper = {}
+  for i = 1, mtok do
+    hyper[i] = feed_forward_forward(dec.output_hypernetworks_mlps[i], queries:select(2, 1 + i))
+  end
+  local hyper_in = T.stack(hyper, 2)                                        -- (BN, Mt, C/8)
+  local masks = hyper_in:matmul(up:reshape(bn, uc, uh * uw))                -- (BN, Mt, 4h*4w)
+  up:free()
+  local iou = feed_forward_forward(dec.iou_prediction_head, queries:select(2, 1))   -- (BN, Mt)
+  local first, count = 2, mtok - 1
+  if not multimask then first, count = 1, 1 end
+  masks = masks:narrow(2, first, count):contiguous():reshape(b, n, count, uh, uw)
+  iou = iou:narrow(2, first, count):contiguous():reshape(b, n, count)
+  return masks, iou
+end
+
+-- forward(pixel_values or nil, prompt, opts) → masks, iou, image_embeddings:
+-- the whole SamModel. opts.image_embeddings reuses an encoding; opts.multimask
+-- (default true).
+function SAM:forward(pixel_values, prompt, opts)
+  opts = opts or {}
+  local emb = opts.image_embeddings or self:encode_image(pixel_values)
+  local sparse, dense = self:encode_prompt(prompt)
+  local masks, iou = self:decode_masks(emb, sparse, dense, opts.multimask ~= false)
+  return masks, iou, emb
+end
+
+return M

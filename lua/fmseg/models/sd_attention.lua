@@ -1,0 +1,198 @@
+-- fmseg.models.sd_attention — capturing the UNet's attention maps and
+-- turning them into the per-pixel maps that cross-attention segmentation
+-- (DiffSegmenter, OVAM) and DiffSeg work from.
+--
+--   local A = require("fmseg.models.sd_attention")
+--   local cap = A.capture({ kinds = { "attn1", "attn2" } })    -- every layer
+--   local eps = unet:forward(latents, t, text, { capture = cap })
+--   for _, name in ipairs(cap.names) do print(name, cap.maps[name]) end
+--   local cross = A.aggregate(cap, { kind = "attn2", size = { 64, 64 } })
+--   -- cross: (N, tokens, 64, 64), heads and layers averaged
+--
+-- A map is what softmax(q kᵀ / sqrt(d)) gives for one attention layer,
+-- stored as diffusers' attention processors see it: [N*heads, queries,
+-- keys], batch-major (row b*heads + h). Queries are the layer's latent
+-- pixels in row-major order (height x width of that resolution); keys are
+-- the same pixels (attn1, self-attention) or the text tokens (attn2).
+-- Names are module paths: "up_blocks.1.attentions.0.transformer_blocks.0.attn2".
+--
+-- Capturing only asks the attention kernel to write its probabilities to a
+-- kept buffer instead of a scratch one: the UNet output is bit-identical
+-- with and without a capture. Self-attention maps are large (SD 1.5 at
+-- 64x64: 4096² floats per head, 512 MB per layer for 8 heads); select
+-- layers, or let the capture average heads as it records (mean_heads).
+local nn = require("fmseg.nn")
+
+local M = {}
+local Capture = {}
+Capture.__index = Capture
+
+-- opts:
+--   kinds       list of "attn1" / "attn2" (default both)
+--   layers      list of exact module paths to keep (default: all)
+--   match       Lua pattern a module path must match (default: all)
+--   resolutions list of map heights to keep (e.g. {32, 16}; default: all)
+--   mean_heads  average heads as maps arrive: maps are [N, queries, keys]
+function M.capture(opts)
+  opts = opts or {}
+  local self = setmetatable({ names = {}, maps = {}, info = {}, opts = opts }, Capture)
+  self.kinds = {}
+  for _, k in ipairs(opts.kinds or { "attn1", "attn2" }) do
+    if k ~= "attn1" and k ~= "attn2" then error("capture: kinds are 'attn1' and 'attn2', got " .. tostring(k), 2) end
+    self.kinds[k] = true
+  end
+  if opts.layers then
+    self.layers = {}
+    for _, name in ipairs(opts.layers) do self.layers[name] = true end
+  end
+  if opts.resolutions then
+    self.resolutions = {}
+    for _, r in ipairs(opts.resolutions) do self.resolutions[r] = true end
+  end
+  return self
+end
+
+-- Would this layer be kept? (asked before the attention runs)
+function Capture:wants(name, kind, height)
+  if not self.kinds[kind] then return false end
+  if self.layers and not self.layers[name] then return false end
+  if self.opts.match and not name:find(self.opts.match) then return false end
+  return true
+end
+
+-- probs: (N, heads, queries, keys) from the attention kernel; info: kind,
+-- heads, height, width of the layer.
+function Capture:record(name, probs, info)
+  if self.resolutions and not self.resolutions[info.height] then return end
+  local n, heads, tq, tk = unpack(probs:shape())
+  local map
+  if self.opts.mean_heads then
+    map = probs:mean(2)
+    probs:free()
+  else
+    map = probs:reshape({ n * heads, tq, tk })
+  end
+  if not self.maps[name] then self.names[#self.names + 1] = name end
+  self.maps[name] = map
+  self.info[name] = { kind = info.kind, heads = heads, batch = n, height = info.height, width = info.width,
+                      mean_heads = self.opts.mean_heads or false }
+end
+
+-- Releases every map now (they can be hundreds of MB).
+function Capture:clear()
+  for _, name in ipairs(self.names) do self.maps[name]:free() end
+  self.names, self.maps, self.info = {}, {}, {}
+end
+
+-- Helpers ------------------------------------------------------------------------
+
+-- [N*heads, Tq, Tk] → [N, Tq, Tk], the mean over heads
+function M.mean_heads(map, heads)
+  local bh, tq, tk = unpack(map:shape())
+  if bh % heads ~= 0 then error(("mean_heads: %d rows are not a multiple of %d heads"):format(bh, heads), 2) end
+  return map:reshape({ bh / heads, heads, tq, tk }):mean(2)
+end
+
+-- The named map with heads averaged: [N, Tq, Tk] (a new tensor)
+function Capture:head_mean(name)
+  local map, info = self.maps[name], self.info[name]
+  if not map then error("capture: no map named " .. tostring(name), 2) end
+  if info.mean_heads then return map:clone() end
+  return M.mean_heads(map, info.heads)
+end
+
+-- Cross-attention map [N, h*w, K] of an h x w layer → [N, K, oh, ow]: one
+-- image per key (text token), resized (bilinear unless opts.mode says).
+function M.cross_to_images(map, h, w, oh, ow, opts)
+  opts = opts or {}
+  local n, tq, k = unpack(map:shape())
+  if tq ~= h * w then error(("cross_to_images: %d queries for a %dx%d layer"):format(tq, h, w), 2) end
+  local img = map:transpose(2, 3):contiguous():reshape({ n, k, h, w })
+  if oh == h and ow == w then return img end
+  local out = nn.interpolate(img, oh, ow, { mode = opts.mode or "bilinear" })
+  img:free()
+  return out
+end
+
+-- Self-attention map [N, h*w, h*w] → [N, oh*ow, oh, ow]: for every query
+-- pixel at the new resolution, an attention image over key pixels. Keys are
+-- resized as images (bilinear by default); queries take the map of the
+-- query pixel they fall in (nearest), as DiffSeg repeats them.
+function M.self_to_images(map, h, w, oh, ow, opts)
+  opts = opts or {}
+  local n, tq, tk = unpack(map:shape())
+  if tq ~= h * w or tk ~= h * w then
+    error(("self_to_images: map [%d, %d, %d] does not fit a %dx%d layer"):format(n, tq, tk, h, w), 2)
+  end
+  -- keys: [N*Tq, 1, h, w] → [N*Tq, 1, oh, ow]
+  local keys = map:reshape({ n * tq, 1, h, w })
+  if oh ~= h or ow ~= w then keys = nn.interpolate(keys, oh, ow, { mode = opts.mode or "bilinear" }) end
+  if oh == h and ow == w then return keys:reshape({ n, tq, oh, ow }):clone() end
+  -- queries: [N, h, w, oh*ow] → nearest to [N, oh, ow, oh*ow] via (N, oh*ow, h, w)
+  local q = keys:reshape({ n, h * w, oh * ow }):transpose(2, 3):contiguous():reshape({ n, oh * ow, h, w })
+  keys:free()
+  local up = nn.interpolate(q, oh, ow, { mode = "nearest" })
+  q:free()
+  local out = up:reshape({ n, oh * ow, oh * ow }):transpose(2, 3):contiguous():reshape({ n, oh * ow, oh, ow })
+  up:free()
+  return out
+end
+
+-- Averages the captured maps of one kind over heads and layers at a common
+-- resolution. opts:
+--   kind      "attn1" or "attn2" (required)
+--   size      {oh, ow} (default: the largest captured layer's size)
+--   names     which captured layers (default: all of that kind)
+--   weights   function(info, name) → weight, or a table height → weight
+--             (e.g. DiffSegmenter's {[8]=0.3, [16]=0.5, [32]=0.1, [64]=0.1});
+--             default 1 for each layer
+--   mode      key resize mode (default "bilinear")
+-- Returns the weighted mean: attn2 → [N, keys, oh, ow];
+-- attn1 → [N, oh*ow, oh, ow] (each query's attention image).
+function M.aggregate(cap, opts)
+  local kind = opts.kind
+  if kind ~= "attn1" and kind ~= "attn2" then error("aggregate: opts.kind must be 'attn1' or 'attn2'", 2) end
+  local names = {}
+  for _, name in ipairs(opts.names or cap.names) do
+    if cap.info[name] and cap.info[name].kind == kind then names[#names + 1] = name end
+  end
+  if #names == 0 then error("aggregate: no captured " .. kind .. " maps", 2) end
+  local oh, ow = 0, 0
+  if opts.size then
+    oh, ow = opts.size[1], opts.size[2]
+  else
+    for _, name in ipairs(names) do
+      local info = cap.info[name]
+      if info.height * info.width > oh * ow then oh, ow = info.height, info.width end
+    end
+  end
+  local sum, total = nil, 0
+  for _, name in ipairs(names) do
+    local info = cap.info[name]
+    local wt = 1
+    if type(opts.weights) == "function" then wt = opts.weights(info, name)
+    elseif type(opts.weights) == "table" then wt = opts.weights[info.height] or 0 end
+    if wt ~= 0 then
+      local mean = cap:head_mean(name)
+      local img
+      if kind == "attn2" then
+        img = M.cross_to_images(mean, info.height, info.width, oh, ow, opts)
+      else
+        img = M.self_to_images(mean, info.height, info.width, oh, ow, opts)
+      end
+      mean:free()
+      if wt ~= 1 then img:mul_(wt) end
+      if sum then
+        sum:add_(img)
+        img:free()
+      else
+        sum = img
+      end
+      total = total + wt
+    end
+  end
+  if not sum then error("aggregate: every selected layer has weight 0", 2) end
+  return sum:div_(total)
+end
+
+return M

@@ -1,0 +1,157 @@
+-- fmseg.sam.predictor — embed an image once, prompt it many times
+-- (segment-anything's SamPredictor over transformers' SamModel).
+--
+--   local sam = require("fmseg.models.sam")
+--   local p = sam.predictor(sam.load("sam-vit-base"))
+--   p:set_image(img)                          -- (H, W, 3) uint8: runs the encoder
+--   local masks, iou, low_res = p:predict({
+--     points = { { 500, 375 }, { 1125, 625 } }, labels = { 1, 0 },
+--     box = { 425, 600, 700, 875 },           -- x0, y0, x1, y1
+--     mask_input = low_res:narrow(1, k, 1),    -- (1, 256, 256) logits of an earlier call
+--     multimask = true,                        -- 3 masks; false: 1
+--   })
+--   -- masks (M, H, W) uint8 0/1 at the original size, iou (M), low_res (M, 256, 256)
+--
+-- Many prompts at once, for the automatic mask generator:
+--
+--   local masks, iou, low_res = p:predict_batch(points, labels, opts)
+--   -- points (N, P, 2) float32, labels (N, P) (1 fg, 0 bg, -1 ignored),
+--   -- opts.boxes (N, 4), opts.mask_input (N, 1, 256, 256),
+--   -- opts.multimask (true), opts.return_logits (false)
+--   -- → masks (N, M, H, W) uint8 (float32 logits with return_logits),
+--   --   iou (N, M), low_res (N, M, 256, 256)
+--
+-- Coordinates are original-image pixels (x, y). Memory: the decoder holds
+-- N copies of the image tokens (N x 4096 x 256 floats, 4 MB each at 1024)
+-- and the outputs are N x M x H x W (x 4 bytes with return_logits); choose
+-- N accordingly. The predictor holds the per-image state; the model stays
+-- immutable and can serve several predictors.
+local processor = require("fmseg.sam.processor")
+local T = require("fmseg.tensor")
+
+local M = {}
+
+local Predictor = {}
+Predictor.__index = Predictor
+
+-- new(model, opts): opts.processor (a fmseg.sam.processor), or the options
+-- for one (resize = "pil" | "interpolate", ...); by default the
+-- preprocessor_config.json of model.path when there is one.
+function M.new(model, opts)
+  opts = opts or {}
+  local proc = opts.processor
+  if not proc then
+    local o = { resize = opts.resize, longest_edge = opts.longest_edge }
+    if model.path then
+      proc = processor.load(model.path, o)
+    else
+      o.longest_edge = o.longest_edge or model.config.vision.image_size
+      proc = processor.new(o)
+    end
+  end
+  return setmetatable({ model = model, processor = proc }, Predictor)
+end
+
+-- Runs the image encoder on img (H, W, 3) uint8 and keeps its embeddings.
+function Predictor:set_image(img)
+  local x, resized_hw, original_hw = self.processor:preprocess(img)
+  return self:set_pixel_values(x, original_hw, resized_hw)
+end
+
+-- Already preprocessed input: pixel_values (1, 3, S, S) of an image of
+-- original_hw {h, w} whose resized content is resized_hw (default: as the
+-- processor would resize it).
+function Predictor:set_pixel_values(pixel_values, original_hw, resized_hw)
+  if pixel_values:size(1) ~= 1 then
+    error(("sam predictor: one image at a time, got pixel_values %s"):format(
+      T.shape_string(pixel_values:shape())), 2)
+  end
+  resized_hw = resized_hw or { processor.preprocess_shape(original_hw[1], original_hw[2],
+                                                          self.processor.longest_edge) }
+  self:reset_image()
+  self.image_embeddings = self.model:encode_image(pixel_values)
+  self.original_hw = { original_hw[1], original_hw[2] }
+  self.resized_hw = { resized_hw[1], resized_hw[2] }
+  return self
+end
+
+function Predictor:reset_image()
+  if self.image_embeddings then self.image_embeddings:free() end
+  self.image_embeddings, self.original_hw, self.resized_hw = nil, nil, nil
+end
+
+local function as_tensor(x, what)
+  if x == nil then return nil end
+  if T.is_tensor(x) then return x:float() end
+  if type(x) ~= "table" then error(("sam predictor: %s must be a table or a tensor"):format(what), 3) end
+  return T.from_table(x)
+end
+
+-- predict(prompt) → masks (M, H, W), iou (M), low_res (M, h, w) for one
+-- prompt: points {{x, y}, ...} or (P, 2), labels {1, 0, ...} or (P)
+-- (default all foreground), box {x0, y0, x1, y1} or (4), mask_input
+-- (1, h, w) or (1, 1, h, w) logits, multimask (true), return_logits (false).
+function Predictor:predict(prompt)
+  prompt = prompt or {}
+  local points = as_tensor(prompt.points, "points")
+  local labels = as_tensor(prompt.labels, "labels")
+  local box = as_tensor(prompt.box, "box")
+  if points then
+    if points:dim() ~= 2 or points:size(2) ~= 2 then
+      error(("sam predictor: points %s, expected {{x, y}, ...}"):format(T.shape_string(points:shape())), 2)
+    end
+    labels = labels or T.ones({ points:size(1) })
+    if labels:numel() ~= points:size(1) then
+      error(("sam predictor: %d labels for %d points"):format(labels:numel(), points:size(1)), 2)
+    end
+    points, labels = points:unsqueeze(1), labels:reshape(1, points:size(1))
+  end
+  if box and box:numel() ~= 4 then
+    error(("sam predictor: box %s, expected {x0, y0, x1, y1}"):format(T.shape_string(box:shape())), 2)
+  end
+  local mask_input = prompt.mask_input
+  if mask_input then
+    local s = mask_input:shape()
+    mask_input = mask_input:reshape(1, 1, s[#s - 1], s[#s])
+  end
+  local masks, iou, low_res = self:predict_batch(points, labels, {
+    boxes = box and box:reshape(1, 4), mask_input = mask_input,
+    multimask = prompt.multimask, return_logits = prompt.return_logits,
+  })
+  return masks:select(1, 1), iou:select(1, 1), low_res:select(1, 1)
+end
+
+-- predict_batch(points (N, P, 2) | nil, labels (N, P) | nil, opts) → masks
+-- (N, M, H, W), iou (N, M), low_res (N, M, h, w); see the top of the file.
+function Predictor:predict_batch(points, labels, opts)
+  opts = opts or {}
+  if not self.image_embeddings then error("sam predictor: call set_image first", 2) end
+  local proc, ohw, rhw = self.processor, self.original_hw, self.resized_hw
+  local prompt = {}
+  if points then
+    if points:dim() ~= 3 or points:size(3) ~= 2 then
+      error(("sam predictor: points %s, expected (N, P, 2)"):format(T.shape_string(points:shape())), 2)
+    end
+    local n, p = points:size(1), points:size(2)
+    labels = labels and labels:float() or T.ones({ n, p })
+    if labels:numel() ~= n * p then
+      error(("sam predictor: labels %s for points %s"):format(T.shape_string(labels:shape()),
+        T.shape_string(points:shape())), 2)
+    end
+    prompt.points = proc:map_coords(points:float(), ohw, rhw):unsqueeze(1)   -- (1, N, P, 2)
+    prompt.labels = labels:reshape(1, n, p)
+  end
+  if opts.boxes then
+    local boxes = opts.boxes:float()
+    prompt.boxes = proc:map_boxes(boxes, ohw, rhw):reshape(1, boxes:numel() / 4, 4)
+  end
+  prompt.masks = opts.mask_input
+  local model = self.model
+  local sparse, dense = model:encode_prompt(prompt)
+  local low_res, iou = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false)
+  low_res, iou = low_res:select(1, 1), iou:select(1, 1)                  -- (N, M, h, w), (N, M)
+  local masks = proc:postprocess_masks(low_res, rhw, ohw, { binarize = not opts.return_logits })
+  return masks, iou, low_res
+end
+
+return M
