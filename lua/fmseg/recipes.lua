@@ -35,11 +35,22 @@ local function check_contract(recipe, name)
   return recipe
 end
 
-function M.load(name)
+-- extra_dir (a config's `recipe_dir`, e.g. test recipes) is searched
+-- before <root>/recipes; relative to the working directory, else to the root.
+local function extra_path(extra_dir, name)
+  if not extra_dir then return nil end
+  for _, dir in ipairs({ extra_dir, core.root .. "/" .. extra_dir }) do
+    local p = dir .. "/" .. name .. ".lua"
+    local f = io.open(p, "r")
+    if f then f:close(); return p end
+  end
+end
+
+function M.load(name, extra_dir)
   if type(name) ~= "string" or not name:match("^[%w_]+$") then
     error(("config: recipe must be a name like 'sclip', got %s"):format(tostring(name)), 0)
   end
-  local path = M.dir() .. "/" .. name .. ".lua"
+  local path = extra_path(extra_dir, name) or (M.dir() .. "/" .. name .. ".lua")
   local chunk, err = loadfile(path)
   if not chunk then
     if not io.open(path, "r") then

@@ -25,7 +25,7 @@ local Session = {}
 Session.__index = Session
 
 function M.session(cfg)
-  local recipe = recipes.load(config.get(cfg, "recipe"))
+  local recipe = recipes.load(config.get(cfg, "recipe"), config.get(cfg, "recipe_dir"))
   local params = recipes.params(recipe, config.get(cfg, "params", {}))
   local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
   local loaded = {}

@@ -4,6 +4,9 @@
 local MODULES = {
   "fmseg.commands.classify",
   "fmseg.commands.sam",
+  "fmseg.commands.eval",
+  "fmseg.commands.merge",
+  "fmseg.commands.table",
 }
 
 -- A module not (yet) present is skipped, so one missing file cannot take
