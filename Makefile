@@ -36,7 +36,7 @@ export FMSEG_FIXTURES
 
 all: build/libfmseg.so fmseg
 
-build/obj/%.o: core/%.c core/fmseg.h core/internal.h
+build/obj/%.o: core/%.c $(wildcard core/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c $< -o $@
 

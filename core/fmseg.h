@@ -139,7 +139,7 @@ int fm_group_norm(fm_tensor *out, const fm_tensor *x, int64_t groups,
 /* x: (N, C, H, W) normalised over C per pixel (SAM's channels-first LN) */
 int fm_layer_norm_channels(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
                            const fm_tensor *b, float eps);
-/* softmax over the last dim */
+/* softmax over the last dim; an all -inf row gives zeros */
 int fm_softmax(fm_tensor *out, const fm_tensor *x);
 
 /* x: (N, C, H, W), w: (OC, C, KH, KW), b: (OC) or NULL; out: (N, OC, OH, OW) */
@@ -152,9 +152,13 @@ int fm_conv_transpose2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w,
 
 /* Multi-head scaled dot-product attention.
  * q: (B, Tq, H*D), k: (B, Tk, H*D), v: (B, Tk, H*Dv); out: (B, Tq, H*Dv)
- * out = softmax(scale * q kᵀ + mask [+ causal]) v, head by head.
- * mask: NULL, (Tq, Tk) or (B, H, Tq, Tk) additive. probs: NULL or (B, H, Tq, Tk)
- * receives the probabilities. */
+ * out = softmax(scale * q kᵀ + mask [+ causal]) v, in blocks of (batch, head,
+ * query rows): all heads' scores are never held at once.
+ * q, k, v may be strided views whose last dim is contiguous (slices of a
+ * fused qkv). mask: NULL, (Tq, Tk) or (1|B, 1|H, Tq, Tk) additive.
+ * causal: query i sees keys 0..i (PyTorch's is_causal). probs: NULL or
+ * (B, H, Tq, Tk) receives the probabilities. A row that is all -inf gives
+ * zeros (PyTorch gives NaN). */
 int fm_attention(fm_tensor *out, const fm_tensor *q, const fm_tensor *k,
                  const fm_tensor *v, int64_t heads, float scale,
                  const fm_tensor *mask, int32_t causal, fm_tensor *probs);

@@ -90,14 +90,16 @@ end
 
 -- q: (B, Tq, H*D), k: (B, Tk, H*D), v: (B, Tk, H*Dv) → (B, Tq, H*Dv)
 -- opts: scale (default D^-1/2), mask (additive), causal, probs (true to
--- also return the (B, H, Tq, Tk) probabilities).
+-- also return the (B, H, Tq, Tk) probabilities, or a (B, H, Tq, Tk) tensor
+-- to write them into).
 function nn.attention(q, k, v, heads, opts)
   opts = opts or {}
   local b, tq, c = unpack(q:shape())
   local tk, cv = k:size(2), v:size(3)
   local scale = opts.scale or 1 / math.sqrt(c / heads)
   local out = T.new({ b, tq, cv })
-  local probs = opts.probs and T.new({ b, heads, tq, tk }) or nil
+  local probs = opts.probs
+  if probs == true then probs = T.new({ b, heads, tq, tk }) elseif not probs then probs = nil end
   check(C.fm_attention(out, dense(q), dense(k), dense(v), heads, scale, dense(opts.mask),
                        opts.causal and 1 or 0, probs))
   return out, probs

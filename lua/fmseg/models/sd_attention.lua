@@ -22,6 +22,7 @@
 -- 64x64: 4096² floats per head, 512 MB per layer for 8 heads); select
 -- layers, or let the capture average heads as it records (mean_heads).
 local nn = require("fmseg.nn")
+local T = require("fmseg.tensor")
 
 local M = {}
 local Capture = {}
@@ -31,7 +32,6 @@ Capture.__index = Capture
 --   kinds       list of "attn1" / "attn2" (default both)
 --   layers      list of exact module paths to keep (default: all)
 --   match       Lua pattern a module path must match (default: all)
---   resolutions list of map heights to keep (e.g. {32, 16}; default: all)
 --   mean_heads  average heads as maps arrive: maps are [N, queries, keys]
 function M.capture(opts)
   opts = opts or {}
@@ -45,30 +45,46 @@ function M.capture(opts)
     self.layers = {}
     for _, name in ipairs(opts.layers) do self.layers[name] = true end
   end
-  if opts.resolutions then
-    self.resolutions = {}
-    for _, r in ipairs(opts.resolutions) do self.resolutions[r] = true end
-  end
   return self
 end
 
 -- Would this layer be kept? (asked before the attention runs)
-function Capture:wants(name, kind, height)
+function Capture:wants(name, kind)
   if not self.kinds[kind] then return false end
   if self.layers and not self.layers[name] then return false end
   if self.opts.match and not name:find(self.opts.match) then return false end
   return true
 end
 
--- probs: (N, heads, queries, keys) from the attention kernel; info: kind,
--- heads, height, width of the layer.
+-- The (N, heads, queries, keys) buffer the attention kernel writes this
+-- layer's probabilities into. Kept maps get a buffer of their own; with
+-- mean_heads one scratch buffer serves every layer of that shape (fresh
+-- 512 MB buffers cost more in page faults than the attention itself).
+function Capture:buffer(shape)
+  if not self.opts.mean_heads then return T.new(shape) end
+  local key = table.concat(shape, "x")
+  if self.scratch_key ~= key then
+    if self.scratch then self.scratch:free() end
+    self.scratch, self.scratch_key = T.new(shape), key
+  end
+  return self.scratch
+end
+
+-- (N, heads, Tq, Tk) → (N, Tq, Tk): head 1 + head 2 + ... then / heads,
+-- contiguous adds rather than a strided reduction.
+local function head_mean(probs)
+  local heads = probs:size(2)
+  local acc = probs:select(2, 1):clone()
+  for h = 2, heads do acc:add_(probs:select(2, h)) end
+  return acc:div_(heads)
+end
+
+-- probs: the buffer from :buffer, filled; info: kind, height, width.
 function Capture:record(name, probs, info)
-  if self.resolutions and not self.resolutions[info.height] then return end
   local n, heads, tq, tk = unpack(probs:shape())
   local map
   if self.opts.mean_heads then
-    map = probs:mean(2)
-    probs:free()
+    map = head_mean(probs)
   else
     map = probs:reshape({ n * heads, tq, tk })
   end
@@ -81,7 +97,8 @@ end
 -- Releases every map now (they can be hundreds of MB).
 function Capture:clear()
   for _, name in ipairs(self.names) do self.maps[name]:free() end
-  self.names, self.maps, self.info = {}, {}, {}
+  if self.scratch then self.scratch:free() end
+  self.names, self.maps, self.info, self.scratch, self.scratch_key = {}, {}, {}, nil, nil
 end
 
 -- Helpers ------------------------------------------------------------------------
@@ -90,7 +107,7 @@ end
 function M.mean_heads(map, heads)
   local bh, tq, tk = unpack(map:shape())
   if bh % heads ~= 0 then error(("mean_heads: %d rows are not a multiple of %d heads"):format(bh, heads), 2) end
-  return map:reshape({ bh / heads, heads, tq, tk }):mean(2)
+  return head_mean(map:reshape({ bh / heads, heads, tq, tk }))
 end
 
 -- The named map with heads averaged: [N, Tq, Tk] (a new tensor)

@@ -93,12 +93,14 @@ local function read_config(config)
     flip_sin_to_cos = hf.cfg(config, "flip_sin_to_cos", true),
     freq_shift = hf.cfg(config, "freq_shift", 0),
     down_block_types = down, up_block_types = up, block_out_channels = boc,
-    mid_block_type = hf.cfg(config, "mid_block_type", false) or nil,
+    -- absent means the default mid block; null means none
+    mid_block_type = config.mid_block_type == nil and "UNetMidBlock2DCrossAttn"
+                     or (not is_null(config.mid_block_type) and config.mid_block_type or nil),
     layers_per_block = per_block(config, "layers_per_block", 2, n),
     downsample_padding = hf.cfg(config, "downsample_padding", 1),
     mid_block_scale_factor = hf.cfg(config, "mid_block_scale_factor", 1),
     act = B.check_activation(hf.cfg(config, "act_fn", "silu"), "act_fn"),
-    groups = hf.cfg(config, "norm_num_groups"),
+    groups = hf.cfg(config, "norm_num_groups", 32),
     eps = hf.cfg(config, "norm_eps", 1e-5),
     cross_attention_dim = per_block(config, "cross_attention_dim", 1280, n),
     transformer_layers = per_block(config, "transformer_layers_per_block", 1, n),
@@ -135,15 +137,20 @@ local function load_attention(w, p, query_dim, context_dim, heads, head_dim)
 end
 
 -- x: (N, T, C); context: (N, S, D) or nil for self-attention. `name` is
--- the module path, `info` what a capture records beside the map.
+-- the module path, `info` what a capture records beside the map. A
+-- capture hands the kernel the buffer its probabilities go to; without one
+-- the kernel keeps scores in scratch rows.
 local function attention(a, x, context, run, name, info)
   local src = context or x
   local q = B.linear(x, a.to_q)
   local k = B.linear(src, a.to_k)
   local v = B.linear(src, a.to_v)
   local cap = run.capture
-  local want = cap and cap:wants(name, info.kind)
-  local o, probs = nn.attention(q, k, v, a.heads, { scale = a.scale, probs = want })
+  local probs
+  if cap and cap:wants(name, info.kind) then
+    probs = cap:buffer({ q:size(1), a.heads, q:size(2), k:size(2) })
+  end
+  local o = nn.attention(q, k, v, a.heads, { scale = a.scale, probs = probs })
   q:free(); k:free(); v:free()
   if probs then cap:record(name, probs, info) end
   local out = B.linear(o, a.to_out)

@@ -17,7 +17,8 @@
 --   local masks, iou, low_res = p:predict_batch(points, labels, opts)
 --   -- points (N, P, 2) float32, labels (N, P) (1 fg, 0 bg, -1 ignored),
 --   -- opts.boxes (N, 4), opts.mask_input (N, 1, 256, 256),
---   -- opts.multimask (true), opts.return_logits (false)
+--   -- opts.multimask (true), opts.return_logits (false), opts.masks (true;
+--   -- false skips the upsampling: masks is nil, see upsample_logits)
 --   -- → masks (N, M, H, W) uint8 (float32 logits with return_logits),
 --   --   iou (N, M), low_res (N, M, 256, 256)
 --
@@ -150,8 +151,18 @@ function Predictor:predict_batch(points, labels, opts)
   local sparse, dense = model:encode_prompt(prompt)
   local low_res, iou = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false)
   low_res, iou = low_res:select(1, 1), iou:select(1, 1)                  -- (N, M, h, w), (N, M)
+  if opts.masks == false then return nil, iou, low_res end               -- see upsample_logits
   local masks = proc:postprocess_masks(low_res, rhw, ohw, { binarize = not opts.return_logits })
   return masks, iou, low_res
+end
+
+-- low_res (..., h, w) logits of the current image → (..., H, W) logits at
+-- its original size, as predict_batch's return_logits masks. With
+-- predict_batch's opts.masks = false, a caller upsamples only the masks it
+-- keeps (the automatic mask generator: a few of 192 per batch).
+function Predictor:upsample_logits(low_res)
+  if not self.image_embeddings then error("sam predictor: call set_image first", 2) end
+  return self.processor:postprocess_masks(low_res, self.resized_hw, self.original_hw)
 end
 
 return M
