@@ -321,6 +321,43 @@ typedef enum fm_kernel_shape { FM_KERNEL_SQUARE = 0, FM_KERNEL_CROSS = 1 } fm_ke
 int fm_morphology(fm_tensor *out, const fm_tensor *mask, int32_t op, int32_t radius,
                   int32_t shape);
 
+/* ---- clustering (core/cluster.c): k-means, eigenproblems ----------------- */
+
+/* Squared Euclidean distances through sgemm: x (N, D), c (K, D) F32 ->
+ * out (N, K) F32 = |x_i|^2 - 2 x_i.c_j + |c_j|^2, clamped at 0. */
+int fm_sq_distances(fm_tensor *out, const fm_tensor *x, const fm_tensor *c);
+/* k-means as scikit-learn's KMeans (algorithm "lloyd"): greedy k-means++
+ * seeding (first centre uniform, each next one the best of 2 + floor(ln k)
+ * candidates drawn with probability ~ squared distance to the nearest
+ * centre), then Lloyd iterations until no label changes, the centres move
+ * less than tol x the mean per-feature variance of x (summed squared
+ * shift), or max_iter; empty clusters take the point farthest from its
+ * centre. n_init runs from one generator seeded by `seed`; the lowest
+ * inertia wins. x (N, D) F32 finite, 1 <= k <= N -> labels (N) I32 in
+ * [0, k) (nearest centre, the first on ties), centers (K, D) F32,
+ * *inertia (if not NULL) the summed squared distance to the centres. */
+int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k,
+              int32_t max_iter, double tol, int32_t n_init, uint64_t seed, double *inertia);
+/* Mean silhouette coefficient (scikit-learn's silhouette_score, Euclidean)
+ * of labels (N) I32 in [0, k) over x (N, D) F32; needs 2 to N - 1
+ * non-empty clusters. Points alone in their cluster score 0. */
+int fm_silhouette(double *score, const fm_tensor *x, const fm_tensor *labels, int64_t k);
+/* Symmetric eigenproblem (LAPACK ssyevd): a (N, N) F32 symmetric and
+ * finite (its upper triangle is read) -> w (N) eigenvalues ascending,
+ * v (N, N) whose ROW i is the unit eigenvector of w[i]. v may be a. */
+int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a);
+/* Generalized symmetric-definite problem a y = w b y (LAPACK ssygvd,
+ * itype 1; scipy.linalg.eigh(a, b)): a symmetric, b symmetric positive
+ * definite, both (N, N) F32 finite (upper triangles read) -> w (N)
+ * ascending, v (N, N) with row i the eigenvector of w[i], scaled so that
+ * v b v^T = I. Normalized cuts solve (D - W) y = w D y with it. */
+int fm_eigh_generalized(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b);
+/* Only the eigenpairs first .. first + count - 1 (0-based, ascending) of the
+ * same problem (LAPACK ssygvx, as scipy's eigh with subset_by_index):
+ * w (count), v (count, N). Cheaper when few are wanted. */
+int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b,
+                               int64_t first, int64_t count);
+
 /* ---- metrics (core/metrics.c): counts behind segmentation scores ---------- */
 
 /* conf: (K, P) I32, accumulated in place: conf[g][p] += the number of

@@ -38,32 +38,36 @@ typedef struct fm__sam_attn {
   float scale;
 } fm__sam_attn;
 
-/* Per-thread scratch: scores (rows, T), q.Rhᵀ (rows, Lh), q.Rwᵀ (rows, Lw). */
+/* Per-thread scratch: scores (rows, T), q.Rhᵀ (rows, Lh), q.Rwᵀ (rows, Lw),
+ * one row of the width bias (gw). */
 static int64_t fm__sam_scratch(const fm__sam_attn *a) {
-  return a->rows * (a->t + a->lh + a->lw);
+  return a->rows * (a->t + a->lh + a->lw) + a->gw;
 }
 
-/* s (nr, T) += bias; ph (nr, Lh) = q Rhᵀ, pw (nr, Lw) = q Rwᵀ for rows r0.. */
+/* s (nr, T) += bias for rows r0..; ph (nr, Lh) = q Rhᵀ, pw (nr, Lw) = q Rwᵀ;
+ * bw: gw floats of scratch. */
 static void fm__sam_add_rel_pos(const fm__sam_attn *a, int64_t r0, int64_t nr, float *s,
-                                const float *ph, const float *pw) {
+                                const float *ph, const float *pw, float *bw) {
   for (int64_t i = 0; i < nr; ++i) {
     int64_t y = (r0 + i) / a->gw, x = (r0 + i) % a->gw;
-    // bias_h[ky] = q.Rh[y - ky + gh - 1]: walk the product row backwards
+    // bias_h[ky] = q.Rh[y - ky + gh - 1]: the product row read backwards;
+    // the width bias is copied out in key order so the inner loop vectorises
     const float *hrow = ph + i * a->lh + y + a->gh - 1;
     const float *wrow = pw + i * a->lw + x + a->gw - 1;
+    for (int64_t kx = 0; kx < a->gw; ++kx) bw[kx] = wrow[-kx];
     float *srow = s + i * a->t;
     for (int64_t ky = 0; ky < a->gh; ++ky) {
       float bh = hrow[-ky];
       float *cell = srow + ky * a->gw;
       // (score + rel_h) + rel_w: the reference's order of additions
-      for (int64_t kx = 0; kx < a->gw; ++kx) cell[kx] = (cell[kx] + bh) + wrow[-kx];
+      for (int64_t kx = 0; kx < a->gw; ++kx) cell[kx] = (cell[kx] + bh) + bw[kx];
     }
   }
 }
 
 /* One unit: query rows [r0, r0 + nr) of head hi in batch bi. */
 static void fm__sam_attend_block(const fm__sam_attn *a, int64_t bi, int64_t hi, int64_t r0,
-                                 int64_t nr, float *s, float *ph, float *pw) {
+                                 int64_t nr, float *s, float *ph, float *pw, float *bw) {
   const float *q = a->q + bi * a->qb + r0 * a->qt + hi * a->d;
   const float *k = a->k + bi * a->kb + hi * a->d;
   const float *v = a->v + bi * a->vb + hi * a->dv;
@@ -82,7 +86,7 @@ static void fm__sam_attend_block(const fm__sam_attn *a, int64_t bi, int64_t hi, 
                 (int)a->qt, a->rh, d, 0.f, ph, (int)a->lh);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)a->lw, d, 1.f, q,
                 (int)a->qt, a->rw, d, 0.f, pw, (int)a->lw);
-    fm__sam_add_rel_pos(a, r0, nr, s, ph, pw);
+    fm__sam_add_rel_pos(a, r0, nr, s, ph, pw, bw);
   }
   for (int64_t i = 0; i < nr; ++i) fm__softmax_row(s + i * a->t, a->t);
   if (a->probs)
@@ -201,8 +205,8 @@ int fm_sam_attention(fm_tensor *out, const fm_tensor *q, const fm_tensor *k, con
     int64_t bi = u / (a.h * nblk), hi = u / nblk % a.h, r0 = u % nblk * a.rows;
     int64_t nr = a.t - r0 < a.rows ? a.t - r0 : a.rows;
     float *s = buf + (int64_t)omp_get_thread_num() * per_thread;
-    float *ph = s + a.rows * a.t, *pw = ph + a.rows * a.lh;
-    fm__sam_attend_block(&a, bi, hi, r0, nr, s, ph, pw);
+    float *ph = s + a.rows * a.t, *pw = ph + a.rows * a.lh, *bw = pw + a.rows * a.lw;
+    fm__sam_attend_block(&a, bi, hi, r0, nr, s, ph, pw, bw);
   }
   free(buf);
   return 0;

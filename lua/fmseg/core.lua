@@ -45,12 +45,14 @@ local C = load_library()
 
 local M = { C = C, ffi = ffi, root = root }
 
--- Raises the pending C error; level 3 points at the caller of the wrapper.
+-- Raises the pending C error. C messages already name the file, key or
+-- shape at fault, so no Lua position is prepended (FMSEG_DEBUG=1 prints a
+-- traceback when the place in Lua matters).
 function M.raise(context)
   local msg = ffi.string(C.fm_last_error())
   C.fm_clear_error()
   if context then msg = context .. ": " .. msg end
-  error(msg, 3)
+  error(msg, 0)
 end
 
 -- check(rc): rc ~= 0 raises.  check_ptr(p): NULL raises; returns p.

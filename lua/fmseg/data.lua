@@ -21,7 +21,10 @@
 --     ignore_index: 255
 --     background: 0                    # class index of background, or ~
 --     remove_hards: false              # discovery: LOST's --no_hard
---   classes: configs/_base_/classes/voc21.txt
+--     class_names: ~                   # display names (file or list); default:
+--                                      # each class's first synonym, "background"
+--                                      # for the background class
+--   classes: configs/_base_/classes/voc21.txt   # what the recipe queries
 --
 --   local ds = data.open(cfg, { root = "/datasets/VOC2012" })
 --   for i = 1, #ds.items do

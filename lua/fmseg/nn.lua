@@ -62,6 +62,13 @@ end
 
 function nn.has_activation(name) return ACTIVATIONS[name] ~= nil end
 
+-- In place: x is overwritten and returned (saves a buffer the size of x).
+function nn.activation_(x, name)
+  local op = ACTIVATIONS[name]
+  if not op then error("unsupported activation '" .. tostring(name) .. "'", 2) end
+  return x[op .. "_"](x)
+end
+
 -- x: (N, C, H, W), w: (OC, C, KH, KW); opts.stride, opts.padding (number
 -- or {h, w})
 function nn.conv2d(x, w, b, opts)

@@ -118,19 +118,34 @@ end
 
 -- ---- the run record -------------------------------------------------------------
 
--- The config as compared between runs: data.root left out.
-local function comparable(cfg)
-  local copy = config.merge({}, cfg)
-  if type(copy.data) == "table" then copy.data.root = nil end
-  return config.dump(copy)
+-- The config as compared between runs, flattened to {"a.b.c" = text}:
+-- data.root left out (datasets move between machines).
+local function flatten(v, prefix, out)
+  if type(v) == "table" and v ~= json.null and getmetatable(v) ~= json.array_mt and (next(v) == nil or #v == 0) then
+    for k, x in pairs(v) do flatten(x, prefix and (prefix .. "." .. tostring(k)) or tostring(k), out) end
+  else
+    out[prefix] = type(v) == "string" and v or json.encode(v)
+  end
+  return out
 end
 
-local function first_difference(a, b)
-  local la, lb = {}, {}
-  for l in a:gmatch("[^\n]+") do la[#la + 1] = l end
-  for l in b:gmatch("[^\n]+") do lb[#lb + 1] = l end
-  for i = 1, math.max(#la, #lb) do
-    if la[i] ~= lb[i] then return la[i] or "(end)", lb[i] or "(end)" end
+local function comparable(cfg)
+  local flat = flatten(cfg, nil, {})
+  flat["data.root"] = nil
+  return flat
+end
+
+-- "params.mode is instances here, unset there" for the first key (sorted)
+-- that differs, or nil.
+local function difference(stored, now)
+  local keys, seen = {}, {}
+  for k in pairs(stored) do if not seen[k] then seen[k] = true; keys[#keys + 1] = k end end
+  for k in pairs(now) do if not seen[k] then seen[k] = true; keys[#keys + 1] = k end end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if stored[k] ~= now[k] then
+      return ("%s is %s here, %s there"):format(k, now[k] or "unset", stored[k] or "unset")
+    end
   end
 end
 
@@ -139,11 +154,10 @@ local function check_same(dir, cfg)
   local stored_path = dir .. "/config.yaml"
   local ok, stored = pcall(config.load, stored_path)
   if not ok then error(("%s: unreadable (%s); use a new run directory"):format(stored_path, tostring(stored)), 0) end
-  local a, b = comparable(stored), comparable(cfg)
-  if a ~= b then
-    local was, now = first_difference(a, b)
-    error(("%s was started with another config (it has '%s' where this one has '%s'); "
-      .. "use a new -o RUN_DIR, or rerun with the same config to resume"):format(dir, was, now), 0)
+  local diff = difference(comparable(stored), comparable(cfg))
+  if diff then
+    error(("%s was started with another config (%s); use a new -o RUN_DIR, or rerun with the same "
+      .. "config to resume"):format(dir, diff), 0)
   end
   local run = read_json(dir .. "/run.json")
   local version = require("fmseg").version()

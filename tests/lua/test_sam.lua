@@ -259,6 +259,34 @@ do
   tap.ok(max_abs_diff(iou_m, first["points.multi"].iou) > 0, "mask_input: the dense prompt is used")
 end
 
+-- The command line: the best mask as a 0/255 PNG at the image's size.
+do
+  local out = os.tmpname() .. ".png"
+  local cmd = ("./fmseg sam --model %s %s/input.png --point 200,180 --point 470,90,0 -o %s > /dev/null")
+    :format(dir, dir, out)
+  local ok = os.execute(cmd)
+  tap.ok(ok == 0 or ok == true, "fmseg sam: exits 0")
+  local f = io.open(out, "rb")
+  tap.ok(f ~= nil, "fmseg sam: wrote the mask PNG")
+  if f then
+    f:close()
+    local m = image.load(out)
+    tap.eq(m:size(1) .. "x" .. m:size(2), H .. "x" .. W, "fmseg sam: mask at the image's size")
+    local on = m:select(3, 1):float():gt(0):sum()
+    local levels = (m:select(3, 1):float():eq(0) + m:select(3, 1):float():eq(255)):min()
+    tap.eq(levels, 1, "fmseg sam: mask values are 0 or 255")
+    tap.ok(on > 0 and on < H * W, "fmseg sam: the mask is neither empty nor full")
+    os.remove(out)
+  end
+  local parse = require("fmseg.commands.sam").parse
+  tap.raises(function() parse({ "img.png", "--point", "1,2", "-o", "m.png" }) end, "no --model",
+             "fmseg sam: --model is required")
+  tap.raises(function() parse({ "--model", "d", "img.png", "--point", "1", "-o", "m.png" }) end,
+             "needs 2 or 3 numbers", "fmseg sam: a point needs x,y")
+  local o = parse({ "--model", "d", "img.png", "--point", "1,2,0", "--box", "1,2,3,4", "--single", "-o", "m.png" })
+  tap.eq(o.labels[1] .. " " .. o.box[4] .. " " .. tostring(o.single), "0 4 true", "fmseg sam: options parsed")
+end
+
 -- Loader errors name the tensor.
 do
   local tmp = os.tmpname()

@@ -207,6 +207,62 @@ do
          "[4, 24, 24]", "num_attention_heads, when set, is the head count")
 end
 
+-- mid_block_type: absent means UNetMidBlock2DCrossAttn (SD 1.5's config
+-- leaves it out), null means no mid block.
+do
+  local function config(mid)
+    return { block_out_channels = { 8, 16 }, layers_per_block = 1, attention_head_dim = 2,
+             cross_attention_dim = 6, norm_num_groups = 4,
+             down_block_types = { "CrossAttnDownBlock2D", "DownBlock2D" },
+             up_block_types = { "UpBlock2D", "CrossAttnUpBlock2D" }, mid_block_type = mid }
+  end
+  local function mid_maps(mid)
+    local cap = A.capture({ match = "^mid_block" })
+    sd.unet.new(config(mid), sd.random_weights(0.2, 3)):forward(T.randn({ 1, 4, 4, 4 }, 1), 1,
+                                                                T.randn({ 1, 2, 6 }, 2), { capture = cap })
+    return #cap.names
+  end
+  tap.eq(mid_maps(nil), 2, "no mid_block_type key: the cross-attention mid block")
+  tap.eq(mid_maps(require("fmseg.json").null), 0, "mid_block_type null: no mid block")
+  tap.raises(function() sd.unet.new(config("UNetMidBlock2DSimpleCrossAttn"), sd.random_weights()) end,
+             "mid_block_type 'UNetMidBlock2DSimpleCrossAttn' is not supported", "unsupported mid block refused")
+  local c = config()
+  c.class_embed_type = "timestep"
+  tap.raises(function() sd.unet.new(c, sd.random_weights()) end, "class_embed_type = timestep is not supported",
+             "class embeddings refused")
+end
+
+-- Loading from disk refuses misshapen and missing tensors by name.
+do
+  local st = require("fmseg.safetensors")
+  local json = require("fmseg.json")
+  local tmp = os.tmpname()
+  os.remove(tmp)
+  os.execute("mkdir -p " .. tmp)
+  local cfg = { block_out_channels = { 8 }, layers_per_block = 1, norm_num_groups = 4, latent_channels = 2,
+                down_block_types = { "DownEncoderBlock2D" }, up_block_types = { "UpDecoderBlock2D" } }
+  local f = io.open(tmp .. "/config.json", "w")
+  f:write(json.encode(cfg))
+  f:close()
+  local names = {}
+  local fake = sd.random_weights(0.1, 1)
+  local get = fake.get
+  function fake:get(name, shape)
+    local t = get(self, name, shape)
+    names[name] = t
+    return t
+  end
+  sd.vae.new(cfg, fake)
+  names["encoder.conv_in.weight"] = T.randn({ 8, 3, 5, 5 }, 1)
+  st.save(tmp .. "/diffusion_pytorch_model.safetensors", names)
+  tap.raises(function() sd.vae.load(tmp) end, "encoder.conv_in.weight: got [8, 3, 5, 5], expected [8, 3, 3, 3]",
+             "a misshapen VAE tensor is named with both shapes")
+  names["encoder.conv_in.weight"] = nil
+  st.save(tmp .. "/diffusion_pytorch_model.safetensors", names)
+  tap.raises(function() sd.vae.load(tmp) end, "encoder.conv_in.weight: missing", "a missing VAE tensor is named")
+  os.execute("rm -rf " .. tmp)
+end
+
 -- A VAE with three levels on a non-square image.
 do
   local config = { block_out_channels = { 4, 8, 8 }, layers_per_block = 2, norm_num_groups = 2,

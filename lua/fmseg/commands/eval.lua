@@ -6,7 +6,7 @@
 -- the same command resumes. See fmseg.runs for the directory layout.
 local cli = require("fmseg.cli")
 
-local USAGE = "eval CONFIG [--data ROOT] [--limit N] [--shard I/N] [-o RUN_DIR] [--set k=v]"
+local USAGE = "eval CONFIG [--data ROOT] [--limit N] [--shard I/N] [-o RUN_DIR] [--set k=v] [-q]"
 
 local function parse(args)
   local runs = require("fmseg.runs")

@@ -4,6 +4,7 @@
 local MODULES = {
   "fmseg.commands.classify",
   "fmseg.commands.sam",
+  "fmseg.commands.amg",
   "fmseg.commands.eval",
   "fmseg.commands.merge",
   "fmseg.commands.table",

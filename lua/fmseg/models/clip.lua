@@ -168,11 +168,14 @@ end
 
 -- pixel_values (B, C, H, W) → (B, 1 + gh*gw, C), after pre_layrnorm
 -- ref: transformers/models/clip/modeling_clip.py, CLIPVisionEmbeddings
-function CLIP:embed_image(pixel_values)
+-- opts.antialias_positions: PyTorch's antialiased bicubic for the position
+-- embeddings (GEM's resample_abs_pos_embed) instead of transformers' plain one.
+function CLIP:embed_image(pixel_values, opts)
   local e = self.vision.embeddings
   local patches, gh, gw = transformer.patchify(pixel_values, e.patch_embedding)
   local x = transformer.prepend(e.class_embedding, patches)
-  x:add_(transformer.interpolate_positions(e.position_embedding, gh, gw))
+  x:add_(transformer.interpolate_positions(e.position_embedding, gh, gw,
+                                            { antialias = opts and opts.antialias_positions }))
   local ln = self.vision.pre_layrnorm
   local h = nn.layer_norm(x, ln.weight, ln.bias, self.vision.config.layer_norm_eps)
   x:free()
@@ -183,7 +186,7 @@ end
 -- out.grid = {gh, gw}, the patch grid.
 function CLIP:encode_image(pixel_values, opts)
   opts = opts or {}
-  local x, gh, gw = self:embed_image(pixel_values)
+  local x, gh, gw = self:embed_image(pixel_values, opts)
   local out = transformer.encode(self.vision.layers, x, opts, true)
   out.grid = { gh, gw }
   if (opts.layers or #self.vision.layers) == #self.vision.layers then

@@ -9,6 +9,7 @@ local KINDS = {
   vit = "fmseg.models.vit",
   sam = "fmseg.models.sam",
   sd = "fmseg.models.sd",
+  vfm = "fmseg.models.vfm",   -- any of DINO / DINOv2 / SAM, by config.json
 }
 
 local cache = {}

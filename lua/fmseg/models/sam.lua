@@ -360,23 +360,39 @@ end
 
 -- ref: transformers/models/sam/modeling_sam.py, SamMLPBlock
 local function mlp_block(mlp, x, act)
-  local h = nn.activation(nn.linear(x, mlp.lin1.weight, mlp.lin1.bias), act)
+  local h = nn.activation_(nn.linear(x, mlp.lin1.weight, mlp.lin1.bias), act)
   local y = nn.linear(h, mlp.lin2.weight, mlp.lin2.bias)
   h:free()
   return y
 end
 
--- x (B, h, w, C) → (B, h, w, C). ref: SamVisionLayer.forward
+-- Views handed to the collector keep their storage alive, and the collector
+-- cannot see C memory: collect between stages so that one stage's buffers
+-- are back before the next allocates (the big ones are freed explicitly).
+local function collect() collectgarbage() end
+
+-- x (B, h, w, C) → (B, h, w, C), updated in place and returned.
+-- ref: SamVisionLayer.forward
 local function vision_layer_forward(layer, x, cfg)
   local _, h, w = unpack(x:shape())
   local ln1, ln2 = layer.layer_norm1, layer.layer_norm2
   local y = nn.layer_norm(x, ln1.weight, ln1.bias, cfg.layer_norm_eps)
   local ws, hp, wp = layer.window_size
-  if ws > 0 then y, hp, wp = window_partition(y, ws) end
-  y = vision_attention(layer.attn, y, cfg.num_attention_heads)
-  if ws > 0 then y = window_unpartition(y, ws, hp, wp, h, w) end
-  x = x + y
+  if ws > 0 then
+    local windows
+    windows, hp, wp = window_partition(y, ws)
+    y:free()
+    y = windows
+  end
+  local a = vision_attention(layer.attn, y, cfg.num_attention_heads)
   y:free()
+  if ws > 0 then
+    local full = window_unpartition(a, ws, hp, wp, h, w)
+    a:free()
+    a = full
+  end
+  x:add_(a)
+  a:free()
   local z = nn.layer_norm(x, ln2.weight, ln2.bias, cfg.layer_norm_eps)
   local m = mlp_block(layer.mlp, z, cfg.hidden_act)
   z:free()
@@ -405,10 +421,9 @@ function SAM:encode_image(pixel_values, opts)
   if enc.pos_embed then x:add_(enc.pos_embed) end
   local hidden = opts.hidden_states and { [0] = x:clone() } or nil
   for i, layer in ipairs(enc.layers) do
-    local y = vision_layer_forward(layer, x, cfg)
-    x:free()
-    x = y
+    x = vision_layer_forward(layer, x, cfg)
     if hidden then hidden[i] = x:clone() end
+    collect()
   end
   -- ref: SamVisionNeck
   local neck = enc.neck
@@ -620,10 +635,11 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
     end
     dense = repeat_interleave(dense, n)
   end
-  src = src + dense
+  local with_dense = src + dense
+  if n > 1 then src:free() end
   local pos = self.image_positional_embeddings
-  local keys = src:reshape(bn, c, h * w):transpose(2, 3):contiguous()      -- (BN, HW, C)
-  src:free()
+  local keys = with_dense:reshape(bn, c, h * w):transpose(2, 3):contiguous()   -- (BN, HW, C)
+  with_dense:free()
   local key_pe = pos:reshape(1, c, h * w):transpose(2, 3):contiguous()     -- (1, HW, C), broadcast
   local queries
   queries, keys = two_way_transformer(dec.transformer, tokens, keys, key_pe, cfg)
@@ -650,6 +666,7 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
   if not multimask then first, count = 1, 1 end
   masks = masks:narrow(2, first, count):contiguous():reshape(b, n, count, uh, uw)
   iou = iou:narrow(2, first, count):contiguous():reshape(b, n, count)
+  collect()
   return masks, iou
 end
 

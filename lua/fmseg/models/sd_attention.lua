@@ -23,6 +23,7 @@
 -- layers, or let the capture average heads as it records (mean_heads).
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
+local B = require("fmseg.models.sd_blocks")
 
 local M = {}
 local Capture = {}
@@ -74,8 +75,14 @@ end
 -- contiguous adds rather than a strided reduction.
 local function head_mean(probs)
   local heads = probs:size(2)
-  local acc = probs:select(2, 1):clone()
-  for h = 2, heads do acc:add_(probs:select(2, h)) end
+  local first = probs:select(2, 1)
+  local acc = first:clone()
+  first:free()
+  for h = 2, heads do
+    local head = probs:select(2, h)
+    acc:add_(head)
+    head:free()
+  end
   return acc:div_(heads)
 end
 
@@ -87,6 +94,7 @@ function Capture:record(name, probs, info)
     map = head_mean(probs)
   else
     map = probs:reshape({ n * heads, tq, tk })
+    probs:free()  -- the buffer was made for this map alone
   end
   if not self.maps[name] then self.names[#self.names + 1] = name end
   self.maps[name] = map
@@ -107,7 +115,10 @@ end
 function M.mean_heads(map, heads)
   local bh, tq, tk = unpack(map:shape())
   if bh % heads ~= 0 then error(("mean_heads: %d rows are not a multiple of %d heads"):format(bh, heads), 2) end
-  return head_mean(map:reshape({ bh / heads, heads, tq, tk }))
+  local split = map:reshape({ bh / heads, heads, tq, tk })
+  local out = head_mean(split)
+  split:free()
+  return out
 end
 
 -- The named map with heads averaged: [N, Tq, Tk] (a new tensor)
@@ -124,7 +135,9 @@ function M.cross_to_images(map, h, w, oh, ow, opts)
   opts = opts or {}
   local n, tq, k = unpack(map:shape())
   if tq ~= h * w then error(("cross_to_images: %d queries for a %dx%d layer"):format(tq, h, w), 2) end
-  local img = map:transpose(2, 3):contiguous():reshape({ n, k, h, w })
+  local dense = B.transposed(map, 2, 3)
+  local img = dense:reshape({ n, k, h, w })
+  dense:free()
   if oh == h and ow == w then return img end
   local out = nn.interpolate(img, oh, ow, { mode = opts.mode or "bilinear" })
   img:free()
@@ -142,16 +155,30 @@ function M.self_to_images(map, h, w, oh, ow, opts)
     error(("self_to_images: map [%d, %d, %d] does not fit a %dx%d layer"):format(n, tq, tk, h, w), 2)
   end
   -- keys: [N*Tq, 1, h, w] → [N*Tq, 1, oh, ow]
-  local keys = map:reshape({ n * tq, 1, h, w })
-  if oh ~= h or ow ~= w then keys = nn.interpolate(keys, oh, ow, { mode = opts.mode or "bilinear" }) end
-  if oh == h and ow == w then return keys:reshape({ n, tq, oh, ow }):clone() end
-  -- queries: [N, h, w, oh*ow] → nearest to [N, oh, ow, oh*ow] via (N, oh*ow, h, w)
-  local q = keys:reshape({ n, h * w, oh * ow }):transpose(2, 3):contiguous():reshape({ n, oh * ow, h, w })
+  local flat = map:reshape({ n * tq, 1, h, w })
+  if oh == h and ow == w then
+    local out = flat:reshape({ n, tq, oh, ow }):clone()
+    flat:free()
+    return out
+  end
+  local keys = nn.interpolate(flat, oh, ow, { mode = opts.mode or "bilinear" })
+  flat:free()
+  -- queries: (N, oh*ow keys, h, w queries) → nearest to (N, oh*ow, oh, ow)
+  local by_query = keys:reshape({ n, h * w, oh * ow })
   keys:free()
-  local up = nn.interpolate(q, oh, ow, { mode = "nearest" })
-  q:free()
-  local out = up:reshape({ n, oh * ow, oh * ow }):transpose(2, 3):contiguous():reshape({ n, oh * ow, oh, ow })
+  local by_key = B.transposed(by_query, 2, 3)
+  by_query:free()
+  local grid = by_key:reshape({ n, oh * ow, h, w })
+  by_key:free()
+  local up = nn.interpolate(grid, oh, ow, { mode = "nearest" })
+  grid:free()
+  -- back to (N, queries, keys) and each query's keys as an image
+  local flat_up = up:reshape({ n, oh * ow, oh * ow })
   up:free()
+  local dense = B.transposed(flat_up, 2, 3)
+  flat_up:free()
+  local out = dense:reshape({ n, oh * ow, oh, ow })
+  dense:free()
   return out
 end
 

@@ -56,16 +56,34 @@ end
 
 function M.linear(x, l) return nn.linear(x, l.weight, l.bias) end
 
+-- A view left to the garbage collector keeps its storage alive until a
+-- collection, which C memory does not trigger; the views made on the way
+-- in these helpers are released at once.
+
+-- x with dims a and b swapped, as a new contiguous tensor
+function M.transposed(x, a, b)
+  local view = x:transpose(a, b)
+  local out = view:contiguous()
+  view:free()
+  return out
+end
+
 -- (N, C, H, W) → (N, H*W, C), contiguous
 function M.to_tokens(x)
   local n, c, h, w = unpack(x:shape())
-  return x:reshape({ n, c, h * w }):transpose(2, 3):contiguous()
+  local flat = x:reshape({ n, c, h * w })
+  local out = M.transposed(flat, 2, 3)
+  flat:free()
+  return out
 end
 
 -- (N, H*W, C) → (N, C, H, W), contiguous
 function M.to_image(t, h, w)
   local n, _, c = unpack(t:shape())
-  return t:transpose(2, 3):contiguous():reshape({ n, c, h, w })
+  local dense = M.transposed(t, 2, 3)
+  local out = dense:reshape({ n, c, h, w })
+  dense:free()
+  return out
 end
 
 -- ResnetBlock2D --------------------------------------------------------------------
@@ -146,7 +164,10 @@ function M.downsample(d, x)
   if d.padding ~= 0 then return M.conv(x, d.conv, 2, d.padding) end
   local n, c, h, w = unpack(x:shape())
   local padded = T.new({ n, c, h + 1, w + 1 })
-  padded:narrow(3, 1, h):narrow(4, 1, w):copy(x)
+  local rows = padded:narrow(3, 1, h)
+  local inner = rows:narrow(4, 1, w)
+  inner:copy(x)
+  inner:free(); rows:free()
   local out = M.conv(padded, d.conv, 2, 0)
   padded:free()
   return out

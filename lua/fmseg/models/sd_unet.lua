@@ -182,9 +182,10 @@ local LN_EPS = 1e-5 -- Transformer2DModel's norm_eps; the UNet never sets it
 local function feed_forward(blk, x)
   local proj = B.linear(x, blk.ff_proj)
   local inner = proj:size(3) / 2
-  local g = proj:narrow(3, inner + 1, inner):gelu()
-  g:mul_(proj:narrow(3, 1, inner))
-  proj:free()
+  local hidden, gate = proj:narrow(3, 1, inner), proj:narrow(3, inner + 1, inner)
+  local g = gate:gelu()
+  g:mul_(hidden)
+  hidden:free(); gate:free(); proj:free()
   local out = B.linear(g, blk.ff_out)
   g:free()
   return out

@@ -18,6 +18,7 @@
 -- SAM predictor), predict_batch is asked for the low-res logits only and
 -- just the masks that pass the predicted-IoU filter are upsampled: the same
 -- numbers, without (N, M, H, W) floats per batch.
+local ffi = require("ffi")
 local T = require("fmseg.tensor")
 local masks = require("fmseg.masks")
 
@@ -92,6 +93,8 @@ function M.generate_crop_boxes(h, w, n_layers, overlap_ratio)
   end
   return boxes, layers
 end
+
+local function to_f32(v) return tonumber(ffi.new("float", v)) end
 
 local function xyxy_to_xywh(b) return { b[1], b[2], b[3] - b[1], b[4] - b[2] } end
 
@@ -185,12 +188,17 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
   if lazy then logits = nil end
   local m = iou:size(2)
 
-  -- filter by predicted IoU
+  -- filter by predicted IoU (torch compares float32 scores with the
+  -- threshold rounded to float32; so do we, for the same masks at the edge)
   local iou_v, idx = iou:contiguous():values(), {}
+  local iou_thresh, stability_thresh = to_f32(o.pred_iou_thresh), to_f32(o.stability_score_thresh)
   for k = 1, n * m do
-    if o.pred_iou_thresh <= 0 or iou_v[k] > o.pred_iou_thresh then idx[#idx + 1] = k end
+    if o.pred_iou_thresh <= 0 or iou_v[k] > iou_thresh then idx[#idx + 1] = k end
   end
-  if #idx == 0 then return {} end
+  if #idx == 0 then
+    if logits then logits:free() end
+    return {}
+  end
   local kept = kept_logits(self, logits, low_res, idx)
   if logits then logits:free() end
 
@@ -204,7 +212,7 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
 
   local out = {}
   for j, k in ipairs(idx) do
-    local stable = o.stability_score_thresh <= 0 or stability[j] >= o.stability_score_thresh
+    local stable = o.stability_score_thresh <= 0 or stability[j] >= stability_thresh
     if stable and near[j] == 0 then
       local mask = masks.uncrop_masks(bin:narrow(1, j, 1), crop_box, orig_h, orig_w)
       out[#out + 1] = {
@@ -242,6 +250,9 @@ function Generator:process_crop(img, crop_box, layer, orig_h, orig_w, crop_index
     self:progress(n_crops > 1 and ("amg: crop %d/%d, batch %d/%d"):format(crop_index, n_crops, b, n_batches)
                   or ("amg: batch %d/%d"):format(b, n_batches))
     for _, e in ipairs(self:process_batch(batch, crop_box, orig_h, orig_w)) do data[#data + 1] = e end
+    -- the batch's logits and the predictor's intermediates are C memory the
+    -- collector cannot see: release them before the next batch
+    collectgarbage()
   end
   if pred.reset_image then pred:reset_image() end
 

@@ -1,0 +1,410 @@
+-- fmseg.clipseg — the protocol that training-free CLIP segmentation methods
+-- share (MaskCLIP, SCLIP, ClearCLIP, NACLIP, ProxyCLIP, GEM), written once.
+-- A recipe supplies only what its paper changes: how dense patch features
+-- come out of CLIP (usually a new last block); everything around it is here,
+-- one small function per step, as the official code does it
+-- (wangf3014/SCLIP clip_segmentor.py, sinahmr/NACLIP naclip.py,
+-- mc-lan/ClearCLIP, mc-lan/ProxyCLIP, mmsegmentation's test pipeline).
+--
+--   image ──prepare──▶ x (1, 3, h, w): mmseg Resize(scale = (long_side,
+--          short_side), keep_ratio) with cv2 bilinear, then (x - mean) / std
+--   x ──slide / whole──▶ (Q, h, w) cosine scores: per window, method.dense →
+--          patch features → cos with the text classifier → bilinear to the
+--          window → summed, divided by the per-pixel window count
+--   ──resize_scores──▶ (Q, H, W) at the image's size ──pamr (optional)──▶
+--   ──softmax(logit_scale · s) over queries──▶ synonyms → classes by max
+--   ──area_filter (optional)──▶ argmax, prob_thd → background (class 0)
+--
+--   local clipseg = require("fmseg.clipseg")
+--   local state = clipseg.setup(params, clip_model, classes, {
+--     dense = function(state, x) return feats, gh, gw end,  -- (gh*gw, P)
+--   })
+--   local result = clipseg.segment(state, img)
+--
+-- Q counts text queries (every synonym of every class), C classes.
+local core = require("fmseg.core")
+local hf = require("fmseg.hf")
+local image = require("fmseg.image")
+local masks = require("fmseg.masks")
+local nn = require("fmseg.nn")
+local T = require("fmseg.tensor")
+local templates_mod = require("fmseg.templates")
+local tokenizer = require("fmseg.tokenizer")
+
+local ffi, C, check = core.ffi, core.C, core.check
+
+local M = {}
+
+-- CLIP's pixel statistics on the 0-1 scale (openai/CLIP clip.py, _transform)
+-- and ImageNet's (the VFMs of ProxyCLIP; MaskCLIP's mmseg configs).
+M.CLIP_MEAN = { 0.48145466, 0.4578275, 0.40821073 }
+M.CLIP_STD = { 0.26862954, 0.26130258, 0.27577711 }
+M.IMAGENET_MEAN = { 0.485, 0.456, 0.406 }
+M.IMAGENET_STD = { 0.229, 0.224, 0.225 }
+
+-- The protocol's parameters with SCLIP's defaults (clip_segmentor.py and its
+-- configs); a recipe overrides the ones its paper changes.
+--   logit_scale     softmax temperature of the cosine scores
+--   prob_thd        pixels whose best class probability is below it → class 0
+--   area_thd        0 = off; else classes 1.. covering at most this share of
+--                   the predicted foreground are dropped (SCLIP, VOC21)
+--   slide_crop, slide_stride   sliding window (slide_crop = 0: whole image)
+--   pad_multiple    0, a number or "patch": zero-pad each window to a multiple
+--                   (ClearCLIP: the patch size; ProxyCLIP: 56)
+--   short_side, long_side      mmseg Resize(scale = (long_side, short_side),
+--                   keep_ratio = True); short_side = 0 keeps the image's size
+--   pamr_steps, pamr_dilations PAMR on the upsampled scores (0 = off)
+--   templates       "imagenet" (80), "maskclip" (85), "photo" (1) or a list
+--   mean, std       false (from the checkpoint's preprocessor_config.json,
+--                   else CLIP's) or three values on the 0-255 pixel scale
+local DEFAULTS = {
+  logit_scale = 40, prob_thd = 0.0, area_thd = 0, slide_crop = 224, slide_stride = 112,
+  pad_multiple = 0, short_side = 336, long_side = 2048, pamr_steps = 0, pamr_dilations = { 8, 16 },
+  templates = "imagenet", mean = false, std = false,
+}
+
+-- defaults(overrides) → the protocol's defaults with a recipe's own merged in
+function M.defaults(overrides)
+  local out = {}
+  for k, v in pairs(DEFAULTS) do out[k] = v end
+  for k, v in pairs(overrides or {}) do out[k] = v end
+  return out
+end
+
+-- ---- image ------------------------------------------------------------------
+
+-- The checkpoint's normalisation as { mean = {r, g, b}, std = {...} } on
+-- the 0-255 pixel scale. preprocessor_config.json states it on the rescaled
+-- (usually 0-1) scale; mmseg configs state it on 0-255 as `mean`/`std`
+-- params, which win when given.
+function M.normalization(path, params)
+  params = params or {}
+  local mean, std = M.CLIP_MEAN, M.CLIP_STD
+  local scale = 1 / 255
+  local file = path and (path .. "/preprocessor_config.json")
+  if file and hf.exists(file) then
+    local cfg = hf.read_json(file)
+    mean = hf.cfg(cfg, "image_mean", mean)
+    std = hf.cfg(cfg, "image_std", std)
+    scale = hf.cfg(cfg, "do_rescale", true) and hf.cfg(cfg, "rescale_factor", scale) or 1
+  end
+  local out = { mean = {}, std = {} }
+  for i = 1, 3 do
+    out.mean[i] = params.mean and params.mean[i] or mean[i] / scale
+    out.std[i] = params.std and params.std[i] or std[i] / scale
+  end
+  return out
+end
+
+-- mmcv.rescale_size: the (h, w) an image takes under Resize(scale =
+-- (long_side, short_side), keep_ratio = True): the largest factor keeping
+-- the long side ≤ long_side and the short side ≤ short_side, sizes
+-- rounded as int(x * factor + 0.5).
+function M.rescale_size(h, w, short_side, long_side)
+  local f = math.min(long_side / math.max(h, w), short_side / math.min(h, w))
+  return math.floor(h * f + 0.5), math.floor(w * f + 0.5)
+end
+
+-- img (H, W, 3) uint8 → (h, w, 3) uint8, bilinear with half-pixel centres
+-- and no antialiasing, rounded back to 8 bits: cv2.resize INTER_LINEAR,
+-- which mmseg's Resize calls (cv2's fixed-point weights can differ by one
+-- grey level).
+function M.resize_image(img, h, w)
+  if img:size(1) == h and img:size(2) == w then return img end
+  local x = image.to_chw(img)
+  local y = nn.interpolate(x, h, w, { mode = "bilinear" })
+  x:free()
+  local out = image.from_chw(y)
+  y:free()
+  return out
+end
+
+-- img (h, w, 3) uint8 → (1, 3, h, w) float32, (pixel - mean) / std
+function M.normalize(img, norm)
+  local x = image.to_chw(img)
+  local mean = T.from_table(norm.mean):reshape(1, 3, 1, 1)
+  local std = T.from_table(norm.std):reshape(1, 3, 1, 1)
+  return x:sub_(mean):div_(std)
+end
+
+-- img (H, W, 3) uint8 → x (1, 3, h, w), what the model sees
+function M.prepare(img, params, norm)
+  local h, w = img:size(1), img:size(2)
+  if (params.short_side or 0) > 0 then
+    h, w = M.rescale_size(h, w, params.short_side, params.long_side or 2048)
+  end
+  return M.normalize(M.resize_image(img, h, w), norm)
+end
+
+-- ---- text ------------------------------------------------------------------------
+
+-- The text classifier (Q, P): for each query every template is filled in,
+-- encoded, L2-normalised; the mean over templates is normalised again
+-- (clip_segmentor.py; MaskCLIP's prompt_engineering.py). Texts go through
+-- the encoder in chunks, each cut to its longest text: the encoder is causal,
+-- so padding after the end token cannot change the pooled end token.
+function M.text_classifier(model, tok, queries, templates, chunk)
+  templates = templates_mod.get(templates)
+  chunk = chunk or 256
+  local texts = {}
+  for _, q in ipairs(queries) do
+    for _, t in ipairs(templates) do texts[#texts + 1] = templates_mod.fill(t, q) end
+  end
+  local parts = {}
+  for first = 1, #texts, chunk do
+    local batch = {}
+    for i = first, math.min(first + chunk - 1, #texts) do batch[#batch + 1] = texts[i] end
+    local rows, lengths = tok:encode_batch(batch)
+    local longest = math.max(unpack(lengths))
+    for _, row in ipairs(rows) do
+      for k = #row, longest + 1, -1 do row[k] = nil end
+    end
+    parts[#parts + 1] = nn.normalize(model:get_text_features(rows))
+  end
+  local each = T.cat(parts, 1)                                  -- (Q * templates, P)
+  local mean = each:reshape(#queries, #templates, each:size(2)):mean(2)
+  return nn.normalize(mean)                                     -- (Q, P)
+end
+
+-- ---- scores -----------------------------------------------------------------------
+
+-- feats (N, P) L2-normalised patch features on a gh x gw grid, text (Q, P)
+-- → (Q, gh, gw) cosine scores
+function M.patch_logits(feats, text, gh, gw)
+  return text:matmul(feats, false, true):reshape(text:size(1), gh, gw)
+end
+
+-- (left, right, top, bottom) zero padding that makes h x w a multiple of m,
+-- split as evenly as possible, the extra pixel right/bottom (ClearCLIP and
+-- ProxyCLIP's compute_padsize); nil when none is needed.
+function M.pad_size(h, w, m)
+  if not m or m <= 0 or (h % m == 0 and w % m == 0) then return nil end
+  local lr, tb = (m - w % m) % m, (m - h % m) % m
+  local l, t = math.floor(lr / 2), math.floor(tb / 2)
+  return { l, lr - l, t, tb - t }
+end
+
+-- x (1, 3, h, w) → zero-padded (1, 3, h + t + b, w + l + r)
+function M.pad(x, pad)
+  local l, r, t, b = pad[1], pad[2], pad[3], pad[4]
+  local h, w = x:size(3), x:size(4)
+  local out = T.zeros({ x:size(1), x:size(2), h + t + b, w + l + r })
+  out:narrow(3, t + 1, h):narrow(4, l + 1, w):copy(x)
+  return out
+end
+
+-- One window: x (1, 3, h, w) → (Q, h, w) cosine scores, through the
+-- method's dense features; the patch grid's scores are bilinearly upsampled
+-- to the (padded) window and the padding cut off again.
+function M.window_scores(state, x, pad_multiple)
+  local h, w = x:size(3), x:size(4)
+  if pad_multiple == "patch" then pad_multiple = state.patch_size end
+  local pad = M.pad_size(h, w, pad_multiple)
+  local input = pad and M.pad(x, pad) or x
+  local feats, gh, gw, extra = state.dense(state, input)
+  feats = nn.normalize(feats)
+  local cos = M.patch_logits(feats, state.text, gh, gw)
+  state.last_window = { patch_features = feats, patch_logits = cos }
+  if state.refine then cos = state.refine(state, cos, extra) end
+  local up = nn.interpolate(cos:reshape(1, cos:size(1), gh, gw), input:size(3), input:size(4),
+                            { mode = "bilinear" })
+  up = up:select(1, 1)
+  if pad then up = up:narrow(2, pad[3] + 1, h):narrow(3, pad[1] + 1, w):contiguous() end
+  return up
+end
+
+-- The windows of mmseg's slide_inference over an h x w input: crop and
+-- stride are numbers or {h, w}; a crop larger than the input gives one
+-- window of the input's size. Returns { {y1, x1, y2, x2}, ... }, 0-based,
+-- end-exclusive.
+function M.windows(h, w, crop, stride)
+  local ch, cw = type(crop) == "table" and crop[1] or crop, type(crop) == "table" and crop[2] or crop
+  local sh, sw = type(stride) == "table" and stride[1] or stride, type(stride) == "table" and stride[2] or stride
+  local h_grids = math.floor(math.max(h - ch + sh - 1, 0) / sh) + 1
+  local w_grids = math.floor(math.max(w - cw + sw - 1, 0) / sw) + 1
+  local out = {}
+  for hi = 0, h_grids - 1 do
+    for wi = 0, w_grids - 1 do
+      local y2, x2 = math.min(hi * sh + ch, h), math.min(wi * sw + cw, w)
+      out[#out + 1] = { math.max(y2 - ch, 0), math.max(x2 - cw, 0), y2, x2 }
+    end
+  end
+  return out
+end
+
+-- Sliding-window inference: x (1, 3, h, w), score(window) → (Q, wh, ww) at
+-- the window's size; returns (Q, h, w), the windows' scores summed and
+-- divided by how many windows cover each pixel.
+function M.slide(x, crop, stride, score)
+  local h, w = x:size(3), x:size(4)
+  local sum
+  local count = T.zeros({ 1, h, w })
+  for _, win in ipairs(M.windows(h, w, crop, stride)) do
+    local y1, x1, y2, x2 = win[1], win[2], win[3], win[4]
+    local s = score(x:narrow(3, y1 + 1, y2 - y1):narrow(4, x1 + 1, x2 - x1):contiguous())
+    sum = sum or T.zeros({ s:size(1), h, w })
+    local region = sum:narrow(2, y1 + 1, y2 - y1):narrow(3, x1 + 1, x2 - x1)
+    region:copy(region + s)
+    local seen = count:narrow(2, y1 + 1, y2 - y1):narrow(3, x1 + 1, x2 - x1)
+    seen:copy(seen + 1)
+    s:free()
+  end
+  return sum:div_(count)
+end
+
+-- scores (Q, h, w) → (Q, H, W), bilinear (align_corners = False)
+function M.resize_scores(scores, h, w)
+  if scores:size(2) == h and scores:size(3) == w then return scores end
+  local q = scores:size(1)
+  return nn.interpolate(scores:reshape(1, q, scores:size(2), scores:size(3)), h, w,
+                        { mode = "bilinear" }):reshape(q, h, w)
+end
+
+-- PAMR (core/pamr.c) as NACLIP and SCLIP apply it: the guide is the
+-- normalised model input x (1, 3, h, w) bilinearly resized to the scores'
+-- size; scores (Q, H, W) are the upsampled cosine scores (before the
+-- logit scale).
+function M.pamr(x, scores, steps, dilations)
+  local q, h, w = scores:size(1), scores:size(2), scores:size(3)
+  local guide = nn.interpolate(x, h, w, { mode = "bilinear" }):reshape(x:size(2), h, w)
+  local dil = ffi.new("int32_t[?]", #dilations)
+  for i, d in ipairs(dilations) do dil[i - 1] = d end
+  local out = T.new({ q, h, w })
+  check(C.fm_pamr(out, guide, nn.dense(scores), steps, dil, #dilations))
+  guide:free()
+  return out
+end
+
+-- scores (Q, H, W) → softmax over queries of logit_scale · scores
+function M.query_probs(scores, logit_scale)
+  local z = scores * logit_scale
+  z:sub_(z:max(1, true)):exp_()
+  return z:div_(z:sum(1, true))
+end
+
+-- probs (Q, H, W) → (C, H, W): each class takes the max over its queries
+-- (SCLIP's one-hot query_idx max); query_class[q] is q's 1-based class.
+function M.class_scores(probs, query_class, nclasses)
+  if #query_class == nclasses then return probs end
+  local out = T.zeros({ nclasses, probs:size(2), probs:size(3) })
+  for q, c in ipairs(query_class) do
+    local slot = out:select(1, c)
+    slot:copy(slot:maximum(probs:select(1, q)))
+  end
+  return out
+end
+
+-- SCLIP's area threshold (VOC21): with the argmax labels, every class but
+-- background (0) whose area is not above area_thd x the area of all
+-- non-background classes gets its scores zeroed, in place.
+function M.area_filter(scores, area_thd)
+  local nclasses = scores:size(1)
+  local areas = masks.label_areas(masks.argmax_channels(scores), nclasses - 1):values()
+  local fg = 0
+  for c = 2, nclasses do fg = fg + areas[c] end
+  for c = 2, nclasses do
+    if not (areas[c] > area_thd * fg) then scores:select(1, c):fill(0) end
+  end
+  return scores
+end
+
+-- scores (C, H, W) → (H, W) int32 labels: argmax (first on ties), and 0
+-- where the best score is below prob_thd.
+function M.labels(scores, prob_thd)
+  local labels = masks.argmax_channels(scores)
+  if not prob_thd or prob_thd <= 0 then return labels end
+  local keep = scores:max(1):ge(prob_thd)
+  return (labels:float() * keep):int()
+end
+
+-- ---- dense features ---------------------------------------------------------------
+
+-- The tokens entering the last k blocks of CLIP's vision tower (B, T, C).
+-- opts go to encode_image (e.g. antialias_positions).
+function M.tokens_before(model, x, k, opts)
+  local run = { layers = #model.vision.layers - k }
+  for key, v in pairs(opts or {}) do run[key] = v end
+  return model:encode_image(x, run).last
+end
+
+-- tokens (1, 1 + N, C) → (N, P): post_layernorm and projection of the
+-- patch tokens (the class token dropped)
+function M.head_patches(model, tokens)
+  local y = model:head(tokens)
+  local n = y:size(2) - 1
+  return y:select(1, 1):narrow(1, 2, n):contiguous()
+end
+
+-- The dense function of a method that replaces CLIP's last block:
+-- last_block(block, x (B, T, C), state, grid) → tokens (B, T, C)[, extra];
+-- the patch tokens go through the head.
+function M.last_block_method(last_block)
+  return function(state, x)
+    local model = state.model
+    local blocks = model.vision.layers
+    local tokens = M.tokens_before(model, x, 1)
+    local p = model.vision.config.patch_size
+    local gh, gw = math.floor(x:size(3) / p), math.floor(x:size(4) / p)
+    local y, extra = last_block(blocks[#blocks], tokens, state, { gh, gw })
+    return M.head_patches(model, y), gh, gw, extra
+  end
+end
+
+-- ---- the whole protocol -------------------------------------------------------------
+
+-- setup(params, model, classes, method) → state. method.dense(state, x)
+-- → feats (gh*gw, P) not yet normalised, gh, gw[, extra]; optional
+-- method.refine(state, cos (Q, gh, gw), extra) → cos at patch level
+-- (MaskCLIP), method.calibrate(state, scores (Q, H, W)) → scores before the
+-- softmax (GEM's min-max).
+function M.setup(params, model, classes, method)
+  if not classes then
+    error("this recipe needs class names: set `classes` in the config (a file, one class per line)", 0)
+  end
+  if not model.text then error("the CLIP model was loaded without its text tower", 0) end
+  local tok = tokenizer.load(model.path)
+  return {
+    params = params, model = model, classes = classes,
+    norm = M.normalization(model.path, params),
+    text = M.text_classifier(model, tok, classes.queries, params.templates),
+    patch_size = model.vision.config.patch_size,
+    dense = method.dense, refine = method.refine, calibrate = method.calibrate,
+  }
+end
+
+-- The scores (Q, h, w) of the prepared input x, by sliding window or whole.
+function M.infer(state, x)
+  local p = state.params
+  if (p.slide_crop or 0) > 0 then
+    return M.slide(x, p.slide_crop, p.slide_stride, function(win)
+      return M.window_scores(state, win, p.pad_multiple)
+    end)
+  end
+  return M.window_scores(state, x, 0)
+end
+
+-- segment(state, img (H, W, 3) uint8) → the semantic result of
+-- fmseg.segment: labels (H, W) int32, scores (C, H, W) class probabilities,
+-- dump = { patch_features (N, P) and patch_logits (Q, gh, gw) = logit_scale x
+-- cosine, both of the last window; logits (Q, H, W) = logit_scale x the
+-- blended scores at the image's size, what the softmax takes }.
+function M.segment(state, img)
+  local p = state.params
+  local h, w = img:size(1), img:size(2)
+  local x = M.prepare(img, p, state.norm)
+  local scores = M.resize_scores(M.infer(state, x), h, w)
+  if (p.pamr_steps or 0) > 0 then scores = M.pamr(x, scores, p.pamr_steps, p.pamr_dilations) end
+  if state.calibrate then scores = state.calibrate(state, scores) end
+  local probs = M.query_probs(scores, p.logit_scale)
+  local classes = M.class_scores(probs, state.classes.query_class, #state.classes.names)
+  if (p.area_thd or 0) > 0 then M.area_filter(classes, p.area_thd) end
+  local labels = M.labels(classes, p.prob_thd)
+  local last = state.last_window
+  return {
+    kind = "semantic", labels = labels, scores = classes,
+    dump = { patch_features = last.patch_features, patch_logits = last.patch_logits * p.logit_scale,
+             logits = scores:mul_(p.logit_scale) },
+  }
+end
+
+return M

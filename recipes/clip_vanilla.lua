@@ -1,0 +1,26 @@
+-- CLIP, unchanged — the baseline every training-free method improves on:
+-- patch tokens of the ordinary last block through post_layernorm and the
+-- visual projection, compared with the text classifier. The protocol
+-- around it is SCLIP's (fmseg.clipseg), so the comparison isolates the
+-- last block.
+-- ref: sinahmr/NACLIP clip/model.py (arch = 'vanilla', attn_strategy = 'vanilla')
+local clipseg = require("fmseg.clipseg")
+
+local recipe = {
+  name = "clip_vanilla",
+  needs = { "clip" },
+  defaults = clipseg.defaults({ logit_scale = 40, slide_crop = 224, slide_stride = 112, short_side = 336 }),
+}
+
+-- x: (B, T, C) tokens entering the last block → (B, T, C), the reference layer
+function recipe.last_block(block, x)
+  return (block:forward(x))
+end
+
+function recipe.setup(params, models, classes)
+  return clipseg.setup(params, models.clip, classes, { dense = clipseg.last_block_method(recipe.last_block) })
+end
+
+recipe.segment = clipseg.segment
+
+return recipe
