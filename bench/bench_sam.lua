@@ -35,8 +35,8 @@ local args = { ... }
 local repeats = tonumber(args[1]) or 1
 local batch = tonumber(args[2]) or 16
 
--- facebook/sam-vit-base's config.json (the parts that differ from the
--- SamConfig defaults, which are sam-vit-huge's).
+-- facebook/sam-vit-base's config.json (spelled out, though these are also
+-- SamConfig's defaults).
 local CONFIG = {
   vision_config = {
     hidden_size = 768, num_hidden_layers = 12, num_attention_heads = 12, mlp_dim = 3072,

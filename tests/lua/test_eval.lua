@@ -567,7 +567,9 @@ do
   else
     local cfg = tmp .. "/clip.yaml"
     tiny.write(cfg, ("_base_: %s/configs/_base_/datasets/voc21.yaml\nrecipe: clip_vanilla\ndata:\n  image_suffix: .png\n"
-      .. "models:\n  clip: %s/clip-tiny\n"):format(ROOT, fixtures))
+      .. "models:\n  clip: %s/clip-tiny\n"
+      -- one prompt template and small windows keep the tiny model quick
+      .. "params:\n  templates: photo\n  short_side: 64\n  slide_crop: 64\n  slide_stride: 32\n"):format(ROOT, fixtures))
     local dir = tmp .. "/run_clip"
     rc, out = run(eval_cmd(cfg, VOC, dir, "--limit 3 --quiet"))
     local m = metrics_of(dir)

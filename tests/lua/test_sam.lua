@@ -37,7 +37,7 @@ local SMALL_CONFIG = {
     output_channels = 8, num_pos_feats = 4, hidden_act = "gelu", layer_norm_eps = 1e-6,
   },
   prompt_encoder_config = { hidden_size = 8, image_size = 40, patch_size = 8,
-                            image_embedding_size = 5, mask_input_channels = 4 },
+                            mask_input_channels = 4 },
   mask_decoder_config = { hidden_size = 8, num_attention_heads = 1, mlp_dim = 16,
                           iou_head_hidden_dim = 8, num_hidden_layers = 2 },
 }
@@ -127,6 +127,23 @@ do
   local want2 = naive_vision_layer(model.vision_encoder.layers[2], hidden[1], v.num_attention_heads,
                                    v.layer_norm_eps, 0)
   tap.near(hidden[2], want2, 1e-5, "global layer matches the naive SamVisionLayer")
+  -- two images with two point sets each, against one image at a time
+  local x2 = T.cat({ x, T.randn({ 1, 3, 40, 40 }, 8) }, 1)
+  local pts = T.rand({ 2, 2, 3, 2 }, 9, 0, 40)
+  local labs = T.from_table({ { { 1, 0, 1 }, { 1, 1, -1 } }, { { 0, 1, 1 }, { 1, -10, 0 } } })
+  local boxes = T.rand({ 2, 2, 4 }, 10, 0, 40)
+  local emb2 = model:encode_image(x2)
+  local s2, d2 = model:encode_prompt({ points = pts, labels = labs, boxes = boxes })
+  local m2, iou2 = model:decode_masks(emb2, s2, d2, true)
+  tap.eq(T.shape_string(m2:shape()), "[2, 2, 3, 20, 20]", "batch of images: masks (B, N, 3, 4h, 4w)")
+  for bi = 1, 2 do
+    local e1 = model:encode_image(x2:narrow(1, bi, 1))
+    local s1, d1 = model:encode_prompt({ points = pts:narrow(1, bi, 1), labels = labs:narrow(1, bi, 1),
+                                         boxes = boxes:narrow(1, bi, 1) })
+    local m1, iou1 = model:decode_masks(e1, s1, d1, true)
+    tap.near(m2:narrow(1, bi, 1), m1, 1e-5, ("batch of images: image %d's masks as alone"):format(bi))
+    tap.near(iou2:narrow(1, bi, 1), iou1, 1e-5, ("batch of images: image %d's IoU as alone"):format(bi))
+  end
   tap.raises(function() model:encode_image(T.zeros({ 1, 3, 32, 40 })) end, "expected [B, 3, 40, 40]",
              "a wrong input size is refused, naming the expected one")
   tap.raises(function()

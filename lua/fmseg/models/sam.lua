@@ -35,13 +35,12 @@ local param, linear_params, norm_params = transformer.param, transformer.linear_
 local M = {}
 
 -- transformers' SamVisionConfig / SamPromptEncoderConfig /
--- SamMaskDecoderConfig defaults (sam-vit-huge's), for keys a config.json
--- leaves out.
+-- SamMaskDecoderConfig defaults, for keys a config.json leaves out.
 local VISION_DEFAULTS = {
-  hidden_size = 1280, output_channels = 256, num_hidden_layers = 32, num_attention_heads = 16,
+  hidden_size = 768, output_channels = 256, num_hidden_layers = 12, num_attention_heads = 12,
   num_channels = 3, image_size = 1024, patch_size = 16, hidden_act = "gelu",
   layer_norm_eps = 1e-6, qkv_bias = true, mlp_ratio = 4.0, use_abs_pos = true,
-  use_rel_pos = true, window_size = 14, global_attn_indexes = { 7, 15, 23, 31 },
+  use_rel_pos = true, window_size = 14, global_attn_indexes = { 2, 5, 8, 11 },
   num_pos_feats = 128,
 }
 local PROMPT_DEFAULTS = {
@@ -267,8 +266,8 @@ function M.new(config, weights, opts)
   local v = settings(config.vision_config, VISION_DEFAULTS)
   v.mlp_dim = hf.cfg(config.vision_config or {}, "mlp_dim", math.floor(v.hidden_size * v.mlp_ratio))
   local p = settings(config.prompt_encoder_config, PROMPT_DEFAULTS)
-  p.image_embedding_size = hf.cfg(config.prompt_encoder_config or {}, "image_embedding_size",
-                                  math.floor(p.image_size / p.patch_size))
+  -- SamPromptEncoderConfig derives it, whatever config.json says
+  p.image_embedding_size = math.floor(p.image_size / p.patch_size)
   local d = settings(config.mask_decoder_config, DECODER_DEFAULTS)
   check_config(v, p, d)
   local self = setmetatable({ config = { vision = v, prompt = p, decoder = d } }, SAM)
@@ -433,6 +432,7 @@ function SAM:encode_image(pixel_values, opts)
   y = nn.layer_norm_channels(y, neck.layer_norm1.weight, neck.layer_norm1.bias, SAM_LAYER_NORM_EPS)
   y = nn.conv2d(y, neck.conv2.weight, nil, { padding = 1 })
   y = nn.layer_norm_channels(y, neck.layer_norm2.weight, neck.layer_norm2.bias, SAM_LAYER_NORM_EPS)
+  collect()
   return y, hidden
 end
 

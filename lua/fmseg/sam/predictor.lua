@@ -76,8 +76,9 @@ function Predictor:set_pixel_values(pixel_values, original_hw, resized_hw)
   return self
 end
 
+-- Drops the image's state. The embeddings are not freed here: a caller may
+-- still hold them (they are 4 MB at 1024).
 function Predictor:reset_image()
-  if self.image_embeddings then self.image_embeddings:free() end
   self.image_embeddings, self.original_hw, self.resized_hw = nil, nil, nil
 end
 

@@ -1,0 +1,79 @@
+-- MaskCLIP (Zhou et al., ECCV22) — dense CLIP features from the value path
+-- of the last block: query-key attention is skipped, its residual and FFN
+-- kept,
+--   v = out_proj(v_proj(ln_1(x))) + x,   v = v + FFN(ln_2(v)),
+-- then ln_post and CLIP's projection. Optional key smoothing (ks_thresh)
+-- and prompt denoising (pd_thresh) refine the patch-level scores.
+-- ref: chongzhou96/MaskCLIP mmseg/models/backbones/vit.py
+--      (TransformerEncoderLayer.forward with return_qkv,
+--      VisionTransformer.forward with final_norm) and
+--      mmseg/models/decode_heads/maskclip_head.py (MaskClipHead.forward,
+--      refine_output); configs/maskclip/ for the protocol: whole image,
+--      Resize to (2048, 512) keeping the ratio ((520, 520) on Context,
+--      (1024, 512) on Cityscapes), mmseg's ImageNet mean/std, 85 templates.
+-- Their port of the ViT runs exact GELU and LayerNorm eps 1e-6 on CLIP's
+-- weights; we keep the checkpoint's own (quick_gelu, 1e-5).
+local clipseg = require("fmseg.clipseg")
+local nn = require("fmseg.nn")
+local T = require("fmseg.tensor")
+
+local recipe = {
+  name = "maskclip",
+  needs = { "clip" },
+  defaults = clipseg.defaults({
+    logit_scale = 100, prob_thd = 0.0, slide_crop = 0, slide_stride = 0, short_side = 512, long_side = 2048,
+    templates = "maskclip", mean = { 123.675, 116.28, 103.53 }, std = { 58.395, 57.12, 57.375 },
+    ks_thresh = 0.0, pd_thresh = 0.0,
+  }),
+}
+
+-- x: (B, T, C) tokens entering the last block → (B, T, C) value-path
+-- tokens, and the keys (B, T, C) = out_proj(k_proj(ln_1(x))) that key
+-- smoothing compares (MaskCLIP passes q, k and v through out_proj alike).
+function recipe.last_block(block, x)
+  local h = block:ln1(x)
+  local _, k, v = block:qkv(h)
+  local y = block:out_proj(v):add_(x)                  -- v = out_proj(v_proj(ln_1 x)) + x
+  y:add_(block:mlp(block:ln2(y)))                      -- v = v + FFN(ln_2 v)
+  return y, block:out_proj(k)
+end
+
+-- MaskClipHead.refine_output on one window: cos (Q, gh, gw) cosine scores,
+-- keys (1, T, C) → refined scores (Q, gh, gw).
+--   prompt denoising: queries whose softmax(100 · cos) never reaches
+--   pd_thresh anywhere get -100;
+--   key smoothing: the scores become softmax(100 · cos) over queries, and
+--   where a patch's best probability is below ks_thresh it is replaced by
+--   Σ_p' (k_p · k_p') probs_p', the keys L2-normalised over the patches
+--   (F.normalize's default dim=1 on (B, N, C) keys, as the official code
+--   does).
+function recipe.refine(state, cos, keys)
+  local p = state.params
+  local q, gh, gw = cos:size(1), cos:size(2), cos:size(3)
+  local scale = p.logit_scale
+  if p.pd_thresh > 0 then
+    local best = clipseg.query_probs(cos, scale):reshape(q, gh * gw):max(2)   -- (Q)
+    local drop = best:lt(p.pd_thresh):reshape(q, 1, 1)
+    cos = cos * (1 - drop) + drop * -100
+  end
+  if p.ks_thresh > 0 and keys then
+    local probs = clipseg.query_probs(cos, scale):reshape(q, gh * gw)         -- (Q, N)
+    local k = keys:select(1, 1):narrow(1, 2, gh * gw)                          -- (N, C), patches
+    k = nn.normalize(k:t():contiguous()):t()                                   -- over patches
+    local weight = k:matmul(k, false, true)                                    -- (N, N)
+    local smoothed = probs:matmul(weight, false, true)                         -- (Q, N) = (W P)ᵀ
+    local low = probs:max(1, true):lt(p.ks_thresh)                             -- (1, N)
+    cos = (probs * (1 - low) + smoothed * low):reshape(q, gh, gw)
+  end
+  return cos
+end
+
+function recipe.setup(params, models, classes)
+  return clipseg.setup(params, models.clip, classes, {
+    dense = clipseg.last_block_method(recipe.last_block), refine = recipe.refine,
+  })
+end
+
+recipe.segment = clipseg.segment
+
+return recipe

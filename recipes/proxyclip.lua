@@ -1,0 +1,106 @@
+-- ProxyCLIP (Lan et al., ECCV24) — CLIP's last block attends with proxy
+-- attention taken from a vision foundation model (DINO ViT-B/8 by default;
+-- DINOv2 ViT-B/14 with registers or SAM's image encoder): with F the VFM's
+-- patch features, L2-normalised,
+--   S = F Fᵀ,  S' = (S - beta · mean(S)) · gamma,  S' < 0 → -∞,
+--   x = out_proj(softmax(S') v),  v = v_proj(ln_1(x)) on CLIP's patches,
+--   bilinearly resized to the VFM's grid; no residual, no FFN.
+-- The output lives on the VFM's patch grid.
+-- ref: mc-lan/ProxyCLIP proxyclip_segmentor.py (forward_feature: UnNormalize
+--      / Normalize to ImageNet statistics, SAM at 1024 x 1024, DINO's
+--      get_intermediate_layers; forward_slide with windows padded to a
+--      multiple of 56) and open_clip/transformer.py (custom_attn);
+--      configs/ for the protocol (logit scale 40, crop 336 / stride 112,
+--      short side 336).
+local clipseg = require("fmseg.clipseg")
+local nn = require("fmseg.nn")
+local T = require("fmseg.tensor")
+
+local recipe = {
+  name = "proxyclip",
+  needs = { "clip", "vfm" },
+  defaults = clipseg.defaults({
+    logit_scale = 40, prob_thd = 0.0, slide_crop = 336, slide_stride = 112, pad_multiple = 56,
+    short_side = 336, beta = 1.2, gamma = 3.0,
+    vfm_mean = clipseg.IMAGENET_MEAN, vfm_std = clipseg.IMAGENET_STD,
+  }),
+}
+
+-- x (1, 3, h, w) normalised for CLIP (norm: 0-255 mean/std) → the same
+-- pixels normalised for the VFM (0-1 scale mean/std).
+function recipe.vfm_input(x, norm, mean, std)
+  local c = x:size(2)
+  local clip_std = T.from_table(norm.std):reshape(1, c, 1, 1) / 255
+  local clip_mean = T.from_table(norm.mean):reshape(1, c, 1, 1) / 255
+  local pixels = x * clip_std + clip_mean                                   -- 0-1
+  return (pixels - T.from_table(mean):reshape(1, c, 1, 1)) / T.from_table(std):reshape(1, c, 1, 1)
+end
+
+-- The VFM's patch features of its input xv (1, 3, h, w) → F (I*J, D), I, J.
+-- DINO / DINOv2: last layer after the final norm, patch tokens (class
+-- token and registers dropped); SAM: the neck's output at its fixed input
+-- size (the input resized bilinearly to it).
+function recipe.proxy_features(vfm, xv)
+  if vfm.vision_encoder then
+    local size = vfm.config.vision.image_size
+    local emb = vfm:encode_image(nn.interpolate(xv, size, size, { mode = "bilinear" }))   -- (1, D, I, J)
+    local d, i, j = emb:size(2), emb:size(3), emb:size(4)
+    return emb:reshape(d, i * j):t():contiguous(), i, j
+  end
+  local out = vfm:encode_image(xv)
+  local tokens = out.last_hidden_state:select(1, 1)                         -- (T, D)
+  local n = tokens:size(1) - vfm.num_prefix_tokens
+  return tokens:narrow(1, vfm.num_prefix_tokens + 1, n):contiguous(), out.grid[1], out.grid[2]
+end
+
+-- F (N, D) → the proxy attention (N, N): softmax over each row of
+-- S' = (F̂ F̂ᵀ - beta · mean) · gamma with negative entries masked out.
+-- (A row with no entry left, which only a mean above 1/beta can cause,
+-- comes out as zeros where PyTorch would give NaN.)
+function recipe.proxy_attention(feats, beta, gamma)
+  local f = nn.normalize(feats)
+  local s = f:matmul(f, false, true)                                        -- S = F Fᵀ
+  s:sub_(beta * s:mean()):mul_(gamma)                                       -- (S - beta · mean(S)) · gamma
+  local keep = s:ge(0)                                                      -- S' < 0 → -inf
+  s:sub_(s:max(2, true)):exp_():mul_(keep)
+  return s:div_(s:sum(2, true):maximum(1e-30))
+end
+
+-- x: (B, T, C) tokens entering CLIP's last block on a gh x gw grid, attn
+-- (N, N) on the VFM's I x J grid → (B, N, C)
+function recipe.last_block(block, x, attn, grid, proxy_grid)
+  local gh, gw, i, j = grid[1], grid[2], proxy_grid[1], proxy_grid[2]
+  local b, c = x:size(1), x:size(3)
+  local h = block:ln1(x)
+  local v = nn.linear(h, block.value.weight, block.value.bias)             -- v_proj(ln_1(x))
+  local patches = v:narrow(2, 2, gh * gw):reshape(b, gh, gw, c):permute(1, 4, 2, 3):contiguous()
+  local resized = nn.interpolate(patches, i, j, { mode = "bilinear" })      -- to the proxy grid
+  local vp = resized:reshape(b, c, i * j):transpose(2, 3):contiguous()      -- (B, N, C)
+  local rows = {}
+  for n = 1, b do rows[n] = attn:matmul(vp:select(1, n)) end                -- softmax(S') v, every head
+  return block:out_proj(T.stack(rows, 1))
+end
+
+function recipe.dense(state, x)
+  local model = state.model
+  local xv = recipe.vfm_input(x, state.norm, state.params.vfm_mean, state.params.vfm_std)
+  local feats, i, j = recipe.proxy_features(state.vfm, xv)
+  local attn = recipe.proxy_attention(feats, state.params.beta, state.params.gamma)
+  local blocks = model.vision.layers
+  local p = model.vision.config.patch_size
+  local grid = { math.floor(x:size(3) / p), math.floor(x:size(4) / p) }
+  local y = recipe.last_block(blocks[#blocks], clipseg.tokens_before(model, x, 1), attn, grid, { i, j })
+  attn:free()
+  local out = model:head(y):select(1, 1):contiguous()                       -- no class token here
+  return out, i, j
+end
+
+function recipe.setup(params, models, classes)
+  local state = clipseg.setup(params, models.clip, classes, { dense = recipe.dense })
+  state.vfm = models.vfm
+  return state
+end
+
+recipe.segment = clipseg.segment
+
+return recipe
