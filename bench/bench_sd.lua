@@ -138,6 +138,10 @@ if not skip["--no-unet"] then
   eps:free()
   -- the same with every attention map captured (what DiffSeg keeps)
   local cap = sd.attention.capture({ mean_heads = true })
+  for _, method in ipairs({ "buffer", "record" }) do
+    local orig = cap[method]
+    cap[method] = function(...) return account("capture", 0, orig, ...) end
+  end
   reset()
   t0 = now()
   unet:forward(x, 500, text, { capture = cap }):free()

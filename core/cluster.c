@@ -398,6 +398,30 @@ static bool fm__check_eig(const fm_tensor *w, const fm_tensor *v, const fm_tenso
   return fm__check_output(v, buf) && fm__check_shape(v, 2, vshape, buf);
 }
 
+/* Workspace of ssyevd / ssygvd with eigenvectors, sized by the formulas of
+ * their documentation. LAPACK's own size query returns the size as a float,
+ * which rounds below the true 1 + 6n + 2n^2 from n ~ 2900 on (LAPACK before
+ * 3.11), and the call then fails with "parameter 11 had an illegal value". */
+typedef struct {
+  float *work;
+  lapack_int *iwork;
+  lapack_int lwork, liwork;
+} fm__lwork;
+
+static bool fm__lwork_alloc(fm__lwork *ws, int64_t n, const char *what) {
+  int64_t lwork = 1 + 6 * n + 2 * n * n, liwork = 3 + 5 * n;
+  ws->lwork = (lapack_int)lwork, ws->liwork = (lapack_int)liwork;
+  ws->work = lwork <= INT32_MAX ? malloc(sizeof(float) * (size_t)lwork) : NULL;
+  ws->iwork = malloc(sizeof(lapack_int) * (size_t)liwork);
+  if (!ws->work || !ws->iwork) {
+    free(ws->work), free(ws->iwork);
+    return fm__error("%s: cannot allocate LAPACK's workspace for n = %lld", what, (long long)n), false;
+  }
+  return true;
+}
+
+static void fm__lwork_free(fm__lwork *ws) { free(ws->work), free(ws->iwork); }
+
 /* a (N, N) symmetric (upper triangle read) -> w (N) ascending, v (N, N) with
  * row i the unit eigenvector of w[i]. v may be a. */
 int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a) {
@@ -407,8 +431,11 @@ int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a) {
   if (v->data != a->data) memcpy(v->data, a->data, sizeof(float) * (size_t)(n * n));
   // Column-major, lower triangle: the row-major upper triangle; eigenvector
   // i comes back in column-major column i, which is row-major row i.
-  lapack_int info = LAPACKE_ssyevd(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n,
-                                   fm__f32(w));
+  fm__lwork ws;
+  if (!fm__lwork_alloc(&ws, n, "eigh")) return -1;
+  lapack_int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n,
+                                        fm__f32(w), ws.work, ws.lwork, ws.iwork, ws.liwork);
+  fm__lwork_free(&ws);
   if (info < 0) return fm__error("eigh: LAPACK ssyevd rejected argument %d", (int)-info);
   if (info > 0) return fm__error("eigh: LAPACK ssyevd did not converge (info %d)", (int)info);
   return 0;
@@ -428,8 +455,11 @@ int fm_eigh_generalized(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm
   if (!bf) return fm__error("eigh_generalized: out of memory for n = %lld", (long long)n);
   memcpy(bf, b->data, sizeof(float) * (size_t)(n * n));
   if (v->data != a->data) memcpy(v->data, a->data, sizeof(float) * (size_t)(n * n));
-  lapack_int info = LAPACKE_ssygvd(LAPACK_COL_MAJOR, 1, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n, bf,
-                                   (lapack_int)n, fm__f32(w));
+  fm__lwork ws;
+  if (!fm__lwork_alloc(&ws, n, "eigh_generalized")) return free(bf), -1;
+  lapack_int info = LAPACKE_ssygvd_work(LAPACK_COL_MAJOR, 1, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n,
+                                        bf, (lapack_int)n, fm__f32(w), ws.work, ws.lwork, ws.iwork, ws.liwork);
+  fm__lwork_free(&ws);
   free(bf);
   if (info < 0) return fm__error("eigh_generalized: LAPACK ssygvd rejected argument %d", (int)-info);
   if (info > n)

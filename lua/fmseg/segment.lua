@@ -99,7 +99,7 @@ end
 -- overwrite earlier ones; 0 is "no mask".
 local function instance_labels(result, h, w)
   local T = require("fmseg.tensor")
-  local labels = T.new({ h, w }, "int32")
+  local labels = T.new({ h, w })   -- float: the blend below is float arithmetic
   for i = #result.masks, 1, -1 do
     local m = result.masks[i]:float()
     labels = labels * (1 - m) + m * i

@@ -65,6 +65,21 @@ if dir then
   local info = cap.info["mid_block.attentions.0.transformer_blocks.0.attn2"]
   tap.ok(info.height * info.width == 16 and info.kind == "attn2", "capture records the layer's resolution and kind")
 
+  -- kept queries + a layer's to_k reproduce its cross-attention (OVAM's way
+  -- of scoring new text without another UNet pass)
+  local qcap = A.capture({ kinds = { "attn2" }, layers = { "mid_block.attentions.0.transformer_blocks.0.attn2" },
+                           queries = true })
+  unet:forward(x, t, text, { capture = qcap })
+  local mid = "mid_block.attentions.0.transformer_blocks.0.attn2"
+  local m = unet.attention_modules[mid]
+  local nn = require("fmseg.nn")
+  local keys = nn.linear(text, m.to_k.weight, m.to_k.bias)
+  local _, probs = nn.attention(qcap.queries[mid], keys, keys, m.heads, { scale = m.scale, probs = true })
+  tap.near(probs:reshape({ 2 * m.heads, 16, 77 }), cap.maps[mid], 1e-6,
+           "queries kept by a capture and the layer's to_k give its cross-attention map")
+  tap.ok(unet.attention_modules["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] ~= nil,
+         "attention modules are indexed by module path")
+
   -- aggregate: cross-attention of all layers at the latent resolution
   local agg = A.aggregate(cap, { kind = "attn2", size = { 8, 8 } })
   tap.eq(T.shape_string(agg:shape()), "[2, 77, 8, 8]", "aggregate attn2 → [batch, tokens, h, w]")

@@ -137,9 +137,9 @@ local function prompt_encoder(w, cfg)
     not_a_point_embed = param(w, pre .. "not_a_point_embed.weight", { 1, c }),
     no_mask_embed = param(w, pre .. "no_mask_embed.weight", { 1, c }),
     mask_embed = {
-      conv1 = conv_params(w, pre .. "mask_embed.conv1", mc / 4, 1, 2, true),
-      layer_norm1 = norm_params(w, pre .. "mask_embed.layer_norm1", mc / 4),
-      conv2 = conv_params(w, pre .. "mask_embed.conv2", mc, mc / 4, 2, true),
+      conv1 = conv_params(w, pre .. "mask_embed.conv1", math.floor(mc / 4), 1, 2, true),
+      layer_norm1 = norm_params(w, pre .. "mask_embed.layer_norm1", math.floor(mc / 4)),
+      conv2 = conv_params(w, pre .. "mask_embed.conv2", mc, math.floor(mc / 4), 2, true),
       layer_norm2 = norm_params(w, pre .. "mask_embed.layer_norm2", mc),
       conv3 = conv_params(w, pre .. "mask_embed.conv3", c, mc, 1, true),
     },
@@ -198,18 +198,18 @@ local function mask_decoder(w, cfg)
     iou_token = param(w, pre .. "iou_token.weight", { 1, c }),
     mask_tokens = param(w, pre .. "mask_tokens.weight", { ntok, c }),
     transformer = tr,
-    upscale_conv1 = { weight = param(w, pre .. "upscale_conv1.weight", { c, c / 4, 2, 2 }),
-                      bias = param(w, pre .. "upscale_conv1.bias", { c / 4 }) },
-    upscale_layer_norm = norm_params(w, pre .. "upscale_layer_norm", c / 4),
-    upscale_conv2 = { weight = param(w, pre .. "upscale_conv2.weight", { c / 4, c / 8, 2, 2 }),
-                      bias = param(w, pre .. "upscale_conv2.bias", { c / 8 }) },
+    upscale_conv1 = { weight = param(w, pre .. "upscale_conv1.weight", { c, math.floor(c / 4), 2, 2 }),
+                      bias = param(w, pre .. "upscale_conv1.bias", { math.floor(c / 4) }) },
+    upscale_layer_norm = norm_params(w, pre .. "upscale_layer_norm", math.floor(c / 4)),
+    upscale_conv2 = { weight = param(w, pre .. "upscale_conv2.weight", { math.floor(c / 4), math.floor(c / 8), 2, 2 }),
+                      bias = param(w, pre .. "upscale_conv2.bias", { math.floor(c / 8) }) },
     output_hypernetworks_mlps = {},
     iou_prediction_head = feed_forward(w, pre .. "iou_prediction_head", c, cfg.iou_head_hidden_dim,
                                        ntok, cfg.iou_head_depth),
   }
   for i = 1, ntok do
     dec.output_hypernetworks_mlps[i] = feed_forward(w, ("%soutput_hypernetworks_mlps.%d"):format(pre, i - 1),
-                                                    c, c, c / 8, HYPERNETWORK_DEPTH)
+                                                    c, c, math.floor(c / 8), HYPERNETWORK_DEPTH)
   end
   return dec
 end
@@ -227,8 +227,8 @@ local function check_config(v, p, d)
   need(p.hidden_size == d.hidden_size and v.output_channels == d.hidden_size,
        "prompt hidden_size %d, mask decoder hidden_size %d and vision output_channels %d must agree",
        p.hidden_size, d.hidden_size, v.output_channels)
-  need(d.hidden_size % 8 == 0, "mask decoder hidden_size %d is not a multiple of 8", d.hidden_size)
-  need(p.mask_input_channels % 4 == 0, "mask_input_channels %d is not a multiple of 4", p.mask_input_channels)
+  need(d.hidden_size >= 8, "mask decoder hidden_size %d is below 8 (the upscaling keeps hidden_size // 8 channels)", d.hidden_size)
+  need(p.mask_input_channels >= 4, "mask_input_channels %d is below 4 (mask_embed keeps mask_input_channels // 4)", p.mask_input_channels)
   local internal = math.floor(d.hidden_size / d.attention_downsample_rate)
   need(internal % d.num_attention_heads == 0 and d.hidden_size % d.num_attention_heads == 0,
        "mask decoder: %d heads do not divide %d / %d", d.num_attention_heads, d.hidden_size, internal)

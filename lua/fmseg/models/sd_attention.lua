@@ -34,9 +34,11 @@ Capture.__index = Capture
 --   layers      list of exact module paths to keep (default: all)
 --   match       Lua pattern a module path must match (default: all)
 --   mean_heads  average heads as maps arrive: maps are [N, queries, keys]
+--   queries     also keep each layer's queries (to_q output, (N, Tq, heads*d))
+--               in cap.queries[name], for scoring other text later (OVAM)
 function M.capture(opts)
   opts = opts or {}
-  local self = setmetatable({ names = {}, maps = {}, info = {}, opts = opts }, Capture)
+  local self = setmetatable({ names = {}, maps = {}, info = {}, queries = {}, scratch = {}, opts = opts }, Capture)
   self.kinds = {}
   for _, k in ipairs(opts.kinds or { "attn1", "attn2" }) do
     if k ~= "attn1" and k ~= "attn2" then error("capture: kinds are 'attn1' and 'attn2', got " .. tostring(k), 2) end
@@ -59,16 +61,17 @@ end
 
 -- The (N, heads, queries, keys) buffer the attention kernel writes this
 -- layer's probabilities into. Kept maps get a buffer of their own; with
--- mean_heads one scratch buffer serves every layer of that shape (fresh
--- 512 MB buffers cost more in page faults than the attention itself).
+-- mean_heads one scratch buffer per shape serves every layer of that shape
+-- (a fresh 512 MB buffer costs more in page faults than the attention).
 function Capture:buffer(shape)
   if not self.opts.mean_heads then return T.new(shape) end
   local key = table.concat(shape, "x")
-  if self.scratch_key ~= key then
-    if self.scratch then self.scratch:free() end
-    self.scratch, self.scratch_key = T.new(shape), key
+  local buf = self.scratch[key]
+  if not buf then
+    buf = T.new(shape)
+    self.scratch[key] = buf
   end
-  return self.scratch
+  return buf
 end
 
 -- (N, heads, Tq, Tk) → (N, Tq, Tk): head 1 + head 2 + ... then / heads,
@@ -86,8 +89,13 @@ local function head_mean(probs)
   return acc:div_(heads)
 end
 
--- probs: the buffer from :buffer, filled; info: kind, height, width.
-function Capture:record(name, probs, info)
+-- probs: the buffer from :buffer, filled; info: kind, height, width;
+-- q: the layer's queries (N, Tq, heads*d), kept in cap.queries[name] when
+-- the capture was made with queries = true, else released.
+function Capture:record(name, probs, info, q)
+  if q then
+    if self.opts.queries then self.queries[name] = q else q:free() end
+  end
   local n, heads, tq, tk = unpack(probs:shape())
   local map
   if self.opts.mean_heads then
@@ -105,8 +113,9 @@ end
 -- Releases every map now (they can be hundreds of MB).
 function Capture:clear()
   for _, name in ipairs(self.names) do self.maps[name]:free() end
-  if self.scratch then self.scratch:free() end
-  self.names, self.maps, self.info, self.scratch, self.scratch_key = {}, {}, {}, nil, nil
+  for _, buf in pairs(self.scratch) do buf:free() end
+  for _, q in pairs(self.queries) do q:free() end
+  self.names, self.maps, self.info, self.queries, self.scratch = {}, {}, {}, {}, {}
 end
 
 -- Helpers ------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 -- nothing here.
 local ffi = require("ffi")
 local hf = require("fmseg.hf")
+local json = require("fmseg.json")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local B = require("fmseg.models.sd_blocks")
@@ -30,7 +31,7 @@ UNet.__index = UNet
 
 -- Config ---------------------------------------------------------------------------
 
-local function is_null(v) return v == nil or v == require("fmseg.json").null end
+local function is_null(v) return v == nil or v == json.null end
 
 -- A per-block setting given as one value or a list of one per down block.
 local function per_block(config, key, default, n)
@@ -62,11 +63,21 @@ local function per_layer(v, n)
 end
 
 local UNSUPPORTED = {  -- keys that must be null/false/default for SD 1.x / 2.x
-  { "class_embed_type" }, { "addition_embed_type" }, { "encoder_hid_dim_type" },
+  { "class_embed_type" }, { "num_class_embeds" }, { "addition_embed_type" },
+  { "encoder_hid_dim_type" }, { "encoder_hid_dim" },
   { "time_cond_proj_dim" }, { "cross_attention_norm" },
   { "dual_cross_attention", false }, { "attention_type", "default" },
   { "time_embedding_type", "positional" }, { "class_embeddings_concat", false },
 }
+
+-- Absent means diffusers' default mid block, null means none (SD 1.5's
+-- config.json has no mid_block_type key).
+local function mid_block_type(config)
+  local v = config.mid_block_type
+  if v == nil then return "UNetMidBlock2DCrossAttn" end
+  if is_null(v) then return nil end
+  return v
+end
 
 local function read_config(config)
   for _, u in ipairs(UNSUPPORTED) do
@@ -85,7 +96,6 @@ local function read_config(config)
   -- diffusers: num_attention_heads = num_attention_heads or attention_head_dim
   -- (SD 1.x configs call the head count attention_head_dim).
   local heads_key = is_null(config.num_attention_heads) and "attention_head_dim" or "num_attention_heads"
-  local only_cross = hf.cfg(config, "only_cross_attention", false)
   local cfg = {
     in_channels = hf.cfg(config, "in_channels", 4),
     out_channels = hf.cfg(config, "out_channels", 4),
@@ -93,9 +103,7 @@ local function read_config(config)
     flip_sin_to_cos = hf.cfg(config, "flip_sin_to_cos", true),
     freq_shift = hf.cfg(config, "freq_shift", 0),
     down_block_types = down, up_block_types = up, block_out_channels = boc,
-    -- absent means the default mid block; null means none
-    mid_block_type = config.mid_block_type == nil and "UNetMidBlock2DCrossAttn"
-                     or (not is_null(config.mid_block_type) and config.mid_block_type or nil),
+    mid_block_type = mid_block_type(config),
     layers_per_block = per_block(config, "layers_per_block", 2, n),
     downsample_padding = hf.cfg(config, "downsample_padding", 1),
     mid_block_scale_factor = hf.cfg(config, "mid_block_scale_factor", 1),
@@ -105,7 +113,7 @@ local function read_config(config)
     cross_attention_dim = per_block(config, "cross_attention_dim", 1280, n),
     transformer_layers = per_block(config, "transformer_layers_per_block", 1, n),
     heads = per_block(config, heads_key, 8, n),
-    only_cross_attention = type(only_cross) == "table" and only_cross or per_block(config, "only_cross_attention", false, n),
+    only_cross_attention = per_block(config, "only_cross_attention", false, n),
     use_linear_projection = hf.cfg(config, "use_linear_projection", false),
     time_scale_shift = hf.cfg(config, "resnet_time_scale_shift", "default"),
     conv_in_kernel = hf.cfg(config, "conv_in_kernel", 3),
@@ -128,7 +136,7 @@ end
 local function load_attention(w, p, query_dim, context_dim, heads, head_dim)
   local inner = heads * head_dim
   return {
-    heads = heads, scale = head_dim ^ -0.5,
+    name = p:sub(1, -2), heads = heads, head_dim = head_dim, scale = head_dim ^ -0.5,
     to_q = B.load_linear(w, p .. "to_q", query_dim, inner, false),
     to_k = B.load_linear(w, p .. "to_k", context_dim, inner, false),
     to_v = B.load_linear(w, p .. "to_v", context_dim, inner, false),
@@ -136,23 +144,27 @@ local function load_attention(w, p, query_dim, context_dim, heads, head_dim)
   }
 end
 
--- x: (N, T, C); context: (N, S, D) or nil for self-attention. `name` is
--- the module path, `info` what a capture records beside the map. A
+-- x: (N, T, C); context: (N, S, D) or nil for self-attention. `info` is
+-- what a capture records beside the map, under the module path a.name. A
 -- capture hands the kernel the buffer its probabilities go to; without one
 -- the kernel keeps scores in scratch rows.
-local function attention(a, x, context, run, name, info)
+local function attention(a, x, context, run, info)
   local src = context or x
   local q = B.linear(x, a.to_q)
   local k = B.linear(src, a.to_k)
   local v = B.linear(src, a.to_v)
   local cap = run.capture
   local probs
-  if cap and cap:wants(name, info.kind) then
+  if cap and cap:wants(a.name, info.kind) then
     probs = cap:buffer({ q:size(1), a.heads, q:size(2), k:size(2) })
   end
   local o = nn.attention(q, k, v, a.heads, { scale = a.scale, probs = probs })
-  q:free(); k:free(); v:free()
-  if probs then cap:record(name, probs, info) end
+  if probs then
+    cap:record(a.name, probs, info, q)  -- the capture keeps q if asked to
+  else
+    q:free()
+  end
+  k:free(); v:free()
   local out = B.linear(o, a.to_out)
   o:free()
   return out
@@ -192,15 +204,14 @@ local function feed_forward(blk, x)
 end
 
 -- x: (N, H*W, C) tokens; context: (N, S, D)
-local function basic_block(blk, x, context, run, p, h, w)
+local function basic_block(blk, x, context, run, h, w)
   local n1 = nn.layer_norm(x, blk.norm1.weight, blk.norm1.bias, LN_EPS)
-  local hs = attention(blk.attn1, n1, blk.only_cross and context or nil, run, p .. "attn1",
-                       { kind = "attn1", heads = blk.attn1.heads, height = h, width = w })
+  local hs = attention(blk.attn1, n1, blk.only_cross and context or nil, run,
+                       { kind = "attn1", height = h, width = w })
   n1:free()
   hs:add_(x)
   local n2 = nn.layer_norm(hs, blk.norm2.weight, blk.norm2.bias, LN_EPS)
-  local a2 = attention(blk.attn2, n2, context, run, p .. "attn2",
-                       { kind = "attn2", heads = blk.attn2.heads, height = h, width = w })
+  local a2 = attention(blk.attn2, n2, context, run, { kind = "attn2", height = h, width = w })
   n2:free()
   a2:add_(hs)
   hs:free()
@@ -234,8 +245,8 @@ local function load_transformer(w, p, spec)
   return t
 end
 
--- x: (N, C, H, W) → (N, C, H, W); p: the module path with a trailing dot
-local function transformer(t, x, context, run, p)
+-- x: (N, C, H, W) → (N, C, H, W)
+local function transformer(t, x, context, run)
   local _, _, h, w = unpack(x:shape())
   local g = nn.group_norm(x, t.groups, t.norm.weight, t.norm.bias, 1e-6)
   local tokens
@@ -249,8 +260,8 @@ local function transformer(t, x, context, run, p)
     proj:free()
   end
   g:free()
-  for j, blk in ipairs(t.blocks) do
-    local y = basic_block(blk, tokens, context, run, ("%stransformer_blocks.%d."):format(p, j - 1), h, w)
+  for _, blk in ipairs(t.blocks) do
+    local y = basic_block(blk, tokens, context, run, h, w)
     tokens:free()
     tokens = y
   end
@@ -363,6 +374,26 @@ local function load_mid_block(w, cfg)
   return mid
 end
 
+-- Every attn1 / attn2 module by its path ("up_blocks.1.attentions.0.
+-- transformer_blocks.0.attn2"): {to_q, to_k, to_v, to_out (weight, bias),
+-- heads, head_dim, scale}. OVAM-style methods project new text through a
+-- layer's to_k and score it against the queries a capture kept.
+function M.index_attention(unet)
+  local index = {}
+  local function add(t)
+    for _, blk in ipairs(t.blocks) do
+      index[blk.attn1.name], index[blk.attn2.name] = blk.attn1, blk.attn2
+    end
+  end
+  for _, blocks in ipairs({ unet.down_blocks, unet.up_blocks }) do
+    for _, block in ipairs(blocks) do
+      for _, t in ipairs(block.attentions or {}) do add(t) end
+    end
+  end
+  if unet.mid_block and unet.mid_block.attention then add(unet.mid_block.attention) end
+  return index
+end
+
 -- Loading -------------------------------------------------------------------------------
 
 -- config: the decoded unet/config.json; w: weights with has/get/maybe
@@ -396,6 +427,7 @@ function M.new(config, w)
   self.conv_norm_out = B.load_norm(w, "conv_norm_out", boc[1])
   self.conv_out = B.load_conv(w, "conv_out", boc[1], cfg.out_channels, cfg.conv_out_kernel)
   if w.check_all_used then w:check_all_used() end
+  self.attention_modules = M.index_attention(self)
   return self
 end
 
@@ -471,7 +503,7 @@ local function down_block(block, x, emb, context, run, skips)
   for j, r in ipairs(block.resnets) do
     local y = B.resnet(r, x, emb)
     if block.attentions then
-      local a = transformer(block.attentions[j], y, context, run, ("%sattentions.%d."):format(block.prefix, j - 1))
+      local a = transformer(block.attentions[j], y, context, run)
       y:free()
       y = a
     end
@@ -495,7 +527,7 @@ local function up_block(block, x, emb, context, run, skips, size)
     x = B.resnet(r, cat, emb)
     cat:free()
     if block.attentions then
-      local a = transformer(block.attentions[j], x, context, run, ("%sattentions.%d."):format(block.prefix, j - 1))
+      local a = transformer(block.attentions[j], x, context, run)
       x:free()
       x = a
     end
@@ -536,7 +568,7 @@ function UNet:forward(sample, timesteps, context, opts)
     local mid = self.mid_block
     local y = B.resnet(mid.resnets[1], x, emb)
     if mid.attention then
-      local a = transformer(mid.attention, y, context, run, "mid_block.attentions.0.")
+      local a = transformer(mid.attention, y, context, run)
       y:free()
       local z = B.resnet(mid.resnets[2], a, emb)
       a:free()

@@ -24,12 +24,14 @@ function M.compute(dir, ref)
 
   -- prompts (B, N, P, 2), labels (B, N, P), box (B, N, 4); "points_box" is
   -- the first point with the box
-  local points, labels, box = ref:get("prompt.points"), ref:get("prompt.labels"), ref:get("prompt.box")
-  local cases = {
-    points = { points = points, labels = labels },
-    box = { boxes = box },
-    points_box = { points = points:narrow(3, 1, 1), labels = labels:narrow(3, 1, 1), boxes = box },
-  }
+  local function input(name) return ref:has(name) and ref:get(name) or nil end
+  local points, labels, box = input("prompt.points"), input("prompt.labels"), input("prompt.box")
+  local cases = {}
+  if points then cases.points = { points = points, labels = labels } end
+  if box then cases.box = { boxes = box } end
+  if points and box then
+    cases.points_box = { points = points:narrow(3, 1, 1), labels = labels and labels:narrow(3, 1, 1), boxes = box }
+  end
   for name, prompt in pairs(cases) do
     local sparse, dense = model:encode_prompt(prompt)
     for _, mode in ipairs({ "multi", "single" }) do
@@ -43,8 +45,10 @@ function M.compute(dir, ref)
   local size = model.config.vision.image_size
   local proc = processor.new({ longest_edge = size, pad_size = { size, size } })
   local low = out["points.multi.pred_masks"]
-  out["points.multi.masks_original_logits"] = proc:postprocess_masks(
-    low:reshape(low:size(3), low:size(4), low:size(5)), hw(ref:get("resized_hw")), hw(ref:get("original_hw")))
+  if low and ref:has("resized_hw") and ref:has("original_hw") then
+    out["points.multi.masks_original_logits"] = proc:postprocess_masks(
+      low:reshape(low:size(3), low:size(4), low:size(5)), hw(ref:get("resized_hw")), hw(ref:get("original_hw")))
+  end
   return out
 end
 

@@ -1,0 +1,198 @@
+-- Deep Spectral Methods (Melas-Kyriazi et al., CVPR 2022): eigenvectors of
+-- the Laplacian of DINO patch affinities segment the image.
+-- ref: lukemelas/deep-spectral-segmentation, extract/extract.py
+--      (extract_features, _extract_eig, _extract_single_region_segmentations,
+--      _extract_multi_region_segmentations) and extract/extract_utils.py
+--      (get_border_fraction, get_diagonal)
+--
+-- Keys of a block (CLS dropped), L2-normalised; W = max(0, F Fᵀ) / max;
+-- D = diag(row sums); the K smallest eigenpairs of (D − W) y = λ D y
+-- (lapnorm; else of D − W); each eigenvector's sign is flipped when more
+-- than half but not all of it is positive.
+--   mode "multi_region": k-means (non_adaptive_num_segments clusters, or
+--   the largest eigengap when adaptive) on the non-constant eigenvectors;
+--   the segment with the most border patches becomes 0 (background).
+--   → kind "segments".
+--   mode "single_region": eigenvector 1 (the Fiedler vector) > threshold;
+--   after the sign rule the positive side is the smaller one.
+--   → kind "segments", 1 = foreground, 0 = background.
+-- The official code stops at the patch grid (a CRF makes full-resolution
+-- masks, not part of this recipe); here labels go to the image by nearest
+-- patch (upsample: "nearest") or bilinear one-hot ("bilinear").
+--
+-- The colour affinity of the paper (image_color_lambda > 0, a KNN matting
+-- affinity through pymatting) is not implemented: asking for it is an
+-- error. Its default in extract_eigs is 0.
+--
+-- Pure steps: R.eigs(feats, gh, gw, params), R.single_region(vecs, gh,
+-- gw, params), R.multi_region(vals, vecs, gh, gw, params, feats),
+-- R.background_first(grid).
+local cluster = require("fmseg.cluster")
+local nn = require("fmseg.nn")
+local patches = require("fmseg.patches")
+local T = require("fmseg.tensor")
+
+local R = {
+  name = "deep_spectral",
+  needs = { "dino" },
+  defaults = {
+    mode = "multi_region",          -- multi_region | single_region
+    -- extract_features / extract_eigs
+    which_block = -1,               -- block whose qkv is read (-1: last)
+    which_features = "k",           -- k, q or v
+    normalize = true,               -- L2-normalise the features
+    threshold_at_zero = true,       -- W = W * (W > 0)
+    lapnorm = true,                 -- generalized problem with D (normalized Laplacian)
+    K = 20,                         -- eigenpairs computed
+    image_downsample_factor = false, -- false: the patch size (features on the patch grid)
+    image_color_lambda = 0.0,       -- weight of the KNN colour affinity (not implemented)
+    which_color_matrix = "knn",
+    -- extract_single_region_segmentations
+    threshold = 0.0,
+    -- extract_multi_region_segmentations
+    adaptive = false,               -- number of segments from the largest eigengap
+    non_adaptive_num_segments = 4,
+    infer_bg_index = true,          -- the segment touching the border most becomes 0
+    kmeans_baseline = false,        -- k-means on the features instead of the eigenvectors
+    num_eigenvectors = 1000000,     -- eigenvectors 1 .. num_eigenvectors go to k-means
+    -- scikit-learn KMeans' defaults; the official code leaves the seed unset
+    n_init = 10,
+    max_iter = 300,
+    seed = 0,
+    upsample = "nearest",           -- nearest | bilinear (patch grid → image)
+    resize = false,                 -- shorter side in pixels first (not in the official code)
+  },
+}
+
+local MODES = { multi_region = true, single_region = true }
+
+-- feats (N, C) on a gh x gw grid → eigenvalues (K), eigenvectors (K, N') as
+-- rows, gh', gw' (the grid the eigenvectors live on: the patch grid, or a
+-- finer one when image_downsample_factor < patch). params.patch is the
+-- patch size (needed only with image_downsample_factor).
+function R.eigs(feats, gh, gw, params)
+  if params.image_color_lambda > 0 then
+    error("deep_spectral: image_color_lambda > 0 (the KNN colour affinity) is not implemented", 0)
+  end
+  local f = params.normalize and nn.normalize(feats) or feats
+  local factor = params.image_downsample_factor
+  if factor and factor ~= params.patch then
+    -- features upsampled bilinearly to the grid of `factor`-pixel cells
+    local c = f:size(2)
+    local lh, lw = math.floor(gh * params.patch / factor), math.floor(gw * params.patch / factor)
+    local grid = f:t():contiguous():reshape(1, c, gh, gw)
+    f = nn.interpolate(grid, lh, lw, { mode = "bilinear" }):reshape(c, lh * lw):t():contiguous()
+    gh, gw = lh, lw
+  end
+  local W = f:matmul(f, false, true)
+  if params.threshold_at_zero then W = W:maximum(0) end
+  W = W / W:max()
+  local n = W:size(1)
+  local k = math.min(params.K, n)
+  local vals, vecs
+  if params.lapnorm then
+    -- get_diagonal: row sums below 1e-12 become 1
+    vals, vecs = cluster.laplacian_eigs(W, { first = 0, count = k, min_degree = 1e-12 })
+  else
+    local L = cluster.diag(W:sum(2)) - W
+    vals, vecs = cluster.eigh(L)
+    vals, vecs = vals:narrow(1, 1, k):contiguous(), vecs:narrow(1, 1, k):contiguous()
+  end
+  -- sign ambiguity: flip when 0.5 < fraction positive < 1
+  local frac = vecs:gt(0):mean(2):values()
+  local flip = {}
+  for i = 1, k do flip[i] = (frac[i] > 0.5 and frac[i] < 1) and -1 or 1 end
+  vecs = vecs * T.from_table(flip):reshape(k, 1)
+  return vals, vecs, gh, gw
+end
+
+-- eigenvector 1 (0-based; the second smallest) > threshold → (gh, gw) uint8
+function R.single_region(vecs, gh, gw, params)
+  return vecs:select(1, 2):gt(params.threshold):reshape(gh, gw):byte()
+end
+
+-- get_border_fraction + the swap: the label with the most patches on the
+-- four borders (corners count twice; the smallest label on ties) trades
+-- places with label 0. grid (gh, gw) int32 → a new grid.
+function R.background_first(grid)
+  local gh, gw = grid:size(1), grid:size(2)
+  local g = grid:int():contiguous()
+  local p, counts = g:ptr(), {}
+  local function add(r, c) local l = p[r * gw + c]; counts[l] = (counts[l] or 0) + 1 end
+  for r = 0, gh - 1 do add(r, 0); add(r, gw - 1) end
+  for c = 0, gw - 1 do add(0, c); add(gh - 1, c) end
+  local bg, best = nil, -1
+  for l, n in pairs(counts) do
+    if n > best or (n == best and l < bg) then bg, best = l, n end
+  end
+  if bg == 0 then return g end
+  local f = g:float()
+  local is_bg, is_zero = f:eq(bg), f:eq(0)
+  return (f - is_bg * bg + is_zero * bg):int()
+end
+
+-- → (gh, gw) int32 segment ids in [0, n), and n. feats: the features the
+-- eigenvectors came from (kmeans_baseline clusters them instead).
+function R.multi_region(vals, vecs, gh, gw, params, feats)
+  local n_clusters = params.adaptive and cluster.eigengap(vals) or params.non_adaptive_num_segments
+  local x
+  if params.kmeans_baseline then
+    x = feats
+  else
+    local m = math.min(params.num_eigenvectors, vecs:size(1) - 1)
+    x = vecs:narrow(1, 2, m):t():contiguous()   -- skip the constant one
+  end
+  local labels = cluster.kmeans(x, n_clusters, { n_init = params.n_init, max_iter = params.max_iter,
+                                                 seed = params.seed })
+  local grid = labels:reshape(gh, gw)
+  if params.infer_bg_index then grid = R.background_first(grid) end
+  return grid, n_clusters
+end
+
+function R.setup(params, models)
+  if not MODES[params.mode] then
+    error(("deep_spectral: mode must be multi_region or single_region, got %s"):format(tostring(params.mode)), 0)
+  end
+  local known = { k = true, q = true, v = true }
+  if not known[params.which_features] then
+    error(("deep_spectral: which_features must be k, q or v, got %s"):format(tostring(params.which_features)), 0)
+  end
+  if params.which_color_matrix ~= "knn" and params.which_color_matrix ~= "rw" then
+    error(("deep_spectral: which_color_matrix must be knn or rw, got %s"):format(tostring(params.which_color_matrix)), 0)
+  end
+  if params.image_color_lambda > 0 then
+    error("deep_spectral: image_color_lambda > 0 (the KNN colour affinity) is not implemented", 0)
+  end
+  local p = {}
+  for k, v in pairs(params) do p[k] = v end
+  p.patch = models.dino.patch_size
+  return { params = p, model = models.dino }
+end
+
+function R.segment(state, img)
+  local p, model = state.params, state.model
+  -- extract_features crops the image to a multiple of the patch size
+  local x, frame = patches.input(img, model.patch_size, { fit = "crop", resize = p.resize or nil })
+  local feats = patches.features(model, x, p.which_features, { layer = p.which_block })
+  local vals, vecs, gh, gw = R.eigs(feats, frame.gh, frame.gw, p)
+  if gh ~= frame.gh then
+    -- eigenvectors on the finer grid of image_downsample_factor cells
+    frame.patch, frame.gh, frame.gw = p.image_downsample_factor, gh, gw
+  end
+  local grid
+  if p.mode == "single_region" then
+    grid = R.single_region(vecs, gh, gw, p)
+  else
+    if p.kmeans_baseline and gh * gw ~= feats:size(1) then
+      error("deep_spectral: kmeans_baseline needs features on the eigenvector grid (no image_downsample_factor)", 0)
+    end
+    grid = R.multi_region(vals, vecs, gh, gw, p, feats)
+  end
+  return {
+    kind = "segments",
+    labels = patches.to_image(grid, frame, p.upsample),
+    dump = { eigenvalues = vals, eigenvectors = vecs:reshape(vecs:size(1), gh, gw) },
+  }
+end
+
+return R

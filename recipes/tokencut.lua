@@ -1,0 +1,84 @@
+-- TokenCut (Wang et al., CVPR 2022): single-object discovery as a
+-- normalized cut of the graph of DINO patch keys.
+-- ref: YangtaoWANG95/TokenCut, object_discovery.py (ncut, detect_box) and
+--      main_tokencut.py (last-block keys, zero padding to the patch size)
+--
+-- Keys of the last block, L2-normalised per patch; A = [cos > tau], with
+-- eps where there is no edge; (D − A) y = λ D y; y = the second-smallest
+-- eigenvector; bipartition y > mean(y), oriented so that the patch of
+-- largest |y| (the seed) is in it; the object is the 4-connected
+-- component of the seed. Result: one instance mask and its box
+-- (result.boxes, image pixels, pixel edges), what CorLoc scores.
+--
+-- The feature → mask step is R.ncut(feats, gh, gw, params), a pure
+-- function of a (gh*gw, C) matrix.
+local cluster = require("fmseg.cluster")
+local nn = require("fmseg.nn")
+local patches = require("fmseg.patches")
+
+local R = {
+  name = "tokencut",
+  needs = { "dino" },
+  -- main_tokencut.py's arguments and defaults
+  defaults = {
+    which_features = "k",     -- k, q or v of the last block
+    tau = 0.2,                -- an edge where cosine similarity > tau
+    eps = 1e-5,               -- weight of the missing edges
+    no_binary_graph = false,  -- true: similarities >= tau are the weights
+    resize = false,           -- shorter side in pixels, false: full size
+  },
+}
+
+-- feats (N, C) patch features, N = gh * gw → { mask (gh, gw) uint8 (the
+-- object), bipartition (gh, gw) uint8, seed (0-based patch), eigenvector
+-- (gh, gw) (oriented: the foreground side is positive relative to its mean) }
+function R.ncut(feats, gh, gw, params)
+  local tau, eps = params.tau, params.eps
+  local f = nn.normalize(feats)
+  local A = f:matmul(f, false, true)
+  if params.no_binary_graph then
+    local weak = A:lt(tau)                         -- A[A < tau] = eps
+    A = A * (1 - weak) + weak * eps
+  else
+    A = A:gt(tau):maximum(eps)                     -- 1 on edges, eps elsewhere
+  end
+  -- scipy's eigh(D - A, D, subset_by_index=[1, 2]), first column
+  local _, v = cluster.laplacian_eigs(A, { first = 1, count = 1 })
+  local y = v:select(1, 1)
+  local n = y:numel()
+  local avg = y:sum() / n
+  local bipartition = y:gt(avg)
+  local seed = y:abs():argmax() - 1
+  if bipartition:get(seed + 1) ~= 1 then
+    y = -y
+    bipartition = 1 - bipartition
+  end
+  local grid = bipartition:reshape(gh, gw):byte()
+  return { mask = patches.component(grid, seed), bipartition = grid, seed = seed,
+           eigenvector = y:reshape(gh, gw) }
+end
+
+function R.setup(params, models)
+  local known = { k = true, q = true, v = true }
+  if not known[params.which_features] then
+    error(("tokencut: which_features must be k, q or v, got %s"):format(tostring(params.which_features)), 0)
+  end
+  return { params = params, model = models.dino }
+end
+
+function R.segment(state, img)
+  local p, model = state.params, state.model
+  local x, frame = patches.input(img, model.patch_size, { fit = "pad", resize = p.resize or nil })
+  local feats = patches.features(model, x, p.which_features)
+  local cut = R.ncut(feats, frame.gh, frame.gw, p)
+  local box = patches.box(cut.mask, frame)
+  local mask = patches.mask_to_image(cut.mask, frame)
+  local seed = { math.floor(cut.seed / frame.gw), cut.seed % frame.gw }
+  return {
+    kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
+    records = { { bbox = box, area = mask:float():sum(), seed_patch = seed } },
+    dump = { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float() },
+  }
+end
+
+return R
