@@ -69,6 +69,9 @@ typedef struct fm_tensor {
 } fm_tensor;
 
 fm_tensor *fm_tensor_new(int32_t dtype, int32_t ndim, const int64_t *shape);
+/* Uninitialised: for outputs a kernel overwrites whole (zeroing hundreds
+ * of MB per layer costs more than some layers). */
+fm_tensor *fm_tensor_empty(int32_t dtype, int32_t ndim, const int64_t *shape);
 fm_tensor *fm_tensor_borrow(int32_t dtype, int32_t ndim, const int64_t *shape,
                             void *data);  /* caller keeps data alive */
 fm_tensor *fm_tensor_retain(fm_tensor *t);

@@ -16,7 +16,7 @@ struct fm_storage {
   int32_t refcount;
 };
 
-fm_storage *fm__storage_new(size_t size);           /* zero-filled */
+fm_storage *fm__storage_new(size_t size, bool zero);
 fm_storage *fm__storage_wrap(void *base, size_t size, int32_t kind);
 void fm__storage_retain(fm_storage *s);
 void fm__storage_release(fm_storage *s);

@@ -20,12 +20,12 @@ fm_storage *fm__storage_wrap(void *base, size_t size, int32_t kind) {
   return s;
 }
 
-fm_storage *fm__storage_new(size_t size) {
-  /* 64-byte alignment for SIMD; calloc-like zeroing. */
+fm_storage *fm__storage_new(size_t size, bool zero) {
+  /* 64-byte alignment for SIMD. */
   size_t rounded = (size + 63) & ~(size_t)63;
   void *base = aligned_alloc(64, rounded ? rounded : 64);
   if (!base) return fm__error_null("out of memory: cannot allocate %zu bytes", size);
-  memset(base, 0, rounded ? rounded : 64);
+  if (zero) memset(base, 0, rounded ? rounded : 64);
   fm_storage *s = fm__storage_wrap(base, size, FM__OWNED);
   if (!s) free(base);
   return s;
@@ -109,14 +109,22 @@ fm_tensor *fm__tensor_on(fm_storage *storage, size_t offset, int32_t dtype,
   return t;
 }
 
-fm_tensor *fm_tensor_new(int32_t dtype, int32_t ndim, const int64_t *shape) {
+static fm_tensor *fm__tensor_alloc(int32_t dtype, int32_t ndim, const int64_t *shape, bool zero) {
   int64_t numel;
   if (!fm__check_dims(dtype, ndim, shape, &numel)) return NULL;
-  fm_storage *s = fm__storage_new((size_t)numel * fm_dtype_size(dtype));
+  fm_storage *s = fm__storage_new((size_t)numel * fm_dtype_size(dtype), zero);
   if (!s) return NULL;
   fm_tensor *t = fm__tensor_on(s, 0, dtype, ndim, shape);
   fm__storage_release(s);
   return t;
+}
+
+fm_tensor *fm_tensor_new(int32_t dtype, int32_t ndim, const int64_t *shape) {
+  return fm__tensor_alloc(dtype, ndim, shape, true);
+}
+
+fm_tensor *fm_tensor_empty(int32_t dtype, int32_t ndim, const int64_t *shape) {
+  return fm__tensor_alloc(dtype, ndim, shape, false);
 }
 
 fm_tensor *fm_tensor_borrow(int32_t dtype, int32_t ndim, const int64_t *shape, void *data) {
@@ -303,7 +311,7 @@ int fm_tensor_copy_(fm_tensor *dst, const fm_tensor *src) {
 }
 
 fm_tensor *fm_tensor_to(const fm_tensor *t, int32_t dtype) {
-  fm_tensor *c = fm_tensor_new(dtype, t->ndim, t->dims);
+  fm_tensor *c = fm_tensor_empty(dtype, t->ndim, t->dims);
   if (!c) return NULL;
   if (fm_tensor_copy_(c, t) != 0) {
     fm_tensor_release(c);

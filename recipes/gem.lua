@@ -36,22 +36,20 @@ local function normalize_heads(s, heads)
   return nn.normalize(s:reshape(t, heads, c / heads)):reshape(t, c)
 end
 
+local function batch1(t) return t:reshape(1, t:size(1), t:size(2)) end
+
 -- One block's GEM attention for one image: h (T, C) = ln_1 of the ordinary
 -- path, q, k, v (T, C) → (T, C) before out_proj.
 function recipe.self_self(block, h, q, k, v, iterations, temp)
   local heads = block.heads
-  local d = h:size(2) / heads
-  local tau = temp or h:norm(2):mean() / math.sqrt(d)
-  local function one(s)
+  local tau = temp or h:norm(2):mean() / math.sqrt(h:size(2) / heads)   -- mean token norm · d^-½
+  local function attend(a, b) return block:attend(batch1(a), batch1(a), batch1(b), { scale = tau }):select(1, 1) end
+  local function path(s)
     s = normalize_heads(s, heads)
-    for _ = 1, iterations do
-      s = normalize_heads(block:attend(s:reshape(1, s:size(1), s:size(2)), s:reshape(1, s:size(1), s:size(2)),
-                                       s:reshape(1, s:size(1), s:size(2)), { scale = tau }):select(1, 1), heads)
-    end
-    local s3 = s:reshape(1, s:size(1), s:size(2))
-    return block:attend(s3, s3, v:reshape(1, v:size(1), v:size(2)), { scale = tau }):select(1, 1)
+    for _ = 1, iterations do s = normalize_heads(attend(s, s), heads) end   -- s ← softmax(τ s sᵀ) s
+    return attend(s, v)                                                      -- softmax(τ s sᵀ) v
   end
-  return one(v):add_(one(k)):add_(one(q)):div_(3)
+  return path(v):add_(path(k)):add_(path(q)):div_(3)
 end
 
 -- x: (B, T, C) tokens entering the GEM blocks → (B, T, C) x_gem after them

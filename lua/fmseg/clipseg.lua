@@ -244,10 +244,12 @@ function M.slide(x, crop, stride, score)
     local s = score(x:narrow(3, y1 + 1, y2 - y1):narrow(4, x1 + 1, x2 - x1):contiguous())
     sum = sum or T.zeros({ s:size(1), h, w })
     local region = sum:narrow(2, y1 + 1, y2 - y1):narrow(3, x1 + 1, x2 - x1)
-    region:copy(region + s)
+    local added = region + s
+    region:copy(added)
     local seen = count:narrow(2, y1 + 1, y2 - y1):narrow(3, x1 + 1, x2 - x1)
-    seen:copy(seen + 1)
-    s:free()
+    local counted = seen + 1
+    seen:copy(counted)
+    s:free(); added:free(); counted:free()
   end
   return sum:div_(count)
 end
@@ -278,8 +280,12 @@ end
 -- scores (Q, H, W) → softmax over queries of logit_scale · scores
 function M.query_probs(scores, logit_scale)
   local z = scores * logit_scale
-  z:sub_(z:max(1, true)):exp_()
-  return z:div_(z:sum(1, true))
+  local m = z:max(1, true)
+  z:sub_(m):exp_()
+  local total = z:sum(1, true)
+  z:div_(total)
+  m:free(); total:free()
+  return z
 end
 
 -- probs (Q, H, W) → (C, H, W): each class takes the max over its queries
@@ -289,7 +295,9 @@ function M.class_scores(probs, query_class, nclasses)
   local out = T.zeros({ nclasses, probs:size(2), probs:size(3) })
   for q, c in ipairs(query_class) do
     local slot = out:select(1, c)
-    slot:copy(slot:maximum(probs:select(1, q)))
+    local best = slot:maximum(probs:select(1, q))
+    slot:copy(best)
+    best:free()
   end
   return out
 end
@@ -383,6 +391,15 @@ function M.infer(state, x)
   return M.window_scores(state, x, 0)
 end
 
+-- f(t, ...), freeing t at once when f made a new tensor: full-resolution
+-- scores of many queries are large, and the garbage collector cannot see
+-- their size.
+local function step(t, f, ...)
+  local out = f(t, ...)
+  if out ~= t then t:free() end
+  return out
+end
+
 -- segment(state, img (H, W, 3) uint8) → the semantic result of
 -- fmseg.segment: labels (H, W) int32, scores (C, H, W) class probabilities,
 -- dump = { patch_features (N, P) and patch_logits (Q, gh, gw) = logit_scale x
@@ -392,11 +409,14 @@ function M.segment(state, img)
   local p = state.params
   local h, w = img:size(1), img:size(2)
   local x = M.prepare(img, p, state.norm)
-  local scores = M.resize_scores(M.infer(state, x), h, w)
-  if (p.pamr_steps or 0) > 0 then scores = M.pamr(x, scores, p.pamr_steps, p.pamr_dilations) end
-  if state.calibrate then scores = state.calibrate(state, scores) end
+  local scores = step(M.infer(state, x), M.resize_scores, h, w)
+  if (p.pamr_steps or 0) > 0 then
+    scores = step(scores, function(s) return M.pamr(x, s, p.pamr_steps, p.pamr_dilations) end)
+  end
+  if state.calibrate then scores = step(scores, function(s) return state.calibrate(state, s) end) end
   local probs = M.query_probs(scores, p.logit_scale)
   local classes = M.class_scores(probs, state.classes.query_class, #state.classes.names)
+  if classes ~= probs then probs:free() end
   if (p.area_thd or 0) > 0 then M.area_filter(classes, p.area_thd) end
   local labels = M.labels(classes, p.prob_thd)
   local last = state.last_window

@@ -17,32 +17,32 @@ nn.dense = dense
 function nn.linear(x, w, b)
   local shape = x:shape()
   shape[#shape] = w:size(1)
-  local out = T.new(shape)
+  local out = T.empty(shape)
   check(C.fm_linear(out, dense(x), w, b))
   return out
 end
 
 function nn.layer_norm(x, w, b, eps)
-  local out = T.new(x:shape())
+  local out = T.empty(x:shape())
   check(C.fm_layer_norm(out, dense(x), w, b, eps or 1e-5))
   return out
 end
 
 function nn.group_norm(x, groups, w, b, eps)
-  local out = T.new(x:shape())
+  local out = T.empty(x:shape())
   check(C.fm_group_norm(out, dense(x), groups, w, b, eps or 1e-5))
   return out
 end
 
 -- (N, C, H, W) normalised over C at each pixel (SAM's LayerNorm2d)
 function nn.layer_norm_channels(x, w, b, eps)
-  local out = T.new(x:shape())
+  local out = T.empty(x:shape())
   check(C.fm_layer_norm_channels(out, dense(x), w, b, eps or 1e-6))
   return out
 end
 
 function nn.softmax(x)
-  local out = T.new(x:shape())
+  local out = T.empty(x:shape())
   check(C.fm_softmax(out, dense(x)))
   return out
 end
@@ -81,7 +81,7 @@ function nn.conv2d(x, w, b, opts)
   local oc, _, kh, kw = unpack(w:shape())
   local oh = math.floor((h + 2 * ph - kh) / sh) + 1
   local ow = math.floor((wd + 2 * pw - kw) / sw) + 1
-  local out = T.new({ n, oc, oh, ow })
+  local out = T.empty({ n, oc, oh, ow })
   check(C.fm_conv2d(out, dense(x), w, b, sh, sw, ph, pw))
   return out
 end
@@ -90,9 +90,15 @@ end
 function nn.conv_transpose2d(x, w, b, stride)
   local n, _, h, wd = unpack(x:shape())
   local k = w:size(3)
-  local out = T.new({ n, w:size(2), h * k, wd * k })
+  local out = T.empty({ n, w:size(2), h * k, wd * k })
   check(C.fm_conv_transpose2d(out, dense(x), w, b, stride or k))
   return out
+end
+
+-- fm_attention reads views whose last dim is contiguous (slices of a fused
+-- qkv) without a copy.
+local function rows(t)
+  return t.strides[t.ndim - 1] == 1 and t or t:contiguous()
 end
 
 -- q: (B, Tq, H*D), k: (B, Tk, H*D), v: (B, Tk, H*Dv) → (B, Tq, H*Dv)
@@ -104,10 +110,10 @@ function nn.attention(q, k, v, heads, opts)
   local b, tq, c = unpack(q:shape())
   local tk, cv = k:size(2), v:size(3)
   local scale = opts.scale or 1 / math.sqrt(c / heads)
-  local out = T.new({ b, tq, cv })
+  local out = T.empty({ b, tq, cv })
   local probs = opts.probs
-  if probs == true then probs = T.new({ b, heads, tq, tk }) elseif not probs then probs = nil end
-  check(C.fm_attention(out, dense(q), dense(k), dense(v), heads, scale, dense(opts.mask),
+  if probs == true then probs = T.empty({ b, heads, tq, tk }) elseif not probs then probs = nil end
+  check(C.fm_attention(out, rows(q), rows(k), rows(v), heads, scale, dense(opts.mask),
                        opts.causal and 1 or 0, probs))
   return out, probs
 end
@@ -121,7 +127,7 @@ function nn.interpolate(x, oh, ow, opts)
   local mode = MODES[opts.mode or "bilinear"]
   if not mode then error("interpolate: unknown mode '" .. tostring(opts.mode) .. "'", 2) end
   local shape = x:shape()
-  local out = T.new({ shape[1], shape[2], oh, ow })
+  local out = T.empty({ shape[1], shape[2], oh, ow })
   check(C.fm_interpolate(out, dense(x), mode, opts.align_corners and 1 or 0, opts.antialias and 1 or 0))
   return out
 end

@@ -11,6 +11,10 @@
 --   { kind = "segments", labels = (H, W) int32 }          -- unsupervised ids
 --   { kind = "instances", masks = {(H, W) uint8...}, scores = {...},
 --     labels = {class index...}?, records = {...}? }
+--
+-- Composition: `refine: {recipe: sam_refine, params: {...}}` next to
+-- `recipe: sclip` runs a second recipe after the first, whose segment
+-- gets the first one's result: segment(state, img, previous_result).
 local classes_mod = require("fmseg.classes")
 local config = require("fmseg.config")
 local image = require("fmseg.image")
@@ -24,37 +28,64 @@ local M = {}
 local Session = {}
 Session.__index = Session
 
-function M.session(cfg)
-  local recipe = recipes.load(config.get(cfg, "recipe"), config.get(cfg, "recipe_dir"))
-  local params = recipes.params(recipe, config.get(cfg, "params", {}))
-  local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
-  local loaded = {}
+-- Loads the models a recipe needs (config key models.<kind>) into `loaded`.
+local function load_models(recipe, cfg, loaded)
   for _, kind in ipairs(recipe.needs) do
     local path = config.get(cfg, "models." .. kind)
     if not path then
       error(("config: recipe %s needs models.%s (a model directory)"):format(recipe.name, kind), 0)
     end
-    loaded[kind] = models.load(kind, path)
+    loaded[kind] = loaded[kind] or models.load(kind, path)
   end
+end
+
+-- The config's `refine` step ({recipe = name, params = {...}}), or nil.
+local function refine_step(cfg, classes, loaded)
+  local spec = config.get(cfg, "refine")
+  if spec == nil then return nil end
+  if type(spec) ~= "table" or type(spec.recipe) ~= "string" then
+    error("config: `refine` must be a mapping with a recipe name, e.g. {recipe: sam_refine, params: {...}}", 0)
+  end
+  local recipe = recipes.load(spec.recipe, config.get(cfg, "recipe_dir"))
+  local params = recipes.params(recipe, config.get(cfg, "refine.params", {}))
+  load_models(recipe, cfg, loaded)
+  return { recipe = recipe, params = params, state = recipe.setup(params, loaded, classes, cfg) }
+end
+
+function M.session(cfg)
+  local recipe = recipes.load(config.get(cfg, "recipe"), config.get(cfg, "recipe_dir"))
+  local params = recipes.params(recipe, config.get(cfg, "params", {}))
+  local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
+  local loaded = {}
+  load_models(recipe, cfg, loaded)
   local state = recipe.setup(params, loaded, classes, cfg)
+  local refine = refine_step(cfg, classes, loaded)
   return setmetatable({ recipe = recipe, params = params, classes = classes, models = loaded,
-                        state = state, cfg = cfg }, Session)
+                        state = state, refine = refine, cfg = cfg }, Session)
 end
 
 local KINDS = { semantic = true, segments = true, instances = true }
 
-function Session:segment(img)
-  local result = self.recipe.segment(self.state, img)
+local function check_result(name, result, img)
   if type(result) ~= "table" or not KINDS[result.kind] then
     error(("recipe %s: segment() must return a result with kind semantic, segments or instances"):format(
-      self.recipe.name), 0)
+      name), 0)
   end
   if result.labels and type(result.labels) ~= "table" then
     local h, w = result.labels:size(1), result.labels:size(2)
     if h ~= img:size(1) or w ~= img:size(2) then
-      error(("recipe %s: labels are %dx%d, the image is %dx%d"):format(self.recipe.name, h, w,
+      error(("recipe %s: labels are %dx%d, the image is %dx%d"):format(name, h, w,
         img:size(1), img:size(2)), 0)
     end
+  end
+  return result
+end
+
+function Session:segment(img)
+  local result = check_result(self.recipe.name, self.recipe.segment(self.state, img), img)
+  if self.refine then
+    local r = self.refine
+    result = check_result(r.recipe.name, r.recipe.segment(r.state, img, result), img)
   end
   return result
 end
@@ -125,7 +156,8 @@ function Session:write(result, img, dir, stem)
   end
   image.save_png(dir .. "/" .. stem .. "_overlay.png", viz.overlay(img, labels, { names = overlay_names }))
   local summary = {
-    recipe = self.recipe.name, width = w, height = h, kind = result.kind,
+    recipe = self.refine and (self.recipe.name .. "+" .. self.refine.recipe.name) or self.recipe.name,
+    width = w, height = h, kind = result.kind,
     classes = self.classes and self.classes.names or nil,
     pixel_shares = pixel_shares(labels, overlay_names),
     instances = result.records,

@@ -71,6 +71,12 @@ function T.new(shape, dtype)
 end
 T.zeros = T.new
 
+-- Uninitialised memory, for outputs a kernel overwrites whole.
+function T.empty(shape, dtype)
+  local n, arr = to_c_shape(shape)
+  return wrap(C.fm_tensor_empty(dtype_code(dtype), n, arr))
+end
+
 function T.full(shape, value, dtype)
   local t = T.new(shape, dtype)
   check(C.fm_tensor_fill_(t, value))
@@ -405,10 +411,10 @@ local function binary(op)
     end
     local out
     if type(b) == "number" then
-      out = T.new(a:shape())
+      out = T.empty(a:shape())
       check(C.fm_binary_scalar(out, a, b, code))
     else
-      out = T.new(broadcast_shape(a, b))
+      out = T.empty(broadcast_shape(a, b))
       check(C.fm_binary(out, a, b, code))
     end
     return out
@@ -435,7 +441,7 @@ T.unary_ops = UNARY
 
 for name, code in pairs(UNARY) do
   methods[name] = function(a)
-    local out = T.new(a:shape())
+    local out = T.empty(a:shape())
     check(C.fm_unary(out, a, code))
     return out
   end
@@ -475,7 +481,7 @@ for name, code in pairs(REDUCE) do
     local z = norm_dim(self, d)
     local shape = self:shape()
     if keepdim then shape[z + 1] = 1 else table.remove(shape, z + 1) end
-    local out = T.new(shape, is_arg and "int32" or "float32")
+    local out = T.empty(shape, is_arg and "int32" or "float32")
     check(C.fm_reduce(out, self, z, code))
     return out
   end
@@ -496,7 +502,7 @@ function methods:matmul(b, trans_a, trans_b, alpha)
   end
   shape[#shape + 1] = m
   shape[#shape + 1] = n
-  local out = T.new(shape)
+  local out = T.empty(shape)
   local a = self:is_contiguous() and self or self:contiguous()
   local bb = b:is_contiguous() and b or b:contiguous()
   check(C.fm_matmul(out, a, bb, trans_a and 1 or 0, trans_b and 1 or 0, alpha or 1))
@@ -515,7 +521,7 @@ function T.cat(list, d)
     arr[i - 1] = t
   end
   shape[z + 1] = total
-  local out = T.new(shape, first:dtype())
+  local out = T.empty(shape, first:dtype())
   check(C.fm_cat(out, arr, #list, z))
   return out
 end

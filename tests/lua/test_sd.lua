@@ -241,6 +241,13 @@ do
   tap.eq(mid_maps(require("fmseg.json").null), 0, "mid_block_type null: no mid block")
   tap.raises(function() sd.unet.new(config("UNetMidBlock2DSimpleCrossAttn"), sd.random_weights()) end,
              "mid_block_type 'UNetMidBlock2DSimpleCrossAttn' is not supported", "unsupported mid block refused")
+  local ss = config()
+  ss.resnet_time_scale_shift = "scale_shift"
+  local ss_unet = sd.unet.new(ss, sd.random_weights(0.2, 4))
+  tap.eq(ss_unet.down_blocks[1].resnets[1].time_emb_proj.weight:size(1), 16,
+         "scale_shift resnets project the time embedding to 2 x channels")
+  tap.eq(T.shape_string(ss_unet:forward(T.randn({ 1, 4, 4, 4 }, 1), 1, T.randn({ 1, 2, 6 }, 2)):shape()),
+         "[1, 4, 4, 4]", "scale_shift UNet runs")
   local c = config()
   c.class_embed_type = "timestep"
   tap.raises(function() sd.unet.new(c, sd.random_weights()) end, "class_embed_type = timestep is not supported",

@@ -94,6 +94,7 @@ end
 -- the capture was made with queries = true, else released.
 function Capture:record(name, probs, info, q)
   if q then
+    if self.queries[name] then self.queries[name]:free() end
     if self.opts.queries then self.queries[name] = q else q:free() end
   end
   local n, heads, tq, tk = unpack(probs:shape())
@@ -104,7 +105,8 @@ function Capture:record(name, probs, info, q)
     map = probs:reshape({ n * heads, tq, tk })
     probs:free()  -- the buffer was made for this map alone
   end
-  if not self.maps[name] then self.names[#self.names + 1] = name end
+  -- a second forward with the same capture replaces the first one's maps
+  if self.maps[name] then self.maps[name]:free() else self.names[#self.names + 1] = name end
   self.maps[name] = map
   self.info[name] = { kind = info.kind, heads = heads, batch = n, height = info.height, width = info.width,
                       mean_heads = self.opts.mean_heads or false }

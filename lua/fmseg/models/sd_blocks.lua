@@ -7,10 +7,19 @@
 -- Memory: activations of SD at 512x512 are up to 128 MB each (VAE, 128
 -- channels at full resolution), so every intermediate made here is released
 -- with :free() as soon as the next op has consumed it.
+local ffi = require("ffi")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 
 local M = {}
+
+-- x rounded to float32: diffusers computes its schedules and timestep
+-- embeddings with float32 tensors, and we follow them value by value.
+local f32buf = ffi.new("float[1]")
+function M.f32(x)
+  f32buf[0] = x
+  return tonumber(f32buf[0])
+end
 
 -- Weights --------------------------------------------------------------------
 

@@ -11,20 +11,13 @@
 -- diffusers; we round every value to float32 where they do, so that
 -- alphas_cumprod matches theirs to the last bits, and keep them as a Lua
 -- array (1000 numbers) plus a tensor.
-local ffi = require("ffi")
 local hf = require("fmseg.hf")
 local T = require("fmseg.tensor")
+local f32 = require("fmseg.models.sd_blocks").f32
 
 local M = {}
 local Scheduler = {}
 Scheduler.__index = Scheduler
-
-local f32buf = ffi.new("float[1]")
-local function f32(x)
-  f32buf[0] = x
-  return tonumber(f32buf[0])
-end
-M.f32 = f32
 
 -- torch.linspace(start, stop, n, dtype=float32): start, stop and step are
 -- float32, and the second half counts back from stop, as torch's CPU kernel.

@@ -18,12 +18,13 @@
 -- are the checkpoint's; attention maps are captured under the same names.
 -- Everything runs in float32, so upcast_attention / upcast_softmax change
 -- nothing here.
-local ffi = require("ffi")
 local hf = require("fmseg.hf")
 local json = require("fmseg.json")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local B = require("fmseg.models.sd_blocks")
+
+local f32 = B.f32
 
 local M = {}
 local UNet = {}
@@ -289,7 +290,6 @@ local function resnet_spec(cfg, ic, oc, scale)
 end
 
 local CROSS = { CrossAttnDownBlock2D = true, CrossAttnUpBlock2D = true }
-local PLAIN = { DownBlock2D = true, UpBlock2D = true }
 
 local function check_block_type(kind, allowed)
   if kind ~= allowed[1] and kind ~= allowed[2] then
@@ -306,7 +306,7 @@ local function load_down_block(w, cfg, i, in_ch, out_ch)
   local layers = cfg.layers_per_block[i]
   local heads = cfg.heads[i]
   local tl = per_layer(cfg.transformer_layers[i], layers)
-  local block = { prefix = p, resnets = {}, attentions = CROSS[kind] and {} or nil }
+  local block = { resnets = {}, attentions = CROSS[kind] and {} or nil }
   for j = 1, layers do
     local ic = j == 1 and in_ch or out_ch
     block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), resnet_spec(cfg, ic, out_ch))
@@ -333,7 +333,7 @@ local function load_up_block(w, cfg, i, prev_ch, out_ch, in_ch, rev)
   local layers = rev.layers[i] + 1
   local heads = rev.heads[i]
   local tl = per_layer(cfg.reverse_transformer_layers[i], layers)
-  local block = { prefix = p, resnets = {}, attentions = CROSS[kind] and {} or nil }
+  local block = { resnets = {}, attentions = CROSS[kind] and {} or nil }
   for j = 1, layers do
     local skip = j == layers and in_ch or out_ch
     local ic = j == 1 and prev_ch or out_ch
@@ -440,12 +440,6 @@ function M.load(dir, opts)
 end
 
 -- Forward ------------------------------------------------------------------------------
-
-local f32buf = ffi.new("float[1]")
-local function f32(x)
-  f32buf[0] = x
-  return tonumber(f32buf[0])
-end
 
 -- ref: embeddings.py, get_timestep_embedding (max_period 10000, scale 1),
 -- in float32 step by step as torch computes it. ts: one number per row.
