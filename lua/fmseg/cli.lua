@@ -85,6 +85,10 @@ command("print-config", "print-config CONFIG [--set k=v]", "print the resolved c
   return 0
 end)
 
+command("demo", "demo [CLIP_DIR]", "SCLIP on the bundled photo, outputs in out/demo", function(args)
+  return require("fmseg.demo").run(args)
+end)
+
 local function set_threads()
   local n = tonumber(os.getenv("FMSEG_THREADS") or "")
   if n then

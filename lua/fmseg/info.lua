@@ -72,10 +72,20 @@ local function describe_image(path)
   print(("%s: image %dx%d (width x height), %d channels as loaded (RGB)"):format(path, w, h, c))
 end
 
+-- A safetensors file starts with an 8-byte little-endian header length
+-- and then the JSON header's "{".
+function M.looks_like_safetensors(path)
+  local f = io.open(path, "rb")
+  if not f then return false end
+  local head = f:read(9)
+  f:close()
+  return head ~= nil and #head == 9 and head:sub(9, 9) == "{" and head:byte(8) == 0
+end
+
 function M.run(path)
   if is_dir(path) then
     describe_dir(path)
-  elseif path:match("%.safetensors$") then
+  elseif path:match("%.safetensors$") or M.looks_like_safetensors(path) then
     local count, total = describe_file(path)
     print(("%d tensors, %s"):format(count, human(total)))
   else
