@@ -10,12 +10,8 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -384,37 +380,6 @@ int fm_silhouette(double *score, const fm_tensor *x, const fm_tensor *labels, in
 
 /* ---- symmetric eigenproblems ------------------------------------------------------ */
 
-/* Householder reductions of affinity graphs (many tiny entries) produce
- * subnormal floats, which x86 computes on ~100x slower: LAPACK took 5 s
- * instead of 1.7 s on a 4096-patch graph. Flush-to-zero and
- * denormals-are-zero are switched on in every thread of the OpenMP pool
- * (OpenBLAS's threads in its OpenMP build) around each call and restored
- * after; values below 1e-38 do not matter to eigenvectors of these graphs. */
-static void fm__ftz_begin(unsigned *saved) {
-#if defined(__SSE__)
-#pragma omp parallel
-  {
-    int t = omp_get_thread_num();
-    if (t < 64) saved[t] = _mm_getcsr();
-    _mm_setcsr(_mm_getcsr() | 0x8040u);   /* FTZ | DAZ */
-  }
-#else
-  (void)saved;
-#endif
-}
-
-static void fm__ftz_end(const unsigned *saved) {
-#if defined(__SSE__)
-#pragma omp parallel
-  {
-    int t = omp_get_thread_num();
-    if (t < 64) _mm_setcsr(saved[t]);
-  }
-#else
-  (void)saved;
-#endif
-}
-
 /* Common checks: a (N, N) finite, w (N), v (N, N). */
 static bool fm__check_eig(const fm_tensor *w, const fm_tensor *v, const fm_tensor *a, const char *what,
                           const char *aname) {
@@ -468,11 +433,8 @@ int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a) {
   // i comes back in column-major column i, which is row-major row i.
   fm__lwork ws;
   if (!fm__lwork_alloc(&ws, n, "eigh")) return -1;
-  unsigned csr[64];
-  fm__ftz_begin(csr);
   lapack_int info = LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n,
                                         fm__f32(w), ws.work, ws.lwork, ws.iwork, ws.liwork);
-  fm__ftz_end(csr);
   fm__lwork_free(&ws);
   if (info < 0) return fm__error("eigh: LAPACK ssyevd rejected argument %d", (int)-info);
   if (info > 0) return fm__error("eigh: LAPACK ssyevd did not converge (info %d)", (int)info);
@@ -495,11 +457,8 @@ int fm_eigh_generalized(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm
   if (v->data != a->data) memcpy(v->data, a->data, sizeof(float) * (size_t)(n * n));
   fm__lwork ws;
   if (!fm__lwork_alloc(&ws, n, "eigh_generalized")) return free(bf), -1;
-  unsigned csr[64];
-  fm__ftz_begin(csr);
   lapack_int info = LAPACKE_ssygvd_work(LAPACK_COL_MAJOR, 1, 'V', 'L', (lapack_int)n, fm__f32(v), (lapack_int)n,
                                         bf, (lapack_int)n, fm__f32(w), ws.work, ws.lwork, ws.iwork, ws.liwork);
-  fm__ftz_end(csr);
   fm__lwork_free(&ws);
   free(bf);
   if (info < 0) return fm__error("eigh_generalized: LAPACK ssygvd rejected argument %d", (int)-info);
@@ -574,8 +533,6 @@ int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, c
   float *wall = af + n * n, *bf = wall + n;
   memcpy(af, a->data, sizeof(float) * (size_t)(n * n));
   lapack_int m = 0, info;
-  unsigned csr[64];
-  fm__ftz_begin(csr);
   if (diagonal) {
     info = fm__subset_diagonal(af, fm__f32(b), n, first, count, wall, fm__f32(v), iwork, &m);
   } else {
@@ -585,7 +542,6 @@ int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, c
                           0.f, 0.f, (lapack_int)(first + 1), (lapack_int)(first + count), 2 * LAPACKE_slamch('S'),
                           &m, wall, fm__f32(v), (lapack_int)n, iwork);
   }
-  fm__ftz_end(csr);
   int rc = 0;
   if (info == -1000) rc = fm__error("eigh_generalized_subset: out of memory for n = %lld", (long long)n);
   else if (info < 0) rc = fm__error("eigh_generalized_subset: LAPACK rejected argument %d", (int)-info);

@@ -56,28 +56,44 @@ static bool fm__conv_check(const fm_tensor *out, const fm_tensor *x, const fm_te
   return true;
 }
 
+/* Output columns [j0, j1) of tap kj read input columns inside [0, W);
+ * the columns outside read padding. iw = j*SW - PW + kj. */
+static void fm__tap_cols(const fm__conv_geom *g, int64_t kj, int64_t *j0, int64_t *j1) {
+  int64_t lo = g->pw - kj, hi = g->w + g->pw - kj;  // iw in [0, W) <=> j*SW in [lo, hi)
+  int64_t a = lo <= 0 ? 0 : (lo + g->sw - 1) / g->sw, b = hi <= 0 ? 0 : (hi + g->sw - 1) / g->sw;
+  *j1 = b < g->ow ? b : g->ow;
+  *j0 = a < *j1 ? a : *j1;
+}
+
+/* d: one output row's OW columns of tap (ki, kj) read from input row xr;
+ * columns outside [j0, j1) are padding. Stride 1 is one memcpy. */
+static void fm__im2col_row(float *d, const float *xr, const fm__conv_geom *g, int64_t kj,
+                           int64_t j0, int64_t j1) {
+  memset(d, 0, (size_t)j0 * sizeof *d);
+  const float *s = xr + j0 * g->sw - g->pw + kj;
+  if (g->sw == 1) memcpy(d + j0, s, (size_t)(j1 - j0) * sizeof *d);
+  else
+    for (int64_t j = j0; j < j1; ++j) d[j] = s[(j - j0) * g->sw];
+  memset(d + j1, 0, (size_t)(g->ow - j1) * sizeof *d);
+}
+
 /* col: (C*KH*KW, nrows*OW), the receptive fields of output rows
- * [oh0, oh0 + nrows) of one image x: (C, H, W). Padding reads as 0. */
+ * [oh0, oh0 + nrows) of one image x: (C, H, W). Padding reads as 0.
+ * Row r of col is tap (ki, kj) of channel ch: a strip of input rows, each
+ * copied whole between its padding columns. */
 static void fm__im2col(float *col, const float *x, const fm__conv_geom *g, int64_t oh0,
                        int64_t nrows) {
   int64_t ckk = g->c * g->kh * g->kw, ncol = nrows * g->ow;
   #pragma omp parallel for if (ckk * ncol > FM__PAR_MIN)
   for (int64_t r = 0; r < ckk; ++r) {
-    int64_t ch = r / (g->kh * g->kw), ki = r / g->kw % g->kh, kj = r % g->kw;
+    int64_t ch = r / (g->kh * g->kw), ki = r / g->kw % g->kh, kj = r % g->kw, j0, j1;
+    fm__tap_cols(g, kj, &j0, &j1);
     const float *xc = x + ch * g->h * g->w;
     float *dst = col + r * ncol;
     for (int64_t i = 0; i < nrows; ++i) {
       int64_t ih = (oh0 + i) * g->sh - g->ph + ki;
-      float *d = dst + i * g->ow;
-      if (ih < 0 || ih >= g->h) {
-        memset(d, 0, (size_t)g->ow * sizeof *d);
-        continue;
-      }
-      const float *xr = xc + ih * g->w;
-      for (int64_t j = 0; j < g->ow; ++j) {
-        int64_t iw = j * g->sw - g->pw + kj;
-        d[j] = iw >= 0 && iw < g->w ? xr[iw] : 0.f;
-      }
+      if (ih < 0 || ih >= g->h) memset(dst + i * g->ow, 0, (size_t)g->ow * sizeof *dst);
+      else fm__im2col_row(dst + i * g->ow, xc + ih * g->w, g, kj, j0, j1);
     }
   }
 }

@@ -56,21 +56,32 @@ static void fm__pamr_affinity(float *aff, const float *img, int64_t k, int64_t h
   }
 }
 
+/* One propagation step on channel-last maps: dst, src (H, W, C); aff
+ * (P, H, W). Each pixel reads its P affinities once and adds P neighbour
+ * rows of C contiguous floats. */
 static void fm__pamr_step(float *dst, const float *src, const float *aff, int64_t c, int64_t h,
                           int64_t w, const int32_t *dil, int32_t nd) {
   int64_t hw = h * w;
-  #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t ch = 0; ch < c; ++ch)
-    for (int64_t y = 0; y < h; ++y)
-      for (int64_t x = 0; x < w; ++x) {
-        float acc = 0;
-        for (int32_t d = 0; d < nd; ++d)
-          for (int p = 0; p < 8; ++p) {
-            int64_t yy = fm__clamp(y + fm__dy[p] * dil[d], h - 1), xx = fm__clamp(x + fm__dx[p] * dil[d], w - 1);
-            acc += aff[((int64_t)d * 8 + p) * hw + y * w + x] * src[ch * hw + yy * w + xx];
-          }
-        dst[ch * hw + y * w + x] = acc;
-      }
+  #pragma omp parallel for schedule(static)
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x) {
+      float *out = dst + (y * w + x) * c;
+      for (int64_t ch = 0; ch < c; ++ch) out[ch] = 0;
+      for (int32_t d = 0; d < nd; ++d)
+        for (int p = 0; p < 8; ++p) {
+          int64_t yy = fm__clamp(y + fm__dy[p] * dil[d], h - 1), xx = fm__clamp(x + fm__dx[p] * dil[d], w - 1);
+          float a = aff[((int64_t)d * 8 + p) * hw + y * w + x];
+          const float *nb = src + (yy * w + xx) * c;
+          for (int64_t ch = 0; ch < c; ++ch) out[ch] += a * nb[ch];
+        }
+    }
+}
+
+/* (C, H*W) <-> (H*W, C) */
+static void fm__transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+  #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) dst[k * rows + r] = src[r * cols + k];
 }
 
 int fm_pamr(fm_tensor *out, const fm_tensor *img, const fm_tensor *mask, int32_t iters,
@@ -89,18 +100,20 @@ int fm_pamr(fm_tensor *out, const fm_tensor *img, const fm_tensor *mask, int32_t
     if (dilations[d] < 1) return fm__error("pamr: dilation %d must be >= 1", (int)dilations[d]);
   int64_t hw = h * w;
   float *aff = malloc(sizeof(float) * (size_t)(8 * n_dilations * hw));
-  float *tmp = malloc(sizeof(float) * (size_t)(c * hw));
-  if (!aff || !tmp) {
-    free(aff), free(tmp);
+  float *cur = malloc(sizeof(float) * (size_t)(c * hw));
+  float *nxt = malloc(sizeof(float) * (size_t)(c * hw));
+  if (!aff || !cur || !nxt) {
+    free(aff), free(cur), free(nxt);
     return fm__error("pamr: out of memory");
   }
   fm__pamr_affinity(aff, fm__f32(img), k, h, w, dilations, n_dilations);
-  memcpy(fm__f32(out), fm__f32(mask), sizeof(float) * (size_t)(c * hw));
+  fm__transpose(cur, fm__f32(mask), c, hw);
   for (int32_t it = 0; it < iters; ++it) {
-    fm__pamr_step(tmp, fm__f32(out), aff, c, h, w, dilations, n_dilations);
-    memcpy(fm__f32(out), tmp, sizeof(float) * (size_t)(c * hw));
+    fm__pamr_step(nxt, cur, aff, c, h, w, dilations, n_dilations);
+    float *t = cur;
+    cur = nxt, nxt = t;
   }
-  free(aff);
-  free(tmp);
+  fm__transpose(fm__f32(out), cur, hw, c);
+  free(aff), free(cur), free(nxt);
   return 0;
 }

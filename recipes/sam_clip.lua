@@ -112,6 +112,9 @@ function recipe.segment(state, img)
   local p = state.params
   local h, w = img:size(1), img:size(2)
   local records = state.generator:generate(img)
+  if #records == 0 then
+    return { kind = "semantic", labels = T.full({ h, w }, p.uncovered, "int32"), records = {} }
+  end
   local x = clipseg.normalize(img, state.norm)                               -- (1, 3, H, W)
   local bg
   if p.crop_mode == "blur" then
@@ -131,9 +134,6 @@ function recipe.segment(state, img)
     end
     parts[#parts + 1] = recipe.classify(state, T.cat(crops, 1))
     collectgarbage()
-  end
-  if #records == 0 then
-    return { kind = "semantic", labels = T.full({ h, w }, p.uncovered, "int32"), records = {} }
   end
   local probs = T.cat(parts, 2)                                              -- (C, N)
   local labels = recipe.paint(records, probs, h, w, p.prob_thd, p.uncovered)

@@ -36,6 +36,7 @@
 --      label elsewhere.
 -- Trident finds the components on a 2x downsampled map for speed; here
 -- they are found at full resolution.
+local ffi = require("ffi")
 local image = require("fmseg.image")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
@@ -185,31 +186,45 @@ local function one_hot(labels, nclasses)
   return T.stack(rows, 1)
 end
 
+-- The running fusion: per class the max of sigmoid(logit) x coarse
+-- probability inside each kept mask, and the pixels any kept mask covers.
+local function fusion(coarse)
+  local h, w = coarse.labels:size(1), coarse.labels:size(2)
+  return { coarse = coarse, refined = T.zeros({ coarse.nclasses, h, w }), covered = T.zeros({ h, w }) }
+end
+
+local function fusion_add(f, class, logits)
+  local inside = logits:gt(0)
+  local p = logits:sigmoid()
+  if f.coarse.probs then p:mul_(f.coarse.probs:select(1, class + 1)) end
+  p:mul_(inside)
+  local slot = f.refined:select(1, class + 1)
+  slot:copy(slot:maximum(p))
+  f.covered:maximum_(inside)
+  p:free()
+  inside:free()
+end
+
+-- failed (H, W) 0/1 or nil → labels (H, W) int32, scores (C, H, W)
+local function fusion_result(f, failed)
+  local coarse, covered = f.coarse, f.covered
+  local fallback = 1 - covered
+  if failed then fallback:maximum_(failed) end
+  local base = coarse.probs or one_hot(coarse.labels, coarse.nclasses)
+  local scores = f.refined:maximum_(base * fallback)
+  local labels = masks.argmax_channels(scores):float():mul_(covered)
+  labels:add_(coarse.labels:float():mul_(1 - covered))
+  return labels:int(), scores
+end
+
 -- coarse = {labels (H, W), probs (C, H, W) or nil, nclasses}; kept = {
 -- {class = c (0-based), logits = (H, W) SAM logits}, ... }; failed (H, W)
 -- 0/1 or nil → labels (H, W) int32, scores (C, H, W). See step 5 above.
 -- ref: Trident map_refinement_coarse, map_failed_regions
 function recipe.fuse(coarse, kept, failed)
-  local nc = coarse.nclasses
-  local h, w = coarse.labels:size(1), coarse.labels:size(2)
-  local refined = T.zeros({ nc, h, w })
-  local covered = T.zeros({ h, w })
-  for _, k in ipairs(kept) do
-    local inside = k.logits:gt(0)
-    local p = k.logits:sigmoid()
-    if coarse.probs then p:mul_(coarse.probs:select(1, k.class + 1)) end
-    p:mul_(inside)
-    local slot = refined:select(1, k.class + 1)
-    slot:copy(slot:maximum(p))
-    covered:maximum_(inside)
-  end
-  local fallback = 1 - covered
-  if failed then fallback:maximum_(failed) end
-  local base = coarse.probs or one_hot(coarse.labels, nc)
-  local scores = refined:maximum_(base * fallback)
-  local labels = masks.argmax_channels(scores):float():mul_(covered)
-  labels:add_(coarse.labels:float():mul_(1 - covered))
-  return labels:int(), scores
+  local f = fusion(coarse)
+  for _, k in ipairs(kept) do fusion_add(f, k.class, k.logits) end
+  return fusion_result(f, failed)
 end
 
 -- Prompting ----------------------------------------------------------------------------
@@ -257,8 +272,9 @@ end
 -- the record reports
 local function choose(predictor, comp, iou, low_res, params)
   if params.select == "predicted_iou" then
+    -- torch compares the float32 scores with the threshold rounded to float32
     local score = iou:get(1)
-    if not (score > params.iou_thresh) then return nil, { predicted_iou = score } end
+    if not (score > tonumber(ffi.new("float", params.iou_thresh))) then return nil, { predicted_iou = score } end
     return predictor:upsample_logits(low_res:narrow(1, 1, 1)):select(1, 1), { predicted_iou = score }
   end
   local logits = predictor:upsample_logits(low_res)                -- (M, H, W)
@@ -266,8 +282,9 @@ local function choose(predictor, comp, iou, low_res, params)
   local best = 1
   for i = 2, #agree do if agree[i] > agree[best] then best = i end end
   local info = { predicted_iou = iou:get(best), coarse_iou = agree[best] }
-  if agree[best] < params.min_coarse_iou then return nil, info end
-  return logits:select(1, best):contiguous(), info
+  local chosen = agree[best] >= params.min_coarse_iou and logits:select(1, best):clone() or nil
+  logits:free()
+  return chosen, info
 end
 
 local function check_params(p)
@@ -293,7 +310,7 @@ function recipe.refine(predictor, coarse, params)
   local labels_f = coarse.labels:float()
   local valid = labels_f:lt(nc)
   if probs then valid:mul_(probs:max(1):ge(params.coarse_thresh)) end
-  local kept, records = {}, {}
+  local fused, records = fusion(coarse), {}
   local failed
   local multimask = params.select == "coarse_iou"
   for c = 0, nc - 1 do
@@ -317,7 +334,8 @@ function recipe.refine(predictor, coarse, params)
         for j, comp in ipairs(chunk) do
           local logits, info = choose(predictor, comp, iou:select(1, j), low_res:select(1, j), params)
           if logits then
-            kept[#kept + 1] = { class = c, logits = logits }
+            fusion_add(fused, c, logits)
+            logits:free()
           else
             failed = failed and failed:maximum_(comp.mask) or comp.mask:clone()
           end
@@ -331,7 +349,7 @@ function recipe.refine(predictor, coarse, params)
       end
     end
   end
-  local labels, scores = recipe.fuse(coarse, kept, failed)
+  local labels, scores = fusion_result(fused, failed)
   return { kind = "semantic", labels = labels, scores = scores, records = records }
 end
 

@@ -171,9 +171,13 @@ static void test_generalized_diagonal(void) {
 }
 
 /* the subset solver = rows first .. first + count - 1 of the full one (up to sign) */
-static void test_generalized_subset(void) {
+static void test_generalized_subset(int diagonal_b) {
   enum { N = 40, FIRST = 1, COUNT = 3 };
   fm_tensor *a = random_symmetric(N), *b = random_spd(N), *w = vec(N, FM_F32), *v = mat(N, N);
+  if (diagonal_b)   /* the scaled-MRRR path */
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j)
+        if (i != j) F(b)[i * N + j] = 0;
   fm_tensor *ws = vec(COUNT, FM_F32), *vs = mat(COUNT, N);
   int rc = fm_eigh_generalized(w, v, a, b) | fm_eigh_generalized_subset(ws, vs, a, b, FIRST, COUNT);
   double worst_w = 0, worst_v = 0;
@@ -184,8 +188,12 @@ static void test_generalized_subset(void) {
     worst_v = fmax(worst_v, fabs(fabs(dot) / nv - 1));
   }
   if (rc) diag(fm_last_error());
-  ok(rc == 0 && worst_w < 1e-4 && worst_v < 1e-4, "eigh_generalized_subset = the same rows of the full solve");
+  ok(rc == 0 && worst_w < 1e-4 && worst_v < 1e-4, diagonal_b ? "eigh_generalized_subset, diagonal B = the same rows of the full solve"
+                                                             : "eigh_generalized_subset = the same rows of the full solve");
   fails_with(fm_eigh_generalized_subset(ws, vs, a, b, N - 2, COUNT), "eigenpairs", "subset refuses a range past N");
+  F(b)[0] = diagonal_b ? 0 : -1e6;
+  fails_with(fm_eigh_generalized_subset(ws, vs, a, b, FIRST, COUNT), "not positive definite",
+             "subset refuses a B that is not positive definite");
   fm_tensor_release(a), fm_tensor_release(b), fm_tensor_release(w), fm_tensor_release(v);
   fm_tensor_release(ws), fm_tensor_release(vs);
 }
@@ -392,7 +400,8 @@ int main(void) {
   test_eigh_generalized(5);
   test_eigh_generalized(90);
   test_generalized_diagonal();
-  test_generalized_subset();
+  test_generalized_subset(0);
+  test_generalized_subset(1);
   test_eig_errors();
   test_sq_distances();
   test_kmeans_blobs(4, 30, 8, 1);

@@ -111,6 +111,31 @@ tap.raises(function() clip.load(tmp) end, "unknown tensor", "unknown tensors are
 tap.ok(pcall(clip.load, tmp, { strict = false }), "strict = false accepts them")
 remove(tmp)
 
+-- CLIPTextModel alone: clip-tiny's text tower saved as transformers 4 does
+-- ("text_model." kept) and as transformers 5 does (no prefix).
+local whole = clip.load(dir):encode_text(ref:get("input_ids"))
+for _, pre in ipairs({ "text_model.", "" }) do
+  local tdir = scratch(function(t)
+    local kept = {}
+    for name, v in pairs(t) do
+      local rest = name:match("^text_model%.(.*)$")
+      if rest then kept[pre .. rest] = v end
+      t[name] = nil
+    end
+    for name, v in pairs(kept) do t[name] = v end
+  end)
+  local out = assert(io.open(tdir .. "/config.json", "wb"))
+  out:write(require("fmseg.json").encode(tcfg))
+  out:close()
+  local te = clip.load_text(tdir)
+  local got = te:encode(ref:get("input_ids"))
+  local label = pre == "" and "no prefix" or pre
+  tap.near(got.last_hidden_state, whole.last_hidden_state, 0, "load_text (" .. label .. "): last_hidden_state")
+  tap.near(got.pooler_output, whole.pooler_output, 0, "load_text (" .. label .. "): pooler_output")
+  tap.ok(te.text_projection == nil and got.text_embeds == nil, "load_text (" .. label .. "): no projection")
+  remove(tdir)
+end
+
 -- The recipe-facing API -------------------------------------------------------------
 
 local model = m32

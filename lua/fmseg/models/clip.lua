@@ -8,6 +8,13 @@
 --   local txt = model:get_text_features(input_ids)      -- (N, P)
 --   local logits = model:logits(img, txt)                -- (B, N) logits_per_image
 --
+-- A CLIPTextModel (the text tower alone, as Stable Diffusion's
+-- text_encoder/) loads with load_text; model.text is the same kind of object:
+--
+--   local te = clip.load_text("stable-diffusion-v1-5/text_encoder")
+--   local out = te:encode(input_ids)   -- out.last_hidden_state (N, L, C),
+--                                      -- out.pooler_output (N, C)
+--
 -- The model is immutable; every call returns new tensors.
 --
 -- Intermediates, for methods (MaskCLIP, SCLIP, ClearCLIP, NACLIP, ...):
@@ -110,11 +117,14 @@ local function vision_tower(w, cfg)
   }
 end
 
+local TextModel = {}
+TextModel.__index = TextModel
+
 -- ref: transformers/models/clip/modeling_clip.py, CLIPTextTransformer
-local function text_tower(w, cfg)
+-- pre: "text_model." inside CLIPModel; a CLIPTextModel has it or not (below).
+local function text_tower(w, cfg, pre)
   local c = cfg.hidden_size
-  local pre = "text_model."
-  return {
+  return setmetatable({
     config = cfg,
     embeddings = {
       token_embedding = param(w, pre .. "embeddings.token_embedding.weight", { cfg.vocab_size, c }),
@@ -123,7 +133,7 @@ local function text_tower(w, cfg)
     },
     layers = encoder_layers(w, pre, cfg),
     final_layer_norm = norm_params(w, pre .. "final_layer_norm", c),
-  }
+  }, TextModel)
 end
 
 local CLIP = {}
@@ -143,7 +153,7 @@ function M.new(config, weights, opts)
   local used = { "vision_model.", "visual_projection." }
   if opts.text ~= false then
     local tcfg = settings(config.text_config or config.text_config_dict, TEXT_DEFAULTS)
-    self.text = text_tower(weights, tcfg)
+    self.text = text_tower(weights, tcfg, "text_model.")
     self.text_projection = { weight = param(weights, "text_projection.weight", { pdim, tcfg.hidden_size }) }
     self.logit_scale = param(weights, "logit_scale", {}):item()
     used = nil
@@ -160,6 +170,31 @@ function M.load(path, opts)
   opts = opts or {}
   local dir = hf.open(path)
   local model = M.new(dir.config, dir:weights(opts.variant), opts)
+  model.path = dir.path
+  return model
+end
+
+-- new_text(config, weights, opts): a CLIPTextModel (the text tower alone, no
+-- projection; Stable Diffusion's text_encoder/), config = its config.json.
+-- transformers 4 saves its weights under "text_model." (SD 1.5 and 2.x on
+-- the hub), transformers 5 without that prefix; both load. opts.strict as
+-- for new.
+-- ref: transformers/models/clip/modeling_clip.py, CLIPTextModel
+function M.new_text(config, weights, opts)
+  opts = opts or {}
+  local pre = weights:has("text_model.embeddings.token_embedding.weight") and "text_model." or ""
+  local model = text_tower(weights, settings(config, TEXT_DEFAULTS), pre)
+  if opts.strict ~= false and weights.check_all_used then
+    weights:check_all_used(nil, { "position_ids$" })
+  end
+  return model
+end
+
+-- load_text(path, opts): a CLIPTextModel directory; opts as for load.
+function M.load_text(path, opts)
+  opts = opts or {}
+  local dir = hf.open(path)
+  local model = M.new_text(dir.config, dir:weights(opts.variant), opts)
   model.path = dir.path
   return model
 end
@@ -245,33 +280,56 @@ local function pooled_positions(ids, eos)
   return pos
 end
 
--- input_ids (N, L) int32 tensor or nested table → out with last (encoder
--- output), last_hidden_state (after final_layer_norm), pooler_output (N, C),
--- text_embeds (N, P); opts as encode_image (hidden_states[0] = embeddings).
--- ref: transformers/models/clip/modeling_clip.py, CLIPTextTransformer
-function CLIP:encode_text(input_ids, opts)
-  if not self.text then error("encode_text: this CLIP model was loaded without its text tower", 2) end
-  opts = opts or {}
+-- input_ids as given → (N, L) int32, at most as long as the position table;
+-- errors point at the caller of `who`.
+local function text_input(cfg, input_ids, who)
   local ids = as_ids(input_ids)
-  local cfg, e = self.text.config, self.text.embeddings
   local len = ids:size(2)
   if len > cfg.max_position_embeddings then
-    error(("encode_text: %d tokens, the model has %d positions"):format(len, cfg.max_position_embeddings), 2)
+    error(("%s: %d tokens, the model has %d positions"):format(who, len, cfg.max_position_embeddings), 3)
   end
+  return ids
+end
+
+-- input_ids (N, L) int32 tensor or nested table → out with last (encoder
+-- output), and when every block ran last_hidden_state (after
+-- final_layer_norm) and pooler_output (N, C); opts as encode_image
+-- (hidden_states[0] = embeddings). Attention is causal.
+-- ref: transformers/models/clip/modeling_clip.py, CLIPTextTransformer
+function TextModel:encode(input_ids, opts)
+  opts = opts or {}
+  local ids = text_input(self.config, input_ids, "text encoder")
+  local e = self.embeddings
   local x = transformer.embedding(e.token_embedding, ids)
-  x:add_(e.position_embedding:narrow(1, 1, len))
+  x:add_(e.position_embedding:narrow(1, 1, ids:size(2)))
   local run = {}
   for k, v in pairs(opts) do run[k] = v end
   run.causal = true
-  local out = transformer.encode(self.text.layers, x, run, true)
-  if (opts.layers or #self.text.layers) == #self.text.layers then
-    local ln = self.text.final_layer_norm
-    out.last_hidden_state = nn.layer_norm(out.last, ln.weight, ln.bias, cfg.layer_norm_eps)
+  local out = transformer.encode(self.layers, x, run, true)
+  if (opts.layers or #self.layers) == #self.layers then
+    out.last_hidden_state = self:head(out.last)
     local rows = {}
-    for i, p in ipairs(pooled_positions(ids, cfg.eos_token_id)) do
+    for i, p in ipairs(pooled_positions(ids, self.config.eos_token_id)) do
       rows[i] = out.last_hidden_state:select(1, i):select(1, p)
     end
     out.pooler_output = T.stack(rows, 1)
+  end
+  return out
+end
+
+-- tokens (N, L, C) → final_layer_norm of every token
+function TextModel:head(tokens)
+  local ln = self.final_layer_norm
+  return nn.layer_norm(tokens, ln.weight, ln.bias, self.config.layer_norm_eps)
+end
+
+-- The text tower's encode, plus text_embeds (N, P) = text_projection of
+-- pooler_output when every block ran.
+-- ref: transformers/models/clip/modeling_clip.py, CLIPModel.get_text_features
+function CLIP:encode_text(input_ids, opts)
+  if not self.text then error("encode_text: this CLIP model was loaded without its text tower", 2) end
+  local out = self.text:encode(text_input(self.text.config, input_ids, "encode_text"), opts)
+  if out.pooler_output then
     out.text_embeds = nn.linear(out.pooler_output, self.text_projection.weight)
   end
   return out

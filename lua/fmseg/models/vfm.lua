@@ -18,8 +18,9 @@ function M.load(path)
   local kind = dir.config.model_type
   local modname = LOADERS[kind]
   if not modname then
-    error(("%s: model_type '%s' is not a vision foundation model fmseg knows (vit, dinov2, "
-      .. "dinov2_with_registers, sam)"):format(path, tostring(kind)), 0)
+    local what = kind and ("model_type '" .. tostring(kind) .. "'") or "config.json has no model_type"
+    error(("%s: %s; a proxy model must be DINO (vit), DINOv2 (dinov2, dinov2_with_registers) or SAM (sam)"):format(
+      path, what), 0)
   end
   local model = require(modname).load(path)
   model.vfm_type = kind
