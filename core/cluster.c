@@ -1,7 +1,8 @@
 /* cluster.c — clustering of patch features: squared distances, k-means with
  * k-means++ seeding (scikit-learn's KMeans), the silhouette score, and the
  * symmetric and generalized symmetric-definite eigenproblems behind
- * normalized cuts and spectral clustering (LAPACK's ssyevd / ssygvd).
+ * normalized cuts and spectral clustering (LAPACK: ssyevd, ssygvd, and
+ * ssygvx / ssyevr when only a few eigenpairs are wanted).
  *
  * Everything is deterministic: the only randomness is k-means++ seeding,
  * drawn from a generator seeded by the caller. */

@@ -113,7 +113,8 @@ int fm_conv2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_t
   int64_t n = x->dims[0], ckk = g.c * g.kh * g.kw, os = g.oh * g.ow, is = g.c * g.h * g.w;
   if (n == 0 || g.oc == 0 || os == 0) return 0;
   bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  int64_t band = pointwise ? g.oh : FM__COL_BUDGET / (ckk * g.ow > 0 ? ckk * g.ow : 1);
+  int64_t budget = getenv("CB") ? atoll(getenv("CB")) : FM__COL_BUDGET; // XXX
+  int64_t band = pointwise ? g.oh : budget / (ckk * g.ow > 0 ? ckk * g.ow : 1);
   band = band < 1 ? 1 : (band > g.oh ? g.oh : band);
   float *col = NULL;
   if (!pointwise && ckk > 0 && !(col = malloc((size_t)(ckk * band * g.ow) * sizeof *col)))

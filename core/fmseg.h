@@ -356,8 +356,10 @@ int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a);
  * v b v^T = I. Normalized cuts solve (D - W) y = w D y with it. */
 int fm_eigh_generalized(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b);
 /* Only the eigenpairs first .. first + count - 1 (0-based, ascending) of the
- * same problem (LAPACK ssygvx, as scipy's eigh with subset_by_index):
- * w (count), v (count, N). Cheaper when few are wanted. */
+ * same problem: LAPACK ssygvx (scipy's eigh with subset_by_index), or, when
+ * b is diagonal (normalized cuts), MRRR (ssyevr) on b^-1/2 a b^-1/2 with
+ * the vectors scaled back. w (count), v (count, N), rows b-orthonormal.
+ * Cheaper when few are wanted. */
 int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b,
                                int64_t first, int64_t count);
 

@@ -86,7 +86,7 @@ function R.segment(state, img)
   local seed = { math.floor(found.seed / frame.gw), found.seed % frame.gw }
   return {
     kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
-    records = { { bbox = box, area = mask:float():sum(), seed_patch = seed } },
+    records = { { box = box, area = mask:float():sum(), seed_patch = seed } },
     dump = { map = found.map, degree = found.degree },
   }
 end

@@ -11,7 +11,7 @@
 -- (result.boxes, image pixels, pixel edges), what CorLoc scores.
 --
 -- The feature → mask step is R.ncut(feats, gh, gw, params), a pure
--- function of a (gh*gw, C) matrix.
+-- function of a (gh*gw, C) matrix; R.split(y, gh, gw) its last part.
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
 local patches = require("fmseg.patches")
@@ -29,9 +29,26 @@ local R = {
   },
 }
 
--- feats (N, C) patch features, N = gh * gw → { mask (gh, gw) uint8 (the
--- object), bipartition (gh, gw) uint8, seed (0-based patch), eigenvector
--- (gh, gw) (oriented: the foreground side is positive relative to its mean) }
+-- The split of an eigenvector y (N) on a gh x gw grid: y > mean(y),
+-- oriented so that the seed (argmax |y|, the first on ties) is in it; the
+-- object is the seed's 4-connected component. Either sign of y gives the
+-- same answer. → { mask, bipartition (gh, gw) uint8, seed (0-based),
+-- eigenvector (gh, gw) oriented }
+function R.split(y, gh, gw)
+  local avg = y:sum() / y:numel()
+  local bipartition = y:gt(avg)
+  local seed = y:abs():argmax() - 1
+  if bipartition:get(seed + 1) ~= 1 then
+    y = -y
+    bipartition = 1 - bipartition
+  end
+  local grid = bipartition:reshape(gh, gw):byte()
+  return { mask = patches.component(grid, seed), bipartition = grid, seed = seed,
+           eigenvector = y:reshape(gh, gw) }
+end
+
+-- feats (N, C) patch features, N = gh * gw → R.split of the second-smallest
+-- eigenvector of the normalized cut of their graph.
 function R.ncut(feats, gh, gw, params)
   local tau, eps = params.tau, params.eps
   local f = nn.normalize(feats)
@@ -44,18 +61,7 @@ function R.ncut(feats, gh, gw, params)
   end
   -- scipy's eigh(D - A, D, subset_by_index=[1, 2]), first column
   local _, v = cluster.laplacian_eigs(A, { first = 1, count = 1 })
-  local y = v:select(1, 1)
-  local n = y:numel()
-  local avg = y:sum() / n
-  local bipartition = y:gt(avg)
-  local seed = y:abs():argmax() - 1
-  if bipartition:get(seed + 1) ~= 1 then
-    y = -y
-    bipartition = 1 - bipartition
-  end
-  local grid = bipartition:reshape(gh, gw):byte()
-  return { mask = patches.component(grid, seed), bipartition = grid, seed = seed,
-           eigenvector = y:reshape(gh, gw) }
+  return R.split(v:select(1, 1):contiguous(), gh, gw)
 end
 
 function R.setup(params, models)
@@ -76,7 +82,7 @@ function R.segment(state, img)
   local seed = { math.floor(cut.seed / frame.gw), cut.seed % frame.gw }
   return {
     kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
-    records = { { bbox = box, area = mask:float():sum(), seed_patch = seed } },
+    records = { { box = box, area = mask:float():sum(), seed_patch = seed } },
     dump = { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float() },
   }
 end

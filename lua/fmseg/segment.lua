@@ -95,10 +95,21 @@ function Session:label_names(result)
   local names = {}
   if result.kind == "semantic" and self.classes then
     for i, n in ipairs(self.classes.names) do names[i - 1] = n end
+    -- A background class is listed by its stuff words ("sky, wall, ...");
+    -- people read "background".
+    local bg = config.get(self.cfg, "data.background")
+    if type(bg) == "number" and names[bg] then names[bg] = "background" end
   elseif result.kind == "segments" then
     for i = 0, 255 do names[i] = "segment " .. i end
   end
   return names
+end
+
+-- names[0..n-1] as a Lua array (JSON list)
+local function display_list(names, n)
+  local out = {}
+  for i = 0, n - 1 do out[i + 1] = names[i] end
+  return out
 end
 
 -- Writes text to path through a temporary file and a rename, so a killed
@@ -158,7 +169,7 @@ function Session:write(result, img, dir, stem)
   local summary = {
     recipe = self.refine and (self.recipe.name .. "+" .. self.refine.recipe.name) or self.recipe.name,
     width = w, height = h, kind = result.kind,
-    classes = self.classes and self.classes.names or nil,
+    classes = self.classes and display_list(names, #self.classes.names) or nil,
     pixel_shares = pixel_shares(labels, overlay_names),
     instances = result.records,
   }

@@ -47,7 +47,7 @@ local function grid_mask(pred)
   return m
 end
 
-local function same(a, b) return (a:float() - b:float()):abs():max() == 0 end
+local function same(a, b) return a ~= nil and b ~= nil and (a:float() - b:float()):abs():max() == 0 end
 
 -- labels equal truth up to a one-to-one renaming
 local function same_partition(a, b)
@@ -167,6 +167,12 @@ do
     all = all and same(tokencut.ncut(fv, GH, GW, params_of(tokencut)).mask, grid_mask(obj))
   end
   tap.ok(all, "tokencut.ncut: six placements of the object, each recovered exactly")
+  -- either sign of the eigenvector: the same split
+  local y = cut.eigenvector:reshape(GH * GW):contiguous()
+  local flipped = tokencut.split(-y, GH, GW)
+  tap.ok(same(flipped.mask, cut.mask) and same(flipped.bipartition, cut.bipartition) and flipped.seed == cut.seed,
+    "tokencut.split: -y gives the same object (the seed's side is the foreground)")
+  tap.ok(same(tokencut.split(y, GH, GW).mask, cut.mask), "tokencut.split: +y too")
 
   -- two separated objects with the same features: both on the cut's
   -- object side, but only the seed's component is the object
@@ -359,7 +365,7 @@ for _, fixture in ipairs({ "dino-tiny", "dinov2-tiny", "dinov2-reg-tiny" }) do
       local well = (ok == 0 or ok == true) and s and s.kind == kind and s.width == 512 and s.height == 512
         and png and png:size(1) == 512 and png:size(2) == 512 and read_all(out_dir .. "/input_overlay.png") ~= nil
       if well and kind == "instances" then
-        local b = s.instances and s.instances[1] and s.instances[1].bbox
+        local b = s.instances and s.instances[1] and s.instances[1].box
         well = b and #b == 4 and b[1] >= 0 and b[2] >= 0 and b[3] <= 512 and b[4] <= 512 and b[1] < b[3] and b[2] < b[4]
       end
       tap.ok(well, name .. ": label PNG, overlay and JSON written" .. (kind == "instances" and ", box inside the image" or ""),

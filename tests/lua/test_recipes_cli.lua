@@ -53,7 +53,7 @@ for _, name in ipairs(RECIPES) do
       tap.eq(bad, 0, name .. ": every label is one of the " .. #classes.names .. " classes")
       local agree, total = true, 0
       for label, c in pairs(counts) do
-        local share = summary.pixel_shares[classes.names[label + 1]]
+        local share = summary.pixel_shares[summary.classes[label + 1]]
         agree = agree and share ~= nil and math.abs(share - c / n) < 1e-9
       end
       for _, share in pairs(summary.pixel_shares) do total = total + share end

@@ -5,6 +5,7 @@
 -- stability_score, crop_box) and optionally an overlay of every mask.
 -- Every generator setting is an option: --points-per-side 16,
 -- --pred-iou-thresh 0.86, --crop-n-layers 1, --min-mask-region-area 100...
+local args = require("fmseg.args")
 local cli = require("fmseg.cli")
 local amg = require("fmseg.sam.amg")
 
@@ -12,73 +13,44 @@ local M = {}
 
 local USAGE = "amg --model DIR IMAGE -o MASKS.json [--overlay FILE] [--points-per-side N] [--SETTING VALUE ...]"
 
--- settings that take a number, by option name (--points-per-side)
-local NUMERIC = {}
+local OPTIONS = {
+  { "--model", metavar = "DIR", required = true, help = "SAM model directory" },
+  { "-o", "--output", metavar = "MASKS.json", help = "the mask records" },
+  { "--overlay", metavar = "FILE", help = "every mask drawn over the image (PNG or JPEG)" },
+  { "--output-mode", metavar = "MODE", choices = { "coco_rle", "uncompressed_rle" }, default = "coco_rle" },
+  { "--quiet", type = "flag", help = "no progress lines" },
+}
+
+-- Every numeric generator setting is an option (--points-per-side); the
+-- counts must be whole, at least this.
+local WHOLE = { points_per_side = 1, points_per_batch = 1, crop_n_layers = 0, crop_n_points_downscale_factor = 1 }
+local SETTINGS = {}
 for key, v in pairs(amg.defaults) do
-  if type(v) == "number" then NUMERIC["--" .. key:gsub("_", "-")] = key end
+  if type(v) == "number" then SETTINGS[#SETTINGS + 1] = key end
+end
+table.sort(SETTINGS)
+for _, key in ipairs(SETTINGS) do
+  OPTIONS[#OPTIONS + 1] = { "--" .. key:gsub("_", "-"), key = key, type = WHOLE[key] and "integer" or "number",
+                            min = WHOLE[key], help = "default " .. tostring(amg.defaults[key]) }
 end
 
-local function settings_help()
-  local names = {}
-  for opt, key in pairs(NUMERIC) do names[#names + 1] = ("%s (%s)"):format(opt, tostring(amg.defaults[key])) end
-  table.sort(names)
-  return table.concat(names, ", ")
+local parser = args.parser("amg", USAGE, OPTIONS, { { "image", required = true } })
+
+-- argv → { model, image, output, overlay, settings = amg.new's options
+-- given }, or nil after printing the help
+function M.parse(argv)
+  local o = parser:parse(argv)
+  if not o then return nil end
+  if not o.output and not o.overlay then error("amg: give -o MASKS.json and/or --overlay FILE", 0) end
+  local settings = { output_mode = o.output_mode }
+  if o.quiet then settings.progress = false end
+  for _, key in ipairs(SETTINGS) do settings[key] = o[key] end
+  return { model = o.model, image = o.image, output = o.output, overlay = o.overlay, settings = settings }
 end
 
-function M.parse(args)
-  local opts, settings, i = {}, { output_mode = "coco_rle" }, 1
-  local function value(a)
-    local v = args[i + 1]
-    if not v then error(("amg: %s needs a value (fmseg %s)"):format(a, USAGE), 0) end
-    i = i + 2
-    return v
-  end
-  while i <= #args do
-    local a = args[i]
-    if a == "--model" then
-      opts.model = value(a)
-    elseif a == "-o" or a == "--output" then
-      opts.output = value(a)
-    elseif a == "--overlay" then
-      opts.overlay = value(a)
-    elseif a == "--output-mode" then
-      settings.output_mode = value(a)
-      if settings.output_mode ~= "coco_rle" and settings.output_mode ~= "uncompressed_rle" then
-        error("amg: --output-mode is coco_rle or uncompressed_rle", 0)
-      end
-    elseif a == "--quiet" then
-      settings.progress = false
-      i = i + 1
-    elseif NUMERIC[a] then
-      local s = value(a)
-      local v = tonumber(s)
-      if not v then error(("amg: %s '%s' is not a number"):format(a, s), 0) end
-      settings[NUMERIC[a]] = v
-    elseif a:sub(1, 1) == "-" then
-      error(("amg: unknown option '%s' (settings: %s)"):format(a, settings_help()), 0)
-    elseif not opts.image then
-      opts.image = a
-      i = i + 1
-    else
-      error(("amg: unexpected argument '%s'"):format(a), 0)
-    end
-  end
-  if not opts.model then error("amg: no --model given (fmseg " .. USAGE .. ")", 0) end
-  if not opts.image then error("amg: no image given (fmseg " .. USAGE .. ")", 0) end
-  if not opts.output and not opts.overlay then error("amg: give -o MASKS.json and/or --overlay FILE", 0) end
-  for _, key in ipairs({ "points_per_side", "points_per_batch", "crop_n_layers", "crop_n_points_downscale_factor" }) do
-    local v = settings[key]
-    if v and (v % 1 ~= 0 or v < (key == "crop_n_layers" and 0 or 1)) then
-      error(("amg: --%s must be a whole number%s, got %s"):format(key:gsub("_", "-"),
-        key == "crop_n_layers" and "" or " >= 1", tostring(v)), 0)
-    end
-  end
-  opts.settings = settings
-  return opts
-end
-
-function M.run(args)
-  local opts = M.parse(args)
+function M.run(argv)
+  local opts = M.parse(argv)
+  if not opts then return 0 end
   local image = require("fmseg.image")
   local json = require("fmseg.json")
   local sam = require("fmseg.models.sam")

@@ -3,64 +3,52 @@
 -- prompts in image pixels. Writes the mask with the best predicted IoU as
 -- a 0/255 PNG, prints every mask's IoU prediction, and optionally an
 -- overlay of that mask on the image.
+local args = require("fmseg.args")
 local cli = require("fmseg.cli")
 
 local M = {}
 
 local USAGE = "sam --model DIR IMAGE --point x,y[,label] --box x0,y0,x1,y1 [--single] -o MASK.png [--overlay FILE]"
 
-local function numbers(s, what, min, max)
-  local out = {}
-  for item in s:gmatch("[^,]+") do
-    local v = tonumber(item)
-    if not v then error(("sam: %s '%s': '%s' is not a number"):format(what, s, item), 0) end
-    out[#out + 1] = v
+-- "x,y[,label]", "x0,y0,x1,y1" → a list of min..max numbers, or nil and why
+local function numbers(min, max)
+  return function(s)
+    local out = {}
+    for item in s:gmatch("[^,]+") do
+      local v = tonumber(item)
+      if not v then return nil, ("'%s' is not a number"):format(item) end
+      out[#out + 1] = v
+    end
+    if #out < min or #out > max then
+      return nil, ("needs %s numbers"):format(min == max and min or (min .. " or " .. max))
+    end
+    return out
   end
-  if #out < min or #out > max then
-    error(("sam: %s '%s' needs %s numbers"):format(what, s, min == max and min or (min .. " or " .. max)), 0)
-  end
-  return out
 end
 
-function M.parse(args)
-  local opts, i = { points = {}, labels = {} }, 1
-  local function value(a)
-    local v = args[i + 1]
-    if not v then error(("sam: %s needs a value (fmseg %s)"):format(a, USAGE), 0) end
-    i = i + 2
-    return v
+local parser = args.parser("sam", USAGE, {
+  { "--model", metavar = "DIR", required = true, help = "SAM model directory" },
+  { "--point", metavar = "x,y[,label]", type = numbers(2, 3), list = true,
+    help = "a point in image pixels; label 1 (default) foreground, 0 background" },
+  { "--box", metavar = "x0,y0,x1,y1", type = numbers(4, 4), help = "a box in image pixels" },
+  { "--single", type = "flag", help = "one mask instead of three" },
+  { "-o", "--output", metavar = "MASK.png", help = "the best mask, 0/255" },
+  { "-overlay", "--overlay", metavar = "FILE", help = "the best mask over the image (PNG or JPEG)" },
+}, { { "image", required = true } })
+
+-- argv → { model, image, points = {{x, y}...}, labels, box, single, output,
+-- overlay }, or nil after printing the help
+function M.parse(argv)
+  local o = parser:parse(argv)
+  if not o then return nil end
+  o.points, o.labels = {}, {}
+  for k, p in ipairs(o.point) do
+    o.points[k], o.labels[k] = { p[1], p[2] }, p[3] or 1
   end
-  while i <= #args do
-    local a = args[i]
-    if a == "--model" then
-      opts.model = value(a)
-    elseif a == "--point" then
-      local p = numbers(value(a), "--point", 2, 3)
-      opts.points[#opts.points + 1] = { p[1], p[2] }
-      opts.labels[#opts.labels + 1] = p[3] or 1
-    elseif a == "--box" then
-      opts.box = numbers(value(a), "--box", 4, 4)
-    elseif a == "-o" or a == "--output" then
-      opts.output = value(a)
-    elseif a == "--overlay" or a == "-overlay" then
-      opts.overlay = value(a)
-    elseif a == "--single" then
-      opts.single = true
-      i = i + 1
-    elseif a:sub(1, 1) == "-" then
-      error(("sam: unknown option '%s' (fmseg %s)"):format(a, USAGE), 0)
-    elseif not opts.image then
-      opts.image = a
-      i = i + 1
-    else
-      error(("sam: unexpected argument '%s'"):format(a), 0)
-    end
-  end
-  if not opts.model then error("sam: no --model given (fmseg " .. USAGE .. ")", 0) end
-  if not opts.image then error("sam: no image given (fmseg " .. USAGE .. ")", 0) end
-  if #opts.points == 0 and not opts.box then error("sam: give at least one --point or a --box", 0) end
-  if not opts.output and not opts.overlay then error("sam: give -o MASK.png and/or --overlay FILE", 0) end
-  return opts
+  o.point = nil
+  if #o.points == 0 and not o.box then error("sam: give at least one --point or a --box", 0) end
+  if not o.output and not o.overlay then error("sam: give -o MASK.png and/or --overlay FILE", 0) end
+  return o
 end
 
 -- mask (H, W) uint8 0/1 over img (H, W, 3) in SAM's demo blue
@@ -70,8 +58,9 @@ local function overlay(img, mask)
   return viz.overlay(img, labels, { palette = { 30, 144, 255 }, alpha = 0.6 })
 end
 
-function M.run(args)
-  local opts = M.parse(args)
+function M.run(argv)
+  local opts = M.parse(argv)
+  if not opts then return 0 end
   local image = require("fmseg.image")
   local sam = require("fmseg.models.sam")
   local img = image.load(opts.image)
