@@ -7,7 +7,9 @@
 
 CC      ?= cc
 ARCH    := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
-# The OpenMP build of OpenBLAS shares one thread pool with our OpenMP loops;
+# The OpenMP build of OpenBLAS shares one thread pool with our OpenMP loops
+# (LAPACKE is linked statically: the shared one would load the default,
+# pthread OpenBLAS beside it);
 # two pools spinning on two cores cost 2-3x (see DESIGN.md, threads).
 BLASDIR := /usr/lib/$(ARCH)/openblas-openmp
 CFLAGS  ?= -O3 -march=x86-64-v2 -mtune=native
@@ -15,7 +17,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -fop
            -Icore -I/usr/include/stb -I/usr/include/luajit-2.1
 comma   := ,
 BLAS    := $(if $(wildcard $(BLASDIR)/libopenblas.so),-L$(BLASDIR) -Wl$(comma)-rpath$(comma)$(BLASDIR)) -lopenblas
-LIBS    := $(BLAS) -llapacke -lyaml -lcjson -lm -fopenmp
+LIBS    := $(BLAS) -l:liblapacke.a -lyaml -lcjson -lm -fopenmp
 LUAJIT  := -lluajit-5.1
 
 DEPS_DEB := build-essential luajit libluajit-5.1-dev libopenblas-openmp-dev libopenblas-dev \

@@ -174,6 +174,14 @@ typedef enum fm_interp_mode { FM_NEAREST = 0, FM_BILINEAR = 1, FM_BICUBIC = 2 } 
 int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode,
                    int32_t align_corners, int32_t antialias);
 
+/* As F.interpolate(x, scale_factor=(scale_h, scale_w)) with the output
+ * size given by `out` (torch: floor(in * scale)): source pixels are placed
+ * by 1 / scale rather than by the size ratio. Bilinear or bicubic, no
+ * antialias. The CLIP methods built on SCLIP's code resample position
+ * embeddings this way (scale (g + 0.1) / grid). */
+int fm_interpolate_scale(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
+                         double scale_h, double scale_w);
+
 /* PIL Image.resize on 8-bit images: img (H, W, C) U8 -> out (OH, OW, C) U8.
  * mode FM_BILINEAR or FM_BICUBIC (PIL's a = -0.5), always antialiased. */
 int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode);

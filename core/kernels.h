@@ -1,5 +1,5 @@
 /* kernels.h — private helpers shared by the kernel files (linalg.c, nn.c,
- * conv.c, attention.c). Not part of the public header. */
+ * conv.c, attention.c, sam_attention.c). Not part of the public header. */
 #ifndef FMSEG_KERNELS_H
 #define FMSEG_KERNELS_H
 
@@ -60,5 +60,60 @@ static inline float fm__expf(float x) {
  * key masked) becomes all zeros, where PyTorch would give NaN: a fully
  * masked query then contributes nothing instead of poisoning the output. */
 void fm__softmax_row(float *row, int64_t n);
+
+/* ---- blocked multi-head attention (attention.c, sam_attention.c) --------
+ *
+ * Both attention kernels cut their work into units of (batch, head, block
+ * of query rows); a unit computes its block of scores, changes it (mask,
+ * relative positions), takes the softmax and multiplies by V. What they
+ * share is here; the bodies are in attention.c. */
+
+/* One call's q, k, v, out and probs and their layout:
+ * q (B, Tq, H*D), k (B, Tk, H*D), v (B, Tk, H*Dv), out (B, Tq, H*Dv),
+ * probs NULL or (B, H, Tq, Tk). q, k, v may be views: any batch and token
+ * strides, contiguous last dim. */
+typedef struct fm__heads {
+  const float *q, *k, *v;
+  float *out, *probs;
+  int64_t b, tq, tk, h, d, dv;
+  int64_t qb, qt, kb, kt, vb, vt;  // batch and token strides of q, k, v
+  float scale;
+} fm__heads;
+
+/* Checks q, k, v, out and probs against each other for `heads` heads and
+ * fills *a; errors start with `who` ("fm_attention"). */
+bool fm__heads_check(fm__heads *a, const char *who, const fm_tensor *out, const fm_tensor *q,
+                     const fm_tensor *k, const fm_tensor *v, int64_t heads, fm_tensor *probs);
+
+/* How the units are cut: `rows` query rows per block, `nblk` blocks per
+ * (batch, head), `units` in all, over `threads` threads. */
+typedef struct fm__attn_plan {
+  int64_t rows, nblk, units, threads;
+} fm__attn_plan;
+
+/* Rows per block: `budget` floats of scores per thread / Tk, cut finer when
+ * there are fewer (batch, head) pairs than threads. Needs Tq, Tk > 0. */
+fm__attn_plan fm__attn_plan_for(const fm__heads *a, int64_t budget);
+
+/* Unit u → batch *bi, head *hi, first query row *r0 and *nr rows. */
+static inline void fm__attn_unit(const fm__heads *a, const fm__attn_plan *p, int64_t u,
+                                 int64_t *bi, int64_t *hi, int64_t *r0, int64_t *nr) {
+  *bi = u / (a->h * p->nblk), *hi = u / p->nblk % a->h, *r0 = u % p->nblk * p->rows;
+  *nr = a->tq - *r0 < p->rows ? a->tq - *r0 : p->rows;
+}
+
+/* Row r0 of head hi's queries in batch bi (D floats, rows qt apart). */
+static inline const float *fm__attn_q(const fm__heads *a, int64_t bi, int64_t hi, int64_t r0) {
+  return a->q + bi * a->qb + r0 * a->qt + hi * a->d;
+}
+
+/* s (nr, Tk) = scale * q (nr, D) . k (Tk, D)ᵀ for rows r0.. of head hi;
+ * zeros when D = 0. */
+void fm__attn_scores(const fm__heads *a, int64_t bi, int64_t hi, int64_t r0, int64_t nr,
+                     float *s);
+
+/* out rows r0.. of head hi (nr, Dv) = s (nr, Tk) . v (Tk, Dv) */
+void fm__attn_values(const fm__heads *a, int64_t bi, int64_t hi, int64_t r0, int64_t nr,
+                     const float *s);
 
 #endif

@@ -51,8 +51,11 @@ static int64_t fm__clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? 
 
 /* PyTorch computes scales and source positions in float for float input;
  * we do the same so that index choices agree with it bit for bit. */
-static float fm__area_scale(int64_t in, int64_t out, int32_t align_corners) {
+/* sf > 0: the caller's scale_factor, which torch uses instead of the
+ * size ratio to place source pixels (area_pixel_compute_scale). */
+static float fm__area_scale(int64_t in, int64_t out, int32_t align_corners, double sf) {
   if (align_corners) return out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+  if (sf > 0) return (float)(1.0 / sf);
   return (float)in / (float)out;
 }
 
@@ -87,13 +90,13 @@ static void fm__guard(float real, int64_t in, int64_t *index, float *lambda) {
   *lambda = l < 0.0f ? 0.0f : l > 1.0f ? 1.0f : l;
 }
 
-static bool fm__axis_linear(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners) {
+static bool fm__axis_linear(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners, double sf) {
   if (!fm__axis_alloc(ax, out, 2)) return false;
-  float scale = fm__area_scale(in, out, align_corners);
+  float scale = fm__area_scale(in, out, align_corners, sf);
   for (int64_t i = 0; i < out; ++i) {
     int64_t *idx = ax->index + 2 * i;
     float *w = ax->weight + 2 * i;
-    if (in == out) {
+    if (in == out && sf <= 0) {
       idx[0] = idx[1] = i;
       w[0] = 1.0f;
       w[1] = 0.0f;
@@ -116,10 +119,10 @@ static double fm__cubic2(double x, double a) { return ((a * x - 5 * a) * x + 8 *
 
 /* torch bicubic: A = -0.75, four taps around floor(src), reads clamped to
  * the border. */
-static bool fm__axis_cubic(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners) {
+static bool fm__axis_cubic(fm__axis *ax, int64_t in, int64_t out, int32_t align_corners, double sf) {
   if (!fm__axis_alloc(ax, out, 4)) return false;
   const float a = -0.75f;
-  float scale = fm__area_scale(in, out, align_corners);
+  float scale = fm__area_scale(in, out, align_corners, sf);
   for (int64_t i = 0; i < out; ++i) {
     int64_t i0;
     float t;
@@ -189,7 +192,7 @@ static int64_t fm__aa_window(int64_t in, int64_t out, double scale, double (*fil
 static bool fm__axis_aa(fm__axis *ax, int64_t in, int64_t out, int32_t mode, int32_t align_corners) {
   double *w = NULL;
   int64_t *first = NULL, *count = NULL;
-  double scale = fm__area_scale(in, out, align_corners);
+  double scale = fm__area_scale(in, out, align_corners, 0);
   int64_t taps = mode == FM_BICUBIC ? fm__aa_window(in, out, scale, fm__aa_cubic, 2.0, &w, &first, &count)
                                     : fm__aa_window(in, out, scale, fm__aa_linear, 1.0, &w, &first, &count);
   if (taps < 0) return false;
@@ -206,11 +209,11 @@ static bool fm__axis_aa(fm__axis *ax, int64_t in, int64_t out, int32_t mode, int
 }
 
 static bool fm__axis_make(fm__axis *ax, int64_t in, int64_t out, int32_t mode, int32_t align_corners,
-                          int32_t antialias) {
+                          int32_t antialias, double sf) {
   if (antialias) return fm__axis_aa(ax, in, out, mode, align_corners);
   if (mode == FM_NEAREST) return fm__axis_nearest(ax, in, out);
-  if (mode == FM_BILINEAR) return fm__axis_linear(ax, in, out, align_corners);
-  return fm__axis_cubic(ax, in, out, align_corners);
+  if (mode == FM_BILINEAR) return fm__axis_linear(ax, in, out, align_corners, sf);
+  return fm__axis_cubic(ax, in, out, align_corners, sf);
 }
 
 /* x: (P, H, W) -> tmp: (P, H, OW) -> out: (P, OH, OW), P = N * C planes. */
@@ -246,8 +249,8 @@ static void fm__resample(float *out, const float *x, float *tmp, int64_t planes,
 }
 
 // x: (N, C, H, W) -> out: (N, C, OH, OW)
-int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
-                   int32_t antialias) {
+static int fm__interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
+                           int32_t antialias, double sf_h, double sf_w) {
   char a[128], b[128];
   if (!fm__check_input(x, "fm_interpolate: x") || !fm__check_output(out, "fm_interpolate: out"))
     return -1;
@@ -267,8 +270,8 @@ int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t ali
   fm__axis ay = {0}, ax = {0};
   float *tmp = NULL;
   int rc = -1;
-  if (!fm__axis_make(&ay, h, oh, mode, align_corners, antialias) ||
-      !fm__axis_make(&ax, w, ow, mode, align_corners, antialias))
+  if (!fm__axis_make(&ay, h, oh, mode, align_corners, antialias, sf_h) ||
+      !fm__axis_make(&ax, w, ow, mode, align_corners, antialias, sf_w))
     goto done;
   tmp = malloc((size_t)(planes * h * ow) * sizeof *tmp);
   if (!tmp) {
@@ -282,6 +285,19 @@ done:
   fm__axis_free(&ay);
   fm__axis_free(&ax);
   return rc;
+}
+
+int fm_interpolate(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
+                   int32_t antialias) {
+  return fm__interpolate(out, x, mode, align_corners, antialias, 0, 0);
+}
+
+int fm_interpolate_scale(fm_tensor *out, const fm_tensor *x, int32_t mode, int32_t align_corners,
+                         double scale_h, double scale_w) {
+  if (mode == FM_NEAREST) return fm__error("fm_interpolate_scale: bilinear or bicubic only");
+  if (!(scale_h > 0) || !(scale_w > 0))
+    return fm__error("fm_interpolate_scale: scale factors must be positive, got %g and %g", scale_h, scale_w);
+  return fm__interpolate(out, x, mode, align_corners, 0, scale_h, scale_w);
 }
 
 /* ---- PIL ------------------------------------------------------------------ */

@@ -59,7 +59,8 @@ function recipe.setup(params, models, classes)
   if params.arch ~= "reduced" and params.arch ~= "vanilla" then
     error(("naclip: arch must be 'reduced' or 'vanilla', got '%s'"):format(tostring(params.arch)), 0)
   end
-  local state = clipseg.setup(params, models.clip, classes, { dense = clipseg.last_block_method(recipe.last_block) })
+  local dense = clipseg.last_block_method(recipe.last_block, clipseg.SCLIP_POSITIONS)
+  local state = clipseg.setup(params, models.clip, classes, { dense = dense })
   state.omega = {}
   return state
 end

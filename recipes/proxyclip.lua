@@ -47,7 +47,10 @@ function recipe.proxy_features(vfm, xv)
     local d, i, j = emb:size(2), emb:size(3), emb:size(4)
     return emb:reshape(d, i * j):t():contiguous(), i, j
   end
-  local out = vfm:encode_image(xv)
+  -- The torch.hub models ProxyCLIP loads resample positions by scale_factor
+  -- (DINO, DINOv2); the DINOv2 register models by antialiased size.
+  local positions = vfm.kind.antialias and {} or { position_offset = 0.1 }
+  local out = vfm:encode_image(xv, positions)
   local tokens = out.last_hidden_state:select(1, 1)                         -- (T, D)
   local n = tokens:size(1) - vfm.num_prefix_tokens
   return tokens:narrow(1, vfm.num_prefix_tokens + 1, n):contiguous(), out.grid[1], out.grid[2]
@@ -89,7 +92,8 @@ function recipe.dense(state, x)
   local blocks = model.vision.layers
   local p = model.vision.config.patch_size
   local grid = { math.floor(x:size(3) / p), math.floor(x:size(4) / p) }
-  local y = recipe.last_block(blocks[#blocks], clipseg.tokens_before(model, x, 1), attn, grid, { i, j })
+  local tokens = clipseg.tokens_before(model, x, 1, clipseg.SCLIP_POSITIONS)   -- open_clip's resampling
+  local y = recipe.last_block(blocks[#blocks], tokens, attn, grid, { i, j })
   attn:free()
   local out = model:head(y):select(1, 1):contiguous()                       -- no class token here
   return out, i, j

@@ -25,7 +25,8 @@ function recipe.last_block(block, x)
 end
 
 function recipe.setup(params, models, classes)
-  return clipseg.setup(params, models.clip, classes, { dense = clipseg.last_block_method(recipe.last_block) })
+  local dense = clipseg.last_block_method(recipe.last_block, clipseg.SCLIP_POSITIONS)
+  return clipseg.setup(params, models.clip, classes, { dense = dense })
 end
 
 recipe.segment = clipseg.segment

@@ -62,14 +62,15 @@ end
 
 -- The usage line and one line per option.
 function Parser:help()
-  local lines = { "usage: fmseg " .. self.usage }
+  local lines, width = { "usage: fmseg " .. self.usage }, 0
+  for _, spec in ipairs(self.options) do width = math.max(width, #describe(spec)) end
   for _, spec in ipairs(self.options) do
     local notes = {}
     if spec.help then notes[#notes + 1] = spec.help end
     if spec.choices then notes[#notes + 1] = table.concat(spec.choices, " | ") end
     if spec.default ~= nil then notes[#notes + 1] = "default " .. tostring(spec.default) end
     if spec.required then notes[#notes + 1] = "required" end
-    lines[#lines + 1] = ("  %-28s %s"):format(describe(spec), table.concat(notes, "; "))
+    lines[#lines + 1] = ("  %-" .. width .. "s  %s"):format(describe(spec), table.concat(notes, "; "))
   end
   return table.concat(lines, "\n")
 end

@@ -1,6 +1,8 @@
 -- fmseg.cli — the command line. Each sub-command is a function taking the
 -- remaining arguments and returning an exit code; errors raised anywhere
 -- reach main.c, which prints one line and exits 1.
+local args = require("fmseg.args")
+
 local M = {}
 
 local COMMANDS = {}   -- name -> { run = fn, usage = "...", help = "..." }
@@ -50,38 +52,29 @@ command("info", "info PATH", "tensors of a safetensors file or model directory; 
   return require("fmseg.info").run(path)
 end)
 
-command("parity", "parity DIR [--dump FILE]", "compare a model directory with its reference tensors", function(args)
-  local dir, dump
-  local i = 1
-  while i <= #args do
-    if args[i] == "--dump" then
-      dump = args[i + 1]
-      if not dump then error("parity: --dump needs a file name", 0) end
-      i = i + 2
-    elseif not dir then
-      dir = args[i]; i = i + 1
-    else
-      error("parity: unexpected argument '" .. args[i] .. "'", 0)
-    end
-  end
-  if not dir then error("parity: no directory given (fmseg parity DIR [--dump FILE])", 0) end
-  return require("fmseg.parity").run(dir, { dump = dump })
+local PARITY = args.parser("parity", "parity DIR [--dump FILE]", {
+  { "--dump", metavar = "FILE", help = "write our tensors as safetensors" },
+}, { { "dir", label = "directory", required = true } })
+
+command("parity", PARITY.usage, "compare a model directory with its reference tensors", function(argv)
+  local opts = PARITY:parse(argv)
+  if not opts then return 0 end
+  return require("fmseg.parity").run(opts.dir, { dump = opts.dump })
 end)
 
 command("segment", "segment CONFIG IMAGE... [-o DIR] [--set k=v]", "segment images with a config's recipe", function(args)
   return require("fmseg.segment").command(args)
 end)
 
-command("print-config", "print-config CONFIG [--set k=v]", "print the resolved config", function(args)
-  local path, sets = nil, {}
-  local i = 1
-  while i <= #args do
-    if args[i] == "--set" then sets[#sets + 1] = args[i + 1]; i = i + 2
-    else path = path or args[i]; i = i + 1 end
-  end
-  if not path then error("print-config: no config given", 0) end
+local PRINT_CONFIG = args.parser("print-config", "print-config CONFIG [--set k=v]", {
+  { "--set", metavar = "k=v", key = "sets", list = true, help = "override a config key" },
+}, { { "config", required = true } })
+
+command("print-config", PRINT_CONFIG.usage, "print the resolved config", function(argv)
+  local opts = PRINT_CONFIG:parse(argv)
+  if not opts then return 0 end
   local config = require("fmseg.config")
-  io.write(config.dump(config.load(path, sets)))
+  io.write(config.dump(config.load(opts.config, opts.sets)))
   return 0
 end)
 

@@ -343,14 +343,18 @@ function M.head_patches(model, tokens)
   return y:select(1, 1):narrow(1, 2, n):contiguous()
 end
 
+-- How the SCLIP code base (SCLIP, ClearCLIP, NACLIP, ProxyCLIP) resamples
+-- position embeddings for other window sizes.
+M.SCLIP_POSITIONS = { position_offset = 0.1 }
+
 -- The dense function of a method that replaces CLIP's last block:
 -- last_block(block, x (B, T, C), state, grid) → tokens (B, T, C)[, extra];
 -- the patch tokens go through the head.
-function M.last_block_method(last_block)
+function M.last_block_method(last_block, encode_opts)
   return function(state, x)
     local model = state.model
     local blocks = model.vision.layers
-    local tokens = M.tokens_before(model, x, 1)
+    local tokens = M.tokens_before(model, x, 1, encode_opts)
     local p = model.vision.config.patch_size
     local gh, gw = math.floor(x:size(3) / p), math.floor(x:size(4) / p)
     local y, extra = last_block(blocks[#blocks], tokens, state, { gh, gw })

@@ -186,6 +186,27 @@ end
 -- A sub-folder of a diffusers pipeline as its own directory.
 function Dir:sub(name) return M.open(self.path .. "/" .. name) end
 
+-- settings(section, defaults): the keys of `defaults`, each from the config
+-- section (a table or nil) where it is given, else the default — the
+-- reference config class's defaults, which a config.json may leave out.
+function M.settings(section, defaults)
+  section = section or {}
+  local out = {}
+  for k, v in pairs(defaults) do out[k] = M.cfg(section, k, v) end
+  return out
+end
+
+-- load_model(path, new, opts): the model directory `path` built by
+-- new(config, weights, opts), the weights of opts.variant ("fp16" picks
+-- model.fp16.safetensors); model.path is the directory.
+function M.load_model(path, new, opts)
+  opts = opts or {}
+  local dir = M.open(path)
+  local model = new(dir.config, dir:weights(opts.variant), opts)
+  model.path = dir.path
+  return model
+end
+
 -- config value with a default; `key` may be dotted ("vision_config.hidden_size")
 function M.cfg(config, key, default)
   local node = config

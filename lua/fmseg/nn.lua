@@ -121,14 +121,20 @@ end
 local MODES = { nearest = C.FM_NEAREST, bilinear = C.FM_BILINEAR, bicubic = C.FM_BICUBIC }
 
 -- x: (N, C, H, W) → (N, C, oh, ow), torch.nn.functional.interpolate.
--- opts: mode ("bilinear"), align_corners (false), antialias (false)
+-- opts: mode ("bilinear"), align_corners (false), antialias (false),
+-- scale ({sh, sw}: torch's scale_factor, whose output size is oh x ow)
 function nn.interpolate(x, oh, ow, opts)
   opts = opts or {}
   local mode = MODES[opts.mode or "bilinear"]
   if not mode then error("interpolate: unknown mode '" .. tostring(opts.mode) .. "'", 2) end
   local shape = x:shape()
   local out = T.empty({ shape[1], shape[2], oh, ow })
-  check(C.fm_interpolate(out, dense(x), mode, opts.align_corners and 1 or 0, opts.antialias and 1 or 0))
+  if opts.scale then
+    -- torch's scale_factor: places source pixels by 1 / scale
+    check(C.fm_interpolate_scale(out, dense(x), mode, opts.align_corners and 1 or 0, opts.scale[1], opts.scale[2]))
+  else
+    check(C.fm_interpolate(out, dense(x), mode, opts.align_corners and 1 or 0, opts.antialias and 1 or 0))
+  end
   return out
 end
 

@@ -50,6 +50,21 @@ function M.within(e, override)
   return (override.abs == nil or e.abs <= override.abs) and (override.rel == nil or e.rel <= override.rel)
 end
 
+-- Puts what an encoder run kept (fmseg.models.transformer.encode's result)
+-- into `out` under the fixtures' names: PREFIX.hidden_states.i (0 = the
+-- encoder input), PREFIX.attentions.i for our block i + 1 (the reference
+-- counts layers from 0) and PREFIX.last.{ln1,q,k,v}.
+function M.add_encoder(out, prefix, run)
+  if run.hidden_states then
+    for i = 0, #run.hidden_states do out[prefix .. "hidden_states." .. i] = run.hidden_states[i] end
+  end
+  for i, a in ipairs(run.attentions or {}) do out[prefix .. "attentions." .. (i - 1)] = a end
+  if run.qkv then
+    for _, k in ipairs({ "ln1", "q", "k", "v" }) do out[prefix .. "last." .. k] = run.qkv[k] end
+  end
+  return out
+end
+
 function M.run(dir, opts)
   opts = opts or {}
   dir = dir:gsub("/+$", "")

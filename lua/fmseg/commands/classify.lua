@@ -2,44 +2,26 @@
 -- zero-shot classification of one image with the checkpoint's own
 -- preprocessing (preprocessor_config.json) and tokenizer; prints the
 -- softmax over the labels of logits_per_image, most likely first.
+local args = require("fmseg.args")
 local cli = require("fmseg.cli")
 
 local M = {}
 
+-- "a cat, a dog" → { "a cat", "a dog" }, or nil and why
 local function split_labels(s)
   local out = {}
   for item in s:gmatch("[^,]+") do
     item = item:gsub("^%s+", ""):gsub("%s+$", "")
     if item ~= "" then out[#out + 1] = item end
   end
+  if #out == 0 then return nil, "no labels in it" end
   return out
 end
 
-local function parse(args)
-  local opts, i = {}, 1
-  while i <= #args do
-    local a = args[i]
-    if a == "--model" or a == "--labels" then
-      local v = args[i + 1]
-      if not v then error(("classify: %s needs a value"):format(a), 0) end
-      opts[a:sub(3)] = v
-      i = i + 2
-    elseif a:sub(1, 2) == "--" then
-      error(("classify: unknown option '%s'"):format(a), 0)
-    elseif not opts.image then
-      opts.image = a; i = i + 1
-    else
-      error(("classify: unexpected argument '%s'"):format(a), 0)
-    end
-  end
-  local usage = ' (fmseg classify --model DIR IMAGE --labels "a cat,a dog")'
-  if not opts.model then error("classify: no --model given" .. usage, 0) end
-  if not opts.image then error("classify: no image given" .. usage, 0) end
-  if not opts.labels then error("classify: no --labels given" .. usage, 0) end
-  opts.labels = split_labels(opts.labels)
-  if #opts.labels == 0 then error("classify: --labels is empty" .. usage, 0) end
-  return opts
-end
+local parser = args.parser("classify", 'classify --model DIR IMAGE --labels "a cat,a dog"', {
+  { "--model", metavar = "DIR", required = true, help = "CLIP model directory" },
+  { "--labels", metavar = "A,B,...", type = split_labels, required = true, help = "comma-separated labels" },
+}, { { "image", required = true } })
 
 -- → { {label =, prob =}, ... } in the order of `labels`
 function M.classify(model_dir, image_path, labels)
@@ -56,8 +38,9 @@ function M.classify(model_dir, image_path, labels)
   return out
 end
 
-function M.run(args)
-  local opts = parse(args)
+function M.run(argv)
+  local opts = parser:parse(argv)
+  if not opts then return 0 end
   local result = M.classify(opts.model, opts.image, opts.labels)
   table.sort(result, function(a, b) return a.prob > b.prob end)
   print(("%s (%s)"):format(opts.image, opts.model))

@@ -8,7 +8,7 @@ local cli = require("fmseg.cli")
 local USAGE = "merge RUN_DIR... [-o OUT_DIR]"
 
 local parser = args.parser("merge", USAGE, {
-  { "-o", "--out", metavar = "OUT_DIR", help = "default: the first run directory" },
+  { "-o", "--out", metavar = "OUT_DIR", help = "default: the run directory, when only one is given" },
 }, { { "dirs", label = "run directories", required = true, list = true } })
 
 cli.command("merge", USAGE, "combine the shards of an evaluation", function(argv)

@@ -74,13 +74,6 @@ local TEXT_DEFAULTS = {
 }
 local PROJECTION_DIM = 512
 
-local function settings(section, defaults)
-  section = section or {}
-  local out = {}
-  for k, v in pairs(defaults) do out[k] = hf.cfg(section, k, v) end
-  return out
-end
-
 -- Checkpoint names of a CLIPEncoderLayer's modules.
 local LAYER_NAMES = {
   ln1 = "layer_norm1", q = "self_attn.q_proj", k = "self_attn.k_proj", v = "self_attn.v_proj",
@@ -145,14 +138,14 @@ CLIP.__index = CLIP
 -- ref: transformers/models/clip/modeling_clip.py, CLIPModel
 function M.new(config, weights, opts)
   opts = opts or {}
-  local vcfg = settings(config.vision_config or config.vision_config_dict, VISION_DEFAULTS)
+  local vcfg = hf.settings(config.vision_config or config.vision_config_dict, VISION_DEFAULTS)
   local pdim = hf.cfg(config, "projection_dim", PROJECTION_DIM)
   local self = setmetatable({ config = config, projection_dim = pdim }, CLIP)
   self.vision = vision_tower(weights, vcfg)
   self.visual_projection = { weight = param(weights, "visual_projection.weight", { pdim, vcfg.hidden_size }) }
   local used = { "vision_model.", "visual_projection." }
   if opts.text ~= false then
-    local tcfg = settings(config.text_config or config.text_config_dict, TEXT_DEFAULTS)
+    local tcfg = hf.settings(config.text_config or config.text_config_dict, TEXT_DEFAULTS)
     self.text = text_tower(weights, tcfg, "text_model.")
     self.text_projection = { weight = param(weights, "text_projection.weight", { pdim, tcfg.hidden_size }) }
     self.logit_scale = param(weights, "logit_scale", {}):item()
@@ -166,13 +159,7 @@ end
 
 -- load(path, opts): a CLIPModel directory; opts.variant ("fp16") picks
 -- model.<variant>.safetensors; other opts as for new.
-function M.load(path, opts)
-  opts = opts or {}
-  local dir = hf.open(path)
-  local model = M.new(dir.config, dir:weights(opts.variant), opts)
-  model.path = dir.path
-  return model
-end
+function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 
 -- new_text(config, weights, opts): a CLIPTextModel (the text tower alone, no
 -- projection; Stable Diffusion's text_encoder/), config = its config.json.
@@ -183,7 +170,7 @@ end
 function M.new_text(config, weights, opts)
   opts = opts or {}
   local pre = weights:has("text_model.embeddings.token_embedding.weight") and "text_model." or ""
-  local model = text_tower(weights, settings(config, TEXT_DEFAULTS), pre)
+  local model = text_tower(weights, hf.settings(config, TEXT_DEFAULTS), pre)
   if opts.strict ~= false and weights.check_all_used then
     weights:check_all_used(nil, { "position_ids$" })
   end
@@ -191,13 +178,7 @@ function M.new_text(config, weights, opts)
 end
 
 -- load_text(path, opts): a CLIPTextModel directory; opts as for load.
-function M.load_text(path, opts)
-  opts = opts or {}
-  local dir = hf.open(path)
-  local model = M.new_text(dir.config, dir:weights(opts.variant), opts)
-  model.path = dir.path
-  return model
-end
+function M.load_text(path, opts) return hf.load_model(path, M.new_text, opts) end
 
 -- Vision ------------------------------------------------------------------------------
 
@@ -205,12 +186,15 @@ end
 -- ref: transformers/models/clip/modeling_clip.py, CLIPVisionEmbeddings
 -- opts.antialias_positions: PyTorch's antialiased bicubic for the position
 -- embeddings (GEM's resample_abs_pos_embed) instead of transformers' plain one.
+-- opts.position_offset: SCLIP's scale_factor resampling (see
+-- transformer.interpolate_positions).
 function CLIP:embed_image(pixel_values, opts)
   local e = self.vision.embeddings
   local patches, gh, gw = transformer.patchify(pixel_values, e.patch_embedding)
   local x = transformer.prepend(e.class_embedding, patches)
   x:add_(transformer.interpolate_positions(e.position_embedding, gh, gw,
-                                            { antialias = opts and opts.antialias_positions }))
+                                            { antialias = opts and opts.antialias_positions,
+                                              offset = opts and opts.position_offset }))
   local ln = self.vision.pre_layrnorm
   local h = nn.layer_norm(x, ln.weight, ln.bias, self.vision.config.layer_norm_eps)
   x:free()

@@ -60,13 +60,6 @@ local TORCH_LAYER_NORM_EPS = 1e-5
 -- SamFeedForward depth of the output hypernetwork MLPs (fixed in the reference).
 local HYPERNETWORK_DEPTH = 3
 
-local function settings(section, defaults)
-  section = section or {}
-  local out = {}
-  for k, v in pairs(defaults) do out[k] = hf.cfg(section, k, v) end
-  return out
-end
-
 local function is_global(cfg, i0)
   for _, g in ipairs(cfg.global_attn_indexes) do
     if g == i0 then return true end
@@ -263,12 +256,12 @@ end
 -- ref: transformers/models/sam/modeling_sam.py, SamModel
 function M.new(config, weights, opts)
   opts = opts or {}
-  local v = settings(config.vision_config, VISION_DEFAULTS)
+  local v = hf.settings(config.vision_config, VISION_DEFAULTS)
   v.mlp_dim = hf.cfg(config.vision_config or {}, "mlp_dim", math.floor(v.hidden_size * v.mlp_ratio))
-  local p = settings(config.prompt_encoder_config, PROMPT_DEFAULTS)
+  local p = hf.settings(config.prompt_encoder_config, PROMPT_DEFAULTS)
   -- SamPromptEncoderConfig derives it, whatever config.json says
   p.image_embedding_size = math.floor(p.image_size / p.patch_size)
-  local d = settings(config.mask_decoder_config, DECODER_DEFAULTS)
+  local d = hf.settings(config.mask_decoder_config, DECODER_DEFAULTS)
   check_config(v, p, d)
   local self = setmetatable({ config = { vision = v, prompt = p, decoder = d } }, SAM)
   -- SamPositionalEmbedding's Gaussian matrix; the prompt encoder holds a
@@ -288,12 +281,7 @@ function M.new(config, weights, opts)
 end
 
 -- load(path, opts): a SamModel directory (config.json + model.safetensors).
-function M.load(path, opts)
-  local dir = hf.open(path)
-  local model = M.new(dir.config, dir:weights(opts and opts.variant), opts)
-  model.path = dir.path
-  return model
-end
+function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 
 -- A predictor (embed once, prompt many times) over `model`; see
 -- fmseg.sam.predictor.

@@ -65,6 +65,17 @@ end
 
 function M.linear(x, l) return nn.linear(x, l.weight, l.bias) end
 
+-- x (N, C, H, W) → conv(act(group_norm(x))), the UNet's and the VAE's
+-- output head (conv_norm_out, conv_act, conv_out); x is kept.
+-- norm_spec: groups, eps, act.
+function M.norm_act_conv(x, norm, norm_spec, conv, padding)
+  local g = nn.group_norm(x, norm_spec.groups, norm.weight, norm.bias, norm_spec.eps)
+  M.act_(g, norm_spec.act)
+  local out = M.conv(g, conv, 1, padding)
+  g:free()
+  return out
+end
+
 -- A view left to the garbage collector keeps its storage alive until a
 -- collection, which C memory does not trigger; the views made on the way
 -- in these helpers are released at once.

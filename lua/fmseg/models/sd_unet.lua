@@ -289,6 +289,13 @@ local function resnet_spec(cfg, ic, oc, scale)
            time_embedding_norm = cfg.time_scale_shift }
 end
 
+-- Transformer2DModel of a block with c channels
+local function transformer_spec(cfg, c, heads, layers, cross_attention_dim, only_cross)
+  return { in_channels = c, heads = heads, head_dim = math.floor(c / heads), layers = layers,
+           cross_attention_dim = cross_attention_dim, groups = cfg.groups,
+           use_linear_projection = cfg.use_linear_projection, only_cross = only_cross }
+end
+
 local CROSS = { CrossAttnDownBlock2D = true, CrossAttnUpBlock2D = true }
 
 local function check_block_type(kind, allowed)
@@ -311,10 +318,8 @@ local function load_down_block(w, cfg, i, in_ch, out_ch)
     local ic = j == 1 and in_ch or out_ch
     block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), resnet_spec(cfg, ic, out_ch))
     if block.attentions then
-      block.attentions[j] = load_transformer(w, ("%sattentions.%d."):format(p, j - 1), {
-        in_channels = out_ch, heads = heads, head_dim = math.floor(out_ch / heads), layers = tl[j],
-        cross_attention_dim = cfg.cross_attention_dim[i], groups = cfg.groups,
-        use_linear_projection = cfg.use_linear_projection, only_cross = cfg.only_cross_attention[i] })
+      block.attentions[j] = load_transformer(w, ("%sattentions.%d."):format(p, j - 1), transformer_spec(
+        cfg, out_ch, heads, tl[j], cfg.cross_attention_dim[i], cfg.only_cross_attention[i]))
     end
   end
   if i < #cfg.down_block_types then
@@ -339,10 +344,8 @@ local function load_up_block(w, cfg, i, prev_ch, out_ch, in_ch, rev)
     local ic = j == 1 and prev_ch or out_ch
     block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), resnet_spec(cfg, ic + skip, out_ch))
     if block.attentions then
-      block.attentions[j] = load_transformer(w, ("%sattentions.%d."):format(p, j - 1), {
-        in_channels = out_ch, heads = heads, head_dim = math.floor(out_ch / heads), layers = tl[j],
-        cross_attention_dim = rev.cross_attention_dim[i], groups = cfg.groups,
-        use_linear_projection = cfg.use_linear_projection, only_cross = rev.only_cross[i] })
+      block.attentions[j] = load_transformer(w, ("%sattentions.%d."):format(p, j - 1), transformer_spec(
+        cfg, out_ch, heads, tl[j], rev.cross_attention_dim[i], rev.only_cross[i]))
     end
   end
   if i < #cfg.up_block_types then block.upsample = B.load_upsample(w, p .. "upsamplers.0.", out_ch, out_ch) end
@@ -365,11 +368,8 @@ local function load_mid_block(w, cfg)
           :format(tostring(kind)), 0)
   end
   local heads = cfg.heads[n]
-  mid.attention = load_transformer(w, "mid_block.attentions.0.", {
-    in_channels = c, heads = heads, head_dim = math.floor(c / heads),
-    layers = per_layer(cfg.transformer_layers[n], 1)[1],
-    cross_attention_dim = cfg.cross_attention_dim[n], groups = cfg.groups,
-    use_linear_projection = cfg.use_linear_projection, only_cross = false })
+  mid.attention = load_transformer(w, "mid_block.attentions.0.", transformer_spec(
+    cfg, c, heads, per_layer(cfg.transformer_layers[n], 1)[1], cfg.cross_attention_dim[n], false))
   mid.resnets[2] = B.load_resnet(w, "mid_block.resnets.1.", resnet_spec(cfg, c, c, scale))
   return mid
 end
@@ -432,12 +432,7 @@ function M.new(config, w)
 end
 
 -- dir: the unet/ folder; opts.variant ("fp16") picks the weights file.
-function M.load(dir, opts)
-  local d = hf.open(dir)
-  local self = M.new(d.config, d:weights(opts and opts.variant))
-  self.dir = dir
-  return self
-end
+function M.load(dir, opts) return hf.load_model(dir, M.new, opts) end
 
 -- Forward ------------------------------------------------------------------------------
 
@@ -581,11 +576,8 @@ function UNet:forward(sample, timesteps, context, opts)
     end
     x = up_block(block, x, emb, context, run, skips, size)
   end
-  local g = nn.group_norm(x, cfg.groups, self.conv_norm_out.weight, self.conv_norm_out.bias, cfg.eps)
+  local out = B.norm_act_conv(x, self.conv_norm_out, cfg, self.conv_out, math.floor((cfg.conv_out_kernel - 1) / 2))
   x:free()
-  B.act_(g, cfg.act)
-  local out = B.conv(g, self.conv_out, 1, math.floor((cfg.conv_out_kernel - 1) / 2))
-  g:free()
   emb:free()
   return out
 end

@@ -10,7 +10,6 @@
 -- diffusers/models/autoencoders/vae.py, Encoder, Decoder,
 -- DiagonalGaussianDistribution.
 local hf = require("fmseg.hf")
-local nn = require("fmseg.nn")
 local B = require("fmseg.models.sd_blocks")
 
 local M = {}
@@ -43,6 +42,44 @@ local function mid_forward(mid, x)
   return out
 end
 
+-- DownEncoderBlock2D / UpDecoderBlock2D: n resnets (the first from in_ch
+-- channels), eps 1e-6, no time embedding; the caller adds the resampler.
+-- ref: diffusers/models/unets/unet_2d_blocks.py, DownEncoderBlock2D, UpDecoderBlock2D
+local function load_block(w, p, n, in_ch, out_ch, cfg)
+  local block = { resnets = {} }
+  for j = 1, n do
+    block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), {
+      in_channels = j == 1 and in_ch or out_ch, out_channels = out_ch,
+      groups = cfg.groups, eps = 1e-6, act = cfg.act })
+  end
+  return block
+end
+
+-- x: consumed → the block's resnets in turn, then its down- or upsampler
+local function block_forward(block, x)
+  for _, r in ipairs(block.resnets) do
+    local y = B.resnet(r, x)
+    x:free()
+    x = y
+  end
+  local y
+  if block.downsample then
+    y = B.downsample(block.downsample, x)
+  elseif block.upsample then
+    y = B.upsample(block.upsample, x)
+  else
+    return x
+  end
+  x:free()
+  return y
+end
+
+local function check_block_type(kind, want, which)
+  if kind ~= want then
+    error(("vae/config.json: %s block type '%s' is not supported (%s)"):format(which, tostring(kind), want), 0)
+  end
+end
+
 -- Encoder -------------------------------------------------------------------------
 
 -- ref: vae.py, Encoder (double_z=True): conv_in, DownEncoderBlock2D x n
@@ -53,18 +90,11 @@ local function load_encoder(w, cfg)
   e.conv_in = B.load_conv(w, "encoder.conv_in", cfg.in_channels, boc[1], 3)
   local out_ch = boc[1]
   for i, kind in ipairs(cfg.down_block_types) do
-    if kind ~= "DownEncoderBlock2D" then
-      error(("vae/config.json: down block type '%s' is not supported (DownEncoderBlock2D)"):format(kind), 0)
-    end
+    check_block_type(kind, "DownEncoderBlock2D", "down")
     local in_ch = out_ch
     out_ch = boc[i]
     local p = ("encoder.down_blocks.%d."):format(i - 1)
-    local block = { resnets = {} }
-    for j = 1, cfg.layers_per_block do
-      block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), {
-        in_channels = j == 1 and in_ch or out_ch, out_channels = out_ch,
-        groups = cfg.groups, eps = 1e-6, act = cfg.act })
-    end
+    local block = load_block(w, p, cfg.layers_per_block, in_ch, out_ch, cfg)
     if i < #boc then block.downsample = B.load_downsample(w, p .. "downsamplers.0.", out_ch, out_ch, 0) end
     e.blocks[i] = block
   end
@@ -76,25 +106,12 @@ end
 
 local function encoder_forward(e, cfg, image)
   local x = B.conv(image, e.conv_in, 1, 1)
-  for _, block in ipairs(e.blocks) do
-    for _, r in ipairs(block.resnets) do
-      local y = B.resnet(r, x)
-      x:free()
-      x = y
-    end
-    if block.downsample then
-      local y = B.downsample(block.downsample, x)
-      x:free()
-      x = y
-    end
-  end
+  for _, block in ipairs(e.blocks) do x = block_forward(block, x) end
   local m = mid_forward(e.mid, x)
   x:free()
-  local g = nn.group_norm(m, cfg.groups, e.conv_norm_out.weight, e.conv_norm_out.bias, 1e-6)
+  -- Encoder.conv_act is nn.SiLU whatever act_fn says
+  local out = B.norm_act_conv(m, e.conv_norm_out, { groups = cfg.groups, eps = 1e-6, act = "silu" }, e.conv_out, 1)
   m:free()
-  g:silu_()  -- Encoder.conv_act is nn.SiLU whatever act_fn says
-  local out = B.conv(g, e.conv_out, 1, 1)
-  g:free()
   return out
 end
 
@@ -112,18 +129,11 @@ local function load_decoder(w, cfg)
   d.mid = load_mid(w, "decoder.mid_block.", rev[1], cfg)
   local out_ch = rev[1]
   for i, kind in ipairs(cfg.up_block_types) do
-    if kind ~= "UpDecoderBlock2D" then
-      error(("vae/config.json: up block type '%s' is not supported (UpDecoderBlock2D)"):format(kind), 0)
-    end
+    check_block_type(kind, "UpDecoderBlock2D", "up")
     local prev = out_ch
     out_ch = rev[i]
     local p = ("decoder.up_blocks.%d."):format(i - 1)
-    local block = { resnets = {} }
-    for j = 1, cfg.layers_per_block + 1 do
-      block.resnets[j] = B.load_resnet(w, ("%sresnets.%d."):format(p, j - 1), {
-        in_channels = j == 1 and prev or out_ch, out_channels = out_ch,
-        groups = cfg.groups, eps = 1e-6, act = cfg.act })
-    end
+    local block = load_block(w, p, cfg.layers_per_block + 1, prev, out_ch, cfg)
     if i < #boc then block.upsample = B.load_upsample(w, p .. "upsamplers.0.", out_ch, out_ch) end
     d.blocks[i] = block
   end
@@ -137,23 +147,10 @@ local function decoder_forward(d, cfg, z)
   local m = mid_forward(d.mid, x)
   x:free()
   x = m
-  for _, block in ipairs(d.blocks) do
-    for _, r in ipairs(block.resnets) do
-      local y = B.resnet(r, x)
-      x:free()
-      x = y
-    end
-    if block.upsample then
-      local y = B.upsample(block.upsample, x)
-      x:free()
-      x = y
-    end
-  end
-  local g = nn.group_norm(x, cfg.groups, d.conv_norm_out.weight, d.conv_norm_out.bias, 1e-6)
+  for _, block in ipairs(d.blocks) do x = block_forward(block, x) end
+  -- Decoder.conv_act is nn.SiLU
+  local out = B.norm_act_conv(x, d.conv_norm_out, { groups = cfg.groups, eps = 1e-6, act = "silu" }, d.conv_out, 1)
   x:free()
-  g:silu_()  -- Decoder.conv_act is nn.SiLU
-  local out = B.conv(g, d.conv_out, 1, 1)
-  g:free()
   return out
 end
 
@@ -203,12 +200,7 @@ function M.new(config, w)
 end
 
 -- dir: the vae/ folder; opts.variant ("fp16") picks the weights file.
-function M.load(dir, opts)
-  local d = hf.open(dir)
-  local self = M.new(d.config, d:weights(opts and opts.variant))
-  self.dir = dir
-  return self
-end
+function M.load(dir, opts) return hf.load_model(dir, M.new, opts) end
 
 -- image: (N, in_channels, H, W) in [-1, 1] → the posterior's mean and std,
 -- each (N, latent_channels, H/f, W/f).

@@ -240,17 +240,24 @@ end
 -- grid, bicubic (align_corners = false) on the patch part, the first
 -- (class) position unchanged. Unchanged when the grid is the trained one.
 -- opts.antialias: PyTorch's antialiased bicubic (DINOv2 with registers).
--- ref: transformers/models/vit/modeling_vit.py, ViTEmbeddings.interpolate_pos_encoding
+-- opts.offset: the resampling of the SCLIP code base (SCLIP, ClearCLIP,
+-- NACLIP, ProxyCLIP): scale_factor (gh + offset) / g instead of a target
+-- size, and no resampling at all when the token count already matches.
+-- ref: transformers/models/vit/modeling_vit.py, ViTEmbeddings.interpolate_pos_encoding;
+--      wangf3014/SCLIP clip/model.py, VisionTransformer.interpolate_pos_encoding
 function M.interpolate_positions(pos, gh, gw, opts)
+  opts = opts or {}
   local n, c = pos:size(1) - 1, pos:size(2)
   local g = math.floor(math.sqrt(n) + 0.5)
   if g * g ~= n then
     error(("position embeddings: %d patch positions do not form a square grid"):format(n), 0)
   end
   if gh == g and gw == g then return pos end
+  if opts.offset and gh * gw == n then return pos end
   local grid = pos:narrow(1, 2, n):reshape(1, g, g, c):permute(1, 4, 2, 3):contiguous()
+  local scale = opts.offset and { (gh + opts.offset) / g, (gw + opts.offset) / g } or nil
   local up = nn.interpolate(grid, gh, gw, { mode = "bicubic", align_corners = false,
-                                            antialias = opts and opts.antialias })
+                                            antialias = opts.antialias, scale = scale })
   local patch = up:permute(1, 3, 4, 2):reshape(gh * gw, c)
   return T.cat({ pos:narrow(1, 1, 1), patch }, 1)
 end

@@ -134,23 +134,21 @@ function M.new(config, weights, opts)
   return self
 end
 
-function M.load(path, opts)
-  opts = opts or {}
-  local dir = hf.open(path)
-  local model = M.new(dir.config, dir:weights(opts.variant), opts)
-  model.path = dir.path
-  return model
-end
+-- load(path, opts): a directory; opts.variant ("fp16"), opts.strict as for new.
+function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 
 -- pixel_values (B, C, H, W) → tokens (B, 1 + R + gh*gw, C), gh, gw
 -- ref: transformers/models/vit/modeling_vit.py, ViTEmbeddings;
 --      transformers/models/dinov2_with_registers/..., Dinov2WithRegistersEmbeddings
-function ViT:embed(pixel_values)
+-- opts.position_offset: the original DINO code's scale_factor resampling
+-- (see transformer.interpolate_positions), which ProxyCLIP's hub models use.
+function ViT:embed(pixel_values, opts)
   local e = self.embeddings
   local patches, gh, gw = transformer.patchify(pixel_values, e.projection.weight, e.projection.bias)
   local x = transformer.prepend(e.cls_token, patches)
   local pos = e.position_embeddings:select(1, 1)
-  x:add_(transformer.interpolate_positions(pos, gh, gw, { antialias = self.kind.antialias }))
+  x:add_(transformer.interpolate_positions(pos, gh, gw, { antialias = self.kind.antialias,
+                                                          offset = opts and opts.position_offset }))
   if e.register_tokens then
     -- registers go in after CLS, without position embeddings
     local b, n = x:size(1), x:size(2) - 1
@@ -167,7 +165,7 @@ end
 -- ref: transformers/models/dinov2/modeling_dinov2.py, Dinov2Model
 function ViT:encode_image(pixel_values, opts)
   opts = opts or {}
-  local x, gh, gw = self:embed(pixel_values)
+  local x, gh, gw = self:embed(pixel_values, opts)
   local out = transformer.encode(self.layers, x, opts, true)
   out.grid = { gh, gw }
   if (opts.layers or #self.layers) == #self.layers then

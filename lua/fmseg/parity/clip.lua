@@ -4,6 +4,7 @@
 local clip = require("fmseg.models.clip")
 local clip_processor = require("fmseg.models.clip_processor")
 local image = require("fmseg.image")
+local parity = require("fmseg.parity")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -18,15 +19,13 @@ function M.compute(dir, ref)
   local out = {}
 
   local vision = model:encode_image(ref:get("pixel_values"), { hidden_states = true, attentions = true, qkv = true })
-  for i = 0, #vision.hidden_states do out["vision.hidden_states." .. i] = vision.hidden_states[i] end
-  for i, a in ipairs(vision.attentions) do out["vision.attentions." .. (i - 1)] = a end
-  for _, k in ipairs({ "ln1", "q", "k", "v" }) do out["vision.last." .. k] = vision.qkv[k] end
+  parity.add_encoder(out, "vision.", vision)
   out["vision.last_hidden_state"] = vision.last
   out["vision.pooler_output"] = vision.pooler_output
   out.image_embeds = vision.image_embeds
 
   local text = model:encode_text(ref:get("input_ids"), { hidden_states = true })
-  for i = 0, #text.hidden_states do out["text.hidden_states." .. i] = text.hidden_states[i] end
+  parity.add_encoder(out, "text.", text)
   out["text.last_hidden_state"] = text.last_hidden_state
   out["text.pooler_output"] = text.pooler_output
   out.text_embeds = text.text_embeds

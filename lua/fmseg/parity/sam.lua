@@ -2,6 +2,7 @@
 -- "sam"): the vision encoder with every layer's hidden states, the image
 -- embeddings, points / box / points+box prompts with multimask and
 -- single-mask outputs, and the post-processing to the original size.
+local parity = require("fmseg.parity")
 local processor = require("fmseg.sam.processor")
 local sam = require("fmseg.models.sam")
 
@@ -20,7 +21,7 @@ function M.compute(dir, ref)
 
   local emb, hidden = model:encode_image(ref:get("pixel_values"), { hidden_states = true })
   out.image_embeddings = emb
-  for i = 0, #hidden do out["vision.hidden_states." .. i] = hidden[i] end
+  parity.add_encoder(out, "vision.", { hidden_states = hidden })
 
   -- prompts (B, N, P, 2), labels (B, N, P), box (B, N, 4); "points_box" is
   -- the first point with the box

@@ -2,6 +2,7 @@
 -- and Dinov2Model / Dinov2WithRegistersModel (family "dinov2"): every
 -- layer's tokens and attention probabilities, the final layernorm, pooled
 -- CLS, last-layer q/k/v and a non-square interpolated input.
+local parity = require("fmseg.parity")
 local vit = require("fmseg.models.vit")
 
 local M = {}
@@ -12,9 +13,7 @@ function M.compute(dir, ref)
   local model = vit.load(dir)
   local out = {}
   local run = model:encode_image(ref:get("pixel_values"), { hidden_states = true, attentions = true, qkv = true })
-  for i = 0, #run.hidden_states do out["hidden_states." .. i] = run.hidden_states[i] end
-  for i, a in ipairs(run.attentions) do out["attentions." .. (i - 1)] = a end
-  for _, k in ipairs({ "ln1", "q", "k", "v" }) do out["last." .. k] = run.qkv[k] end
+  parity.add_encoder(out, "", run)
   out.last_hidden_state = run.last_hidden_state
   out.pooler_output = run.pooler_output
 
