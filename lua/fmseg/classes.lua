@@ -1,6 +1,8 @@
 -- fmseg.classes — class-name files: one class per line, synonyms
 -- comma-separated ("person, person in shirt, person in jeans"). The first
 -- synonym names the class in outputs; every synonym becomes a text query.
+local fs = require("fmseg.fs")
+
 local M = {}
 
 -- Parses text → { names = {...}, queries = {...}, query_class = {...} }
@@ -43,9 +45,7 @@ end
 
 function M.load(path)
   local resolved = M.resolve(path)
-  local f = assert(io.open(resolved, "r"))
-  local text = f:read("*a")
-  f:close()
+  local text = assert(fs.read(resolved))
   return M.parse(text, path)
 end
 

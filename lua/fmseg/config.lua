@@ -27,6 +27,7 @@
 -- file, and the key where there is one: "configs/a.yaml:3:7: ...",
 -- "configs/a.yaml: _base_ 'x.yaml' not found (configs/x.yaml)".
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local json = require("fmseg.json")
 
 local ffi, C = core.ffi, core.C
@@ -138,11 +139,7 @@ local function join(dir, rel)
   return normalize(dir .. "/" .. rel)
 end
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = fs.exists
 
 local function describe(v)
   if v == null then return "null" end

@@ -37,6 +37,7 @@
 local config = require("fmseg.config")
 local classes_mod = require("fmseg.classes")
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local image = require("fmseg.image")
 local T = require("fmseg.tensor")
 local ffi, C, check = core.ffi, core.C, core.check
@@ -46,18 +47,7 @@ local M = {}
 local Dataset = {}
 Dataset.__index = Dataset
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function is_dir(path)
-  local ok = os.execute(("test -d '%s'"):format(path:gsub("'", "'\\''")))
-  return ok == 0 or ok == true
-end
-
-local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local exists, is_dir, quote = fs.exists, fs.is_dir, fs.quote
 
 local function join(a, b)
   if b == nil or b == "" then return a end
@@ -325,10 +315,8 @@ end
 
 function Dataset:objects(i)
   local path = self.items[i].annotation
-  local f = io.open(path, "r")
-  if not f then error(("%s: cannot read (expected a VOC annotation XML)"):format(path), 0) end
-  local text = f:read("*a")
-  f:close()
+  local text = fs.read(path)
+  if not text then error(("%s: cannot read (expected a VOC annotation XML)"):format(path), 0) end
   return M.voc_objects(text, path)
 end
 

@@ -43,7 +43,7 @@ function M.run(args)
   local session = segment.session(cfg)
   local result = session:segment(img)
   local out = "out/demo"
-  os.execute("mkdir -p " .. out)
+  require("fmseg.fs").mkdir_p(out)
   local summary = session:write(result, img, out, "astronaut")
   print(("demo: SCLIP (%s) on %s, %dx%d, %.1f s CPU"):format(model, photo, img:size(2), img:size(1), os.clock() - t0))
   local shares = {}

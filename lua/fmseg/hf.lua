@@ -6,24 +6,19 @@
 --
 -- Weights are looked up by the checkpoint's own names; a missing or
 -- misshapen tensor raises an error naming the key and the shapes.
+local fs = require("fmseg.fs")
 local json = require("fmseg.json")
 local safetensors = require("fmseg.safetensors")
 local T = require("fmseg.tensor")
 
 local M = {}
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = fs.exists
 M.exists = exists
 
 function M.read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then error(("cannot read %s: %s"):format(path, err), 0) end
-  local text = f:read("*a")
-  f:close()
+  local text, err = fs.read(path)
+  if not text then error(("cannot read %s: %s"):format(path, err), 0) end
   return text
 end
 

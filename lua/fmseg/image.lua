@@ -20,6 +20,11 @@ function M.save_png(path, img) check(C.fm_image_save_png(path, as_u8(img))) end
 
 function M.save_jpg(path, img, quality) check(C.fm_image_save_jpg(path, as_u8(img), quality or 90)) end
 
+-- JPEG when path ends in .jpg / .jpeg (any case), else PNG
+function M.save(path, img)
+  if path:lower():match("%.jpe?g$") then M.save_jpg(path, img) else M.save_png(path, img) end
+end
+
 -- labels: (H, W) integer tensor; palette: flat {r, g, b, r, g, b, ...}
 function M.save_palette_png(path, labels, palette)
   local n = math.floor(#palette / 3)

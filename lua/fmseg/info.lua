@@ -1,5 +1,6 @@
 -- fmseg.info — `fmseg info PATH`: what a safetensors file, a model
 -- directory (a diffusers pipeline included) or an image holds.
+local fs = require("fmseg.fs")
 local safetensors = require("fmseg.safetensors")
 local hf = require("fmseg.hf")
 local T = require("fmseg.tensor")
@@ -31,10 +32,6 @@ local function describe_file(path, prefix)
   return count, total
 end
 
-local function is_dir(path)
-  local ok = os.execute(("test -d '%s'"):format(path:gsub("'", "'\\''")))
-  return ok == 0 or ok == true
-end
 
 local function describe_dir(path)
   local dir = hf.open(path)
@@ -83,7 +80,7 @@ function M.looks_like_safetensors(path)
 end
 
 function M.run(path)
-  if is_dir(path) then
+  if fs.is_dir(path) then
     describe_dir(path)
   elseif path:match("%.safetensors$") or M.looks_like_safetensors(path) then
     local count, total = describe_file(path)

@@ -17,6 +17,8 @@
 -- 1..n; an empty unmarked table encodes as [] (mark it with json.object()
 -- for {}). Numbers print in the shortest form that reads back to the same
 -- double; NaN and infinities raise unless options.nan = "null".
+local fs = require("fmseg.fs")
+
 local M = {}
 
 local byte, sub, find, char, format = string.byte, string.sub, string.find, string.char, string.format
@@ -232,10 +234,8 @@ end
 
 -- Reads and decodes a file; I/O and syntax errors raise, naming the file.
 function M.decode_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then error("json: cannot open " .. tostring(err), 0) end
-  local s = f:read("*a")
-  f:close()
+  local s, err = fs.read(path)
+  if not s then error("json: cannot open " .. tostring(err), 0) end
   return M.decode(s, path)
 end
 

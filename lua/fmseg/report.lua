@@ -10,6 +10,7 @@
 -- per_class_iou.csv, and corloc.md / corloc.csv / corloc.png when
 -- discovery runs are among them.
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local image = require("fmseg.image")
 local json = require("fmseg.json")
 local runs = require("fmseg.runs")
@@ -253,8 +254,7 @@ end
 -- Writes every file for the runs in `dirs` into `out`; returns the Markdown.
 function M.command(dirs, out)
   local recs = M.load(dirs)
-  local rc = os.execute(("mkdir -p '%s'"):format(out:gsub("'", "'\\''")))
-  if not (rc == 0 or rc == true) then error(("table: cannot create %s"):format(out), 0) end
+  fs.mkdir_p(out)
   local parts, written = {}, {}
   for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" } }) do
     local g = M.grid(recs, spec.task)

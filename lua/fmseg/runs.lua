@@ -19,6 +19,7 @@
 -- use their own; `fmseg merge` sums their counts into what one run gives.
 local config = require("fmseg.config")
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local data = require("fmseg.data")
 local ev = require("fmseg.eval")
 local json = require("fmseg.json")
@@ -30,19 +31,13 @@ local M = {}
 
 pcall(ffi.cdef, "int getpid(void);")
 
-local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local quote, exists = fs.quote, fs.exists
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
+-- made once per process: an evaluation asks for the same folders per image
 local made = {}
 local function mkdir_p(dir)
   if made[dir] then return end
-  local rc = os.execute("mkdir -p " .. quote(dir))
-  if not (rc == 0 or rc == true) then error(("cannot create directory %s"):format(dir), 0) end
+  fs.mkdir_p(dir)
   made[dir] = true
 end
 
@@ -68,13 +63,7 @@ function M.write_atomic(path, text)
   rename(tmp, path)
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = fs.read
 
 local function read_json(path)
   local s = read_file(path)

@@ -15,6 +15,7 @@
 -- C1 controls, ligatures, character width, curly quotes, line breaks,
 -- terminal escapes, control characters and NFC are done as ftfy 6.3 does.
 -- Ids are the vocabulary's (0-based), ready for the text encoder.
+local fs = require("fmseg.fs")
 local json = require("fmseg.json")
 local U = require("fmseg.unicode")
 
@@ -470,10 +471,8 @@ function Tokenizer:decode(ids)
 end
 
 local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then error("tokenizer: cannot open " .. tostring(err), 0) end
-  local s = f:read("*a")
-  f:close()
+  local s, err = fs.read(path)
+  if not s then error("tokenizer: cannot open " .. tostring(err), 0) end
   return s
 end
 

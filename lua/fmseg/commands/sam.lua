@@ -85,7 +85,7 @@ function M.run(argv)
   end
   if opts.overlay then
     local out = overlay(img, mask)
-    if opts.overlay:lower():match("%.jpe?g$") then image.save_jpg(opts.overlay, out) else image.save_png(opts.overlay, out) end
+    image.save(opts.overlay, out)
     print("wrote " .. opts.overlay)
   end
   return 0
