@@ -37,6 +37,7 @@
 -- Trident finds the components on a 2x downsampled map for speed; here
 -- they are found at full resolution.
 local ffi = require("ffi")
+local fs = require("fmseg.fs")
 local image = require("fmseg.image")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
@@ -49,7 +50,7 @@ local recipe = {
   -- Trident's defaults (trident.py); its configs use coarse_thresh 0.2
   -- (VOC) to 0.05 (ADE20K) and sam_iou_thresh 0.8.
   defaults = {
-    coarse = false,              -- label PNG, when no recipe runs before this one
+    coarse = false,              -- label PNG (or a folder of <stem>.png), when no recipe runs before
     coarse_thresh = 0.10,        -- best coarse probability below it: ignored
     min_area = 225,              -- smallest component prompted, in pixels
     point_mode = "logit_max",    -- or "distance"
@@ -354,8 +355,9 @@ function recipe.refine(predictor, coarse, params)
 end
 
 -- The coarse segmentation: the previous recipe's semantic (or segments)
--- result, else the label PNG of params.coarse.
-local function coarse_of(state, img, previous)
+-- result, else the label PNG of params.coarse (a file, or a folder holding
+-- <image stem>.png for each image).
+local function coarse_of(state, img, previous, source)
   local h, w = img:size(1), img:size(2)
   if previous then
     if previous.kind ~= "semantic" and previous.kind ~= "segments" then
@@ -371,6 +373,13 @@ local function coarse_of(state, img, previous)
   if not path then
     error("sam_refine: no coarse segmentation: run it as a config's `refine` step, or set params.coarse "
       .. "(a label PNG)", 0)
+  end
+  if fs.is_dir(path) then
+    -- a folder of label maps, one per image: <folder>/<image stem>.png
+    if not (source and source.stem) then
+      error("sam_refine: params.coarse is a folder, but this image has no file name to look up", 0)
+    end
+    path = path .. "/" .. source.stem .. ".png"
   end
   local labels = image.load_indices(path):float()
   if labels:size(1) ~= h or labels:size(2) ~= w then
@@ -391,8 +400,8 @@ end
 
 -- segment(state, img, previous): previous = the result of the recipe this
 -- one refines (fmseg.segment passes it), or nil (params.coarse).
-function recipe.segment(state, img, previous)
-  local coarse = coarse_of(state, img, previous)
+function recipe.segment(state, img, previous, source)
+  local coarse = coarse_of(state, img, previous, source)
   state.predictor:set_image(img)
   local result = recipe.refine(state.predictor, coarse, state.params)
   state.predictor:reset_image()

@@ -368,7 +368,7 @@ function M.evaluate(opts)
       local ok, err = pcall(function()
         local t_img = now()
         local img = ds:image(i)
-        local result = session:segment(img)
+        local result = session:segment(img, { path = item.image, stem = item.id })
         local rec, stored = M.score(ds, i, img, result, recipe_name)
         rec.seconds = now() - t_img
         if stored then

@@ -81,11 +81,14 @@ local function check_result(name, result, img)
   return result
 end
 
-function Session:segment(img)
-  local result = check_result(self.recipe.name, self.recipe.segment(self.state, img), img)
+-- segment(img, source?): source = { path = ..., stem = ... } of the image
+-- when it came from a file; recipes get it as their fourth argument
+-- (sam_refine finds a per-image coarse map by it).
+function Session:segment(img, source)
+  local result = check_result(self.recipe.name, self.recipe.segment(self.state, img, nil, source), img)
   if self.refine then
     local r = self.refine
-    result = check_result(r.recipe.name, r.recipe.segment(r.state, img, result), img)
+    result = check_result(r.recipe.name, r.recipe.segment(r.state, img, result, source), img)
   end
   return result
 end
@@ -181,31 +184,19 @@ local function stem_of(path)
   return (path:match("([^/]+)$") or path):gsub("%.[^.]*$", "")
 end
 
-local function parse_args(args)
-  local opts = { images = {}, sets = {}, out = "out" }
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    if a == "-o" or a == "--out" then opts.out = args[i + 1]; i = i + 2
-    elseif a == "--set" then opts.sets[#opts.sets + 1] = args[i + 1]; i = i + 2
-    elseif a == "--dump" then opts.dump = args[i + 1]; i = i + 2
-    elseif a:match("^%-") then error("segment: unknown option " .. a, 0)
-    elseif not opts.config then opts.config = a; i = i + 1
-    else opts.images[#opts.images + 1] = a; i = i + 1 end
-    if (a == "-o" or a == "--out" or a == "--set" or a == "--dump") and not args[i - 1] then
-      error("segment: " .. a .. " needs a value", 0)
-    end
-  end
-  if not opts.config or #opts.images == 0 then
-    error("segment: usage: fmseg segment CONFIG IMAGE... [-o DIR] [--set key=value] [--dump FILE]", 0)
-  end
-  return opts
-end
+local USAGE = "segment CONFIG IMAGE... [-o DIR] [--set key=value] [--dump FILE]"
+
+local parser = require("fmseg.args").parser("segment", USAGE, {
+  { "-o", "--out", metavar = "DIR", default = "out", help = "where the outputs go" },
+  { "--set", metavar = "k=v", key = "sets", list = true, help = "override a config key" },
+  { "--dump", metavar = "FILE", help = "the recipe's intermediates, as safetensors" },
+}, { { "config", required = true }, { "images", required = true, list = true, label = "images" } })
 
 -- `fmseg segment`: a failing image is reported and skipped; the others'
 -- outputs are written as each finishes. Exit 1 if any failed.
 function M.command(args)
-  local opts = parse_args(args)
+  local opts = parser:parse(args)
+  if not opts then return 0 end
   local cfg = config.load(opts.config, opts.sets)
   local session = M.session(cfg)
   os.execute(("mkdir -p '%s'"):format(opts.out:gsub("'", "'\\''")))
@@ -215,7 +206,7 @@ function M.command(args)
     io.stderr:write(("\rsegment: %d/%d %s"):format(k, #opts.images, path))
     local ok, err = pcall(function()
       local img = image.load(path)
-      local result = session:segment(img)
+      local result = session:segment(img, { path = path, stem = stem_of(path) })
       session:write(result, img, opts.out, stem_of(path))
       if opts.dump and result.dump then
         for name, t in pairs(result.dump) do

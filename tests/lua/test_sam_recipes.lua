@@ -482,6 +482,11 @@ if sam_dir then
          "sam_refine end to end from a label PNG", err)
   rc, err = fmseg(("%s %s%s --set params.coarse=%s/none.png -o %s/refine2"):format(cfg, input, sam, tmp, tmp))
   tap.ok(rc == 1 and err:find("none.png"), "sam_refine: a missing coarse PNG is named", err)
+  -- a folder of coarse maps, found by the image's stem (input.png → input.png)
+  rc, err = fmseg(("%s %s%s --set params.coarse=%s/amg -o %s/refine3"):format(cfg, input, sam, tmp, tmp))
+  local same_a = io.open(tmp .. "/refine/input.json"):read("*a")
+  local same_b = rc == 0 and io.open(tmp .. "/refine3/input.json"):read("*a")
+  tap.ok(rc == 0 and same_a == same_b, "sam_refine: params.coarse as a folder of <stem>.png", err)
 
   -- persam, with a rectangle as the reference object
   local ref_mask = tmp .. "/ref_mask.png"
