@@ -1,8 +1,12 @@
 -- fmseg.recipes — finds a method by name: recipes/<name>.lua returns
 --   { name, needs = {model kinds}, defaults = {...},
---     setup = function(params, models, classes) → state,
---     segment = function(state, image) → result }
--- See README.md ("Writing a recipe").
+--     setup = function(params, models, classes, cfg) → state,
+--     segment = function(state, image, previous, source) → result }
+-- `previous` is the result of the recipe before this one when the config
+-- chains them (`refine: {recipe: sam_refine, params: {...}}` beside
+-- `recipe:`), else nil; `source` = {path, stem} of the image's file when
+-- it came from one. See README.md ("Writing a recipe") and fmseg.segment
+-- for the result kinds.
 local core = require("fmseg.core")
 
 local M = {}
