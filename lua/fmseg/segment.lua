@@ -90,6 +90,10 @@ function Session:segment(img, source)
     local r = self.refine
     result = check_result(r.recipe.name, r.recipe.segment(r.state, img, result, source), img)
   end
+  -- The image's intermediates are garbage now; the collector cannot see
+  -- how large their C buffers are, so it is told to free them here rather
+  -- than whenever the Lua heap next grows (a per-image reset).
+  collectgarbage("collect")
   return result
 end
 
