@@ -33,6 +33,8 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=build/bench/%)
 
 FMSEG_FIXTURES ?= ../shared/fixtures
 export FMSEG_FIXTURES
+# Tests leave no text-classifier cache in the user's home.
+test test-lua: export FMSEG_CACHE = off
 
 .PHONY: all deps test test-c test-lua bench demo clean
 

@@ -103,7 +103,7 @@ function recipe.setup(params, models, classes)
   return {
     params = params, classes = classes, clip = clip, generator = base.generator,
     norm = clipseg.normalization(clip.path, {}),
-    text = clipseg.text_classifier(clip, tokenizer.load(clip.path), classes.queries, params.templates),
+    text = clipseg.cached_text_classifier(clip, tokenizer.load(clip.path), classes.queries, params.templates),
     size = clip.vision.config.image_size,
   }
 end

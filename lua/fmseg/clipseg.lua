@@ -23,10 +23,12 @@
 --
 -- Q counts text queries (every synonym of every class), C classes.
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local hf = require("fmseg.hf")
 local image = require("fmseg.image")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
+local safetensors = require("fmseg.safetensors")
 local T = require("fmseg.tensor")
 local templates_mod = require("fmseg.templates")
 local tokenizer = require("fmseg.tokenizer")
@@ -164,6 +166,49 @@ function M.text_classifier(model, tok, queries, templates, chunk)
   local each = T.cat(parts, 1)                                  -- (Q * templates, P)
   local mean = each:reshape(#queries, #templates, each:size(2)):mean(2)
   return nn.normalize(mean)                                     -- (Q, P)
+end
+
+-- The classifier is the slow part of setting up (80 templates x every
+-- class through the text tower: half a minute for ViT-B on 2 cores), so it
+-- is kept on disk under $FMSEG_CACHE (default ~/.cache/fmseg; "off"
+-- disables it), keyed by the prompts and a checksum of the text
+-- projection's values, which tells checkpoints apart.
+local function cache_dir()
+  local dir = os.getenv("FMSEG_CACHE")
+  if dir == "off" then return nil end
+  if dir and dir ~= "" then return dir end
+  local home = os.getenv("XDG_CACHE_HOME") or (os.getenv("HOME") and os.getenv("HOME") .. "/.cache")
+  return home and (home .. "/fmseg") or nil
+end
+
+-- FNV-1a over a string and the bytes of a float32 tensor, as 16 hex digits
+local function checksum(text, t)
+  local h = 0xcbf29ce484222325ULL
+  local function mix(b) h = bit.bxor(h, b) * 0x100000001b3ULL end
+  for i = 1, #text do mix(text:byte(i)) end
+  local c = t:contiguous()
+  local bytes = ffi.cast("const uint8_t *", c.data)
+  for i = 0, 4 * c:numel() - 1 do mix(bytes[i]) end
+  return bit.tohex(h, 16)
+end
+
+function M.cached_text_classifier(model, tok, queries, templates)
+  local dir = cache_dir()
+  if not dir then return M.text_classifier(model, tok, queries, templates) end
+  local key = table.concat(queries, "\n") .. "\0" .. table.concat(templates_mod.get(templates), "\n")
+  local path = ("%s/text/%s.safetensors"):format(dir, checksum(key, model.text_projection.weight))
+  if fs.exists(path) then
+    local ok, text = pcall(function() return safetensors.open(path):get("text"):clone() end)
+    if ok and text:size(1) == #queries then return text end
+  end
+  local text = M.text_classifier(model, tok, queries, templates)
+  -- a cache that cannot be written is no reason to fail the run
+  pcall(function()
+    fs.mkdir_p(dir .. "/text")
+    safetensors.save(path .. ".tmp", { text = text })
+    os.rename(path .. ".tmp", path)
+  end)
+  return text
 end
 
 -- ---- scores -----------------------------------------------------------------------
@@ -378,7 +423,7 @@ function M.setup(params, model, classes, method)
   return {
     params = params, model = model, classes = classes,
     norm = M.normalization(model.path, params),
-    text = M.text_classifier(model, tok, classes.queries, params.templates),
+    text = M.cached_text_classifier(model, tok, classes.queries, params.templates),
     patch_size = model.vision.config.patch_size,
     dense = method.dense, refine = method.refine, calibrate = method.calibrate,
   }
