@@ -22,7 +22,7 @@ LUAJIT  := -lluajit-5.1
 
 DEPS_DEB := build-essential luajit libluajit-5.1-dev libopenblas-openmp-dev libopenblas-dev \
             liblapacke-dev libstb-dev libyaml-dev libcjson-dev
-DEPS_OPT := python3-numpy
+DEPS_OPT :=
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=build/obj/%.o)
