@@ -22,11 +22,19 @@ local function usage_text()
     "",
   }
   for _, name in ipairs(ORDER) do
-    lines[#lines + 1] = ("  %-40s %s"):format(COMMANDS[name].usage, COMMANDS[name].help)
+    local c = COMMANDS[name]
+    if #c.usage <= 38 then
+      lines[#lines + 1] = ("  %-38s  %s"):format(c.usage, c.help)
+    else
+      lines[#lines + 1] = "  " .. c.usage
+      lines[#lines + 1] = (" "):rep(42) .. c.help
+    end
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "  fmseg --help | --version"
-  lines[#lines + 1] = "Environment: FMSEG_THREADS (threads), FMSEG_FIXTURES, FMSEG_DEBUG (tracebacks)."
+  lines[#lines + 1] = "Each command's options: fmseg COMMAND --help."
+  lines[#lines + 1] = "Environment: FMSEG_THREADS (threads), FMSEG_CACHE (text classifiers; off),"
+  lines[#lines + 1] = "  FMSEG_FIXTURES (test fixtures), FMSEG_DEBUG (tracebacks)."
   return table.concat(lines, "\n")
 end
 
