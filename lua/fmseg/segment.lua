@@ -207,7 +207,7 @@ function M.command(args)
   local dumps, failed = {}, 0
   local t0 = os.time()
   for k, path in ipairs(opts.images) do
-    io.stderr:write(("\rsegment: %d/%d %s"):format(k, #opts.images, path))
+    io.stderr:write(("\rsegment: %d/%d %-60s"):format(k, #opts.images, path))
     local ok, err = pcall(function()
       local img = image.load(path)
       local result = session:segment(img, { path = path, stem = stem_of(path) })
@@ -223,7 +223,7 @@ function M.command(args)
       io.stderr:write(("\nsegment: %s: %s\n"):format(path, tostring(err)))
     end
   end
-  io.stderr:write(("\rsegment: %d image(s) in %d s, outputs in %s/%s\n"):format(
+  io.stderr:write(("\r%-80s\rsegment: %d image(s) in %d s, outputs in %s/%s\n"):format("",
     #opts.images - failed, os.time() - t0, opts.out, failed > 0 and (", " .. failed .. " failed") or ""))
   if opts.dump then
     require("fmseg.safetensors").save(opts.dump, dumps)
