@@ -24,10 +24,15 @@ local FAMILIES = {
   ["stable-diffusion"] = "fmseg.parity.sd",
 }
 
+-- config.json's model_type → family, for a ref.json that does not say
+local MODEL_TYPES = { clip = "clip", vit = "dino", dinov2 = "dinov2", dinov2_with_registers = "dinov2",
+                      sam = "sam" }
+
 local function family_of(dir, meta)
   if meta.family then return meta.family end
+  if hf.exists(dir .. "/model_index.json") then return "stable-diffusion" end
   local cfg = hf.exists(dir .. "/config.json") and hf.read_json(dir .. "/config.json") or {}
-  return cfg.model_type
+  return MODEL_TYPES[cfg.model_type] or cfg.model_type
 end
 
 -- Errors of `got` against `want`: max abs, max |want|, relative.
