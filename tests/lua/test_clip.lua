@@ -6,6 +6,7 @@ local clip = require("fmseg.models.clip")
 local clip_processor = require("fmseg.models.clip_processor")
 local hf = require("fmseg.hf")
 local image = require("fmseg.image")
+local nn = require("fmseg.nn")
 local parity = require("fmseg.parity")
 local safetensors = require("fmseg.safetensors")
 local T = require("fmseg.tensor")
@@ -204,6 +205,24 @@ if ok_tok then
          "classify matches logits_per_image's softmax", ("%g vs %g"):format(res[1].prob, p[1]))
 else
   tap.skip("classify", "fmseg.tokenizer not available")
+end
+
+-- with_vision: the same weights under other settings, the model unchanged
+do
+  local m = clip.load(dir)
+  local px = ref:get("pixel_values")
+  local base = m:encode_image(px).last
+  local same = m:with_vision({ act = vcfg.hidden_act or "quick_gelu", eps = vcfg.layer_norm_eps }):encode_image(px).last
+  tap.eq((base - same):abs():max(), 0, "with_vision with the checkpoint's own settings changes nothing")
+  local other = m:with_vision({ act = "gelu", eps = 1e-6 })
+  local blk = other.vision.layers[1]
+  local h = T.randn({ 1, 3, vcfg.hidden_size }, 3)
+  tap.near(blk:mlp(h), nn.linear(nn.linear(h, blk.fc1.weight, blk.fc1.bias):gelu(), blk.fc2.weight, blk.fc2.bias),
+           1e-6, "with_vision: the block's MLP runs the given activation")
+  tap.near(blk:ln1(h), nn.layer_norm(h, blk.norm1.weight, blk.norm1.bias, 1e-6), 1e-6, "with_vision: and the given eps")
+  tap.ok((other:encode_image(px).last - base):abs():max() > 0, "with_vision: the tower's output changes")
+  tap.eq((m:encode_image(px).last - base):abs():max(), 0, "with_vision leaves the model itself alone")
+  tap.raises(function() m:with_vision({ act = "swishy" }) end, "swishy", "an unknown activation is refused")
 end
 
 os.exit(tap.done())

@@ -182,6 +182,26 @@ function M.load_text(path, opts) return hf.load_model(path, M.new_text, opts) en
 
 -- Vision ------------------------------------------------------------------------------
 
+-- A view of the model whose vision tower runs with other settings over the
+-- same weights: settings.act (an activation name) and settings.eps (every
+-- LayerNorm's eps). MaskCLIP's official port runs CLIP's ViT with exact
+-- GELU and eps 1e-6, and its published numbers come from that. The model
+-- itself is left as it is.
+function CLIP:with_vision(settings)
+  local base = self.vision
+  local act, eps = settings.act, settings.eps
+  if act and not nn.has_activation(act) then error(("unsupported activation '%s'"):format(act), 0) end
+  local vision = setmetatable({
+    config = setmetatable({ layer_norm_eps = eps or base.config.layer_norm_eps,
+                            hidden_act = act or base.config.hidden_act }, { __index = base.config }),
+    layers = {},
+  }, { __index = base })
+  for i, blk in ipairs(base.layers) do
+    vision.layers[i] = setmetatable({ act = act or blk.act, eps = eps or blk.eps }, { __index = blk })
+  end
+  return setmetatable({ vision = vision }, { __index = self })
+end
+
 -- pixel_values (B, C, H, W) → (B, 1 + gh*gw, C), after pre_layrnorm
 -- ref: transformers/models/clip/modeling_clip.py, CLIPVisionEmbeddings
 -- opts.antialias_positions: PyTorch's antialiased bicubic for the position
