@@ -74,11 +74,23 @@ test-c: all $(TEST_BIN)
 test-lua: all
 	@prove --exec 'sh tests/run1' $(sort $(wildcard tests/lua/test_*.lua))
 
+# Each suite runs PyTorch's side (bench/torch_SUITE.py, where python3 has
+# torch) just before fmseg's (bench/bench_SUITE.lua), so that both see the
+# same load; bench/summary.lua then prints one table (build/bench/summary.md).
+# The C benchmarks wait passively, as ./fmseg does (lua/main.c).
+# FMSEG_BENCH_QUICK=1 skips SD and SAM at 1024.
+BENCH_SUITES := vit sam sd
 bench: deps all $(BENCH_BIN)
-	@for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
-	@for b in bench/*.lua; do [ -f "$$b" ] || continue; echo "== $$b"; ./fmseg run $$b || exit 1; done
-	@for py in python3 /usr/bin/python3; do if $$py -c 'import torch' 2>/dev/null; then \
-	  echo "== bench/torch_vit.py ($$py)"; OMP_WAIT_POLICY=passive $$py bench/torch_vit.py; break; fi; done
+	@mkdir -p build/bench && rm -f build/bench/*.json build/bench/summary.md && \
+	  cat /proc/loadavg > build/bench/loadavg.start
+	@for b in $(BENCH_BIN); do echo "== $$b"; OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $$b || exit 1; done
+	@py=; for p in python3 /usr/bin/python3; do \
+	  if $$p -c 'import torch' 2>/dev/null; then py=$$p; break; fi; done; \
+	for s in $(BENCH_SUITES); do \
+	  if [ -n "$$py" ]; then echo "== bench/torch_$$s.py ($$py)"; PYTHONDONTWRITEBYTECODE=1 $$py bench/torch_$$s.py || exit 1; fi; \
+	  echo "== bench/bench_$$s.lua"; ./fmseg run bench/bench_$$s.lua || exit 1; \
+	done
+	@./fmseg run bench/summary.lua
 
 demo: deps all
 	./fmseg demo

@@ -2,23 +2,17 @@
 ViT-B's image encoder at 1024x1024 (patch embedding, absolute positions, 12
 blocks with 14x14 windows and global attention at 2, 5, 8, 11, decomposed
 relative positions added to the full score matrix as transformers' eager
-SamVisionAttention does, the neck), random weights, two threads. Prints ms
-per image and peak RSS and, when build/bench/sam.json from bench_sam.lua
-exists, the ratio fmseg / torch.
+SamVisionAttention does, the neck), random weights. Writes
+build/bench/torch_sam.json (see torchlib.py); skipped with
+FMSEG_BENCH_QUICK=1.
 
-    OMP_WAIT_POLICY=passive /usr/bin/python3 bench/torch_sam.py [repeats]
+    /usr/bin/python3 bench/torch_sam.py [repeats (1)]
 """
-import json
-import os
-import resource
 import sys
-import time
 
-import torch
+from torchlib import Results, quick, torch
 from torch import nn
 import torch.nn.functional as F
-
-torch.set_num_threads(2)
 
 HIDDEN, LAYERS, HEADS, MLP = 768, 12, 12, 3072
 PATCH, SIZE, WINDOW, GLOBAL, OUT = 16, 1024, 14, (2, 5, 8, 11), 256
@@ -103,25 +97,17 @@ class Encoder(nn.Module):
 
 
 def main():
+    if quick():
+        print("torch_sam: skipped (FMSEG_BENCH_QUICK)")
+        return
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    res = Results("sam")
     torch.manual_seed(0)
     model = Encoder().eval()
     x = torch.randn(1, 3, SIZE, SIZE)
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            best = min(best, time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: SAM ViT-B encoder 1024x1024 "
-          f"{best * 1e3:.1f} ms, peak RSS {rss:.0f} MB")
-    path = os.path.join(os.path.dirname(__file__), "..", "build", "bench", "sam.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            ours = json.load(f)
-        print(f"fmseg encoder {ours['encoder_ms']:.1f} ms (peak RSS {ours['peak_rss_mb']:.0f} MB): "
-              f"fmseg / torch = {ours['encoder_ms'] / (best * 1e3):.2f}")
+    res.model(f"sam-vit-b encoder {SIZE}", lambda: model(x), warmup=1 if repeats > 1 else 0,
+              repeats=repeats)
+    res.finish()
 
 
 if __name__ == "__main__":

@@ -1,22 +1,15 @@
-"""torch_vit.py — the shapes of bench/bench_vit.lua in plain PyTorch: CLIP
+"""torch_vit.py — the towers of bench/bench_vit.lua in plain PyTorch: CLIP
 ViT-B/16 and DINO ViT-S/8 image towers (pre-LN blocks as transformers'
 eager CLIPEncoderLayer / ViTLayer compute them), one 224x224 image, random
-weights, two threads. Prints ms per image and, when build/bench/vit.json
-from bench_vit.lua exists, the ratio fmseg / torch.
+weights. Writes build/bench/torch_vit.json (see torchlib.py).
 
-    OMP_WAIT_POLICY=passive python3 bench/torch_vit.py [repeats]
+    /usr/bin/python3 bench/torch_vit.py [repeats (10)]
 """
-import json
-import math
-import os
 import sys
-import time
 
-import torch
+from torchlib import Results, torch
 from torch import nn
 import torch.nn.functional as F
-
-torch.set_num_threads(2)
 
 
 class Block(nn.Module):
@@ -70,41 +63,23 @@ def quick_gelu(x):
 
 
 CONFIGS = {
-    "clip-vit-b16": dict(dim=768, heads=12, layers=12, inter=3072, patch=16, size=224,
+    "clip-vit-b16 224": dict(dim=768, heads=12, layers=12, inter=3072, patch=16, size=224,
                          act=quick_gelu, pre_norm=True),
-    "dino-vits8": dict(dim=384, heads=6, layers=12, inter=1536, patch=8, size=224,
+    "dino-vits8 224": dict(dim=384, heads=6, layers=12, inter=1536, patch=8, size=224,
                        act=F.gelu, pre_norm=False),
 }
 
 
 def main():
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    ours = {}
-    path = os.path.join(os.path.dirname(__file__), "..", "build", "bench", "vit.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            ours = json.load(f)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    print(f"{'model':<14} {'torch ms':>9} {'fmseg ms':>9} {'fmseg/torch':>12}")
+    res = Results("vit")
     torch.manual_seed(0)
     x = torch.rand(1, 3, 224, 224) * 4 - 2
     for name, cfg in CONFIGS.items():
         model = Tower(**cfg).eval()
-        times = []
-        with torch.inference_mode():
-            for _ in range(2):
-                model(x)
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1000)
-        times.sort()
-        median = times[(len(times) - 1) // 2]
-        mine = ours.get(name)
-        ratio = f"{mine / median:12.2f}" if mine else f"{'-':>12}"
-        mine_s = f"{mine:9.1f}" if mine else f"{'-':>9}"
-        print(f"{name:<14} {median:9.1f} {mine_s} {ratio}")
+        res.model(name, lambda: model(x), warmup=2, repeats=repeats)
+        del model
+    res.finish()
 
 
 if __name__ == "__main__":

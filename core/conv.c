@@ -6,10 +6,16 @@
 #include <omp.h>
 #include <stdlib.h>
 
-/* The im2col buffer is built for a band of output rows at a time and holds
- * at most this many floats (16 MB): an SD VAE decoder conv at 512x512 with
- * 128 channels would otherwise need a 1.2 GB column matrix. */
-enum { FM__COL_BUDGET = 1 << 22 };
+/* The im2col buffer is built for a band of output rows at a time, so that
+ * a band's columns are still in cache when sgemm packs them (an SD VAE
+ * conv at 512x512 with 128 channels would otherwise write and read back a
+ * 1.2 GB column matrix). A band holds about FM__COL_BUDGET floats (4 MB),
+ * but at least FM__BAND_MIN_COLS output pixels: every band's sgemm packs
+ * the whole weight matrix again, which narrow bands do not repay. Measured
+ * on 2 cores, a 3x3 conv 64x64x320 against one same-size sgemm: one-row
+ * bands (64 pixels, the size of L2) 0.33, bands of 2048 pixels 0.95, the
+ * whole image in one band (a 47 MB column matrix) 0.72. */
+enum { FM__COL_BUDGET = 1 << 20, FM__BAND_MIN_COLS = 2048 };
 
 typedef struct fm__conv_geom {
   int64_t c, h, w;       // input channels and size
@@ -72,6 +78,8 @@ static void fm__im2col_row(float *d, const float *xr, const fm__conv_geom *g, in
   memset(d, 0, (size_t)j0 * sizeof *d);
   const float *s = xr + j0 * g->sw - g->pw + kj;
   if (g->sw == 1) memcpy(d + j0, s, (size_t)(j1 - j0) * sizeof *d);
+  else if (g->sw == 2)  // a constant stride, which the compiler vectorises
+    for (int64_t j = j0; j < j1; ++j) d[j] = s[(j - j0) * 2];
   else
     for (int64_t j = j0; j < j1; ++j) d[j] = s[(j - j0) * g->sw];
   memset(d + j1, 0, (size_t)(g->ow - j1) * sizeof *d);
@@ -98,13 +106,26 @@ static void fm__im2col(float *col, const float *x, const fm__conv_geom *g, int64
   }
 }
 
-// y: (OC, S) of one image; every row starts as its bias
-static void fm__fill_bias(float *y, const float *b, int64_t oc, int64_t s) {
-  #pragma omp parallel for if (oc * s > FM__PAR_MIN)
+// y: (OC, n) with rows ldy apart; every row starts as its bias
+static void fm__fill_bias(float *y, const float *b, int64_t oc, int64_t n, int64_t ldy) {
+  #pragma omp parallel for if (oc * n > FM__PAR_MIN)
   for (int64_t o = 0; o < oc; ++o)
-    for (int64_t i = 0; i < s; ++i) y[o * s + i] = b[o];
+    for (int64_t i = 0; i < n; ++i) y[o * ldy + i] = b[o];
 }
 
+/* Output rows per band: see FM__COL_BUDGET. */
+static int64_t fm__band_rows(const fm__conv_geom *g, int64_t ckk) {
+  int64_t cols = FM__COL_BUDGET / ckk;
+  cols = cols < FM__BAND_MIN_COLS ? FM__BAND_MIN_COLS : cols;
+  int64_t rows = cols / g->ow;
+  return rows < 1 ? 1 : (rows > g->oh ? g->oh : rows);
+}
+
+/* Threads: im2col is our OpenMP loop and each band's sgemm runs on
+ * OpenBLAS's threads, which in its OpenMP build are the same pool, so the
+ * two take turns on the cores instead of spinning against each other. The
+ * bands go one after another with both threads in each sgemm: a band per
+ * thread would have every thread pack the weights for itself. */
 // x: (N, C, H, W), w: (OC, C, KH, KW), b: (OC) or NULL; out: (N, OC, OH, OW)
 int fm_conv2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_tensor *b,
               int32_t stride_h, int32_t stride_w, int32_t pad_h, int32_t pad_w) {
@@ -112,28 +133,31 @@ int fm_conv2d(fm_tensor *out, const fm_tensor *x, const fm_tensor *w, const fm_t
   if (!fm__conv_check(out, x, w, b, &g)) return -1;
   int64_t n = x->dims[0], ckk = g.c * g.kh * g.kw, os = g.oh * g.ow, is = g.c * g.h * g.w;
   if (n == 0 || g.oc == 0 || os == 0) return 0;
+  if (ckk == 0) {  // no inputs: the bias alone
+    for (int64_t i = 0; i < n; ++i)
+      if (b) fm__fill_bias(fm__f32(out) + i * g.oc * os, fm__f32(b), g.oc, os, os);
+      else memset(fm__f32(out) + i * g.oc * os, 0, (size_t)(g.oc * os) * sizeof(float));
+    return 0;
+  }
+  // a 1x1 stride-1 convolution is one sgemm on the input as (C, H*W)
   bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  int64_t budget = getenv("CB") ? atoll(getenv("CB")) : FM__COL_BUDGET; // XXX
-  int64_t band = pointwise ? g.oh : budget / (ckk * g.ow > 0 ? ckk * g.ow : 1);
-  band = band < 1 ? 1 : (band > g.oh ? g.oh : band);
+  int64_t band = pointwise ? g.oh : fm__band_rows(&g, ckk);
   float *col = NULL;
-  if (!pointwise && ckk > 0 && !(col = malloc((size_t)(ckk * band * g.ow) * sizeof *col)))
+  if (!pointwise && !(col = malloc((size_t)(ckk * band * g.ow) * sizeof *col)))
     return fm__error("fm_conv2d: out of memory for a %lld x %lld column buffer",
                      (long long)ckk, (long long)(band * g.ow));
-  float beta = b ? 1.f : 0.f;
   for (int64_t i = 0; i < n; ++i) {
     const float *xi = fm__f32(x) + i * is;
     float *yi = fm__f32(out) + i * g.oc * os;
-    if (b) fm__fill_bias(yi, fm__f32(b), g.oc, os);
-    else if (ckk == 0) memset(yi, 0, (size_t)(g.oc * os) * sizeof *yi);
-    if (ckk == 0) continue;
     for (int64_t oh0 = 0; oh0 < g.oh; oh0 += band) {
       int64_t rows = g.oh - oh0 < band ? g.oh - oh0 : band, ncol = rows * g.ow;
-      const float *src = xi;  // a 1x1 stride-1 convolution is its input as (C, H*W)
+      float *y = yi + oh0 * g.ow;  // (OC, ncol), rows OH*OW apart
+      const float *src = xi;
       if (!pointwise) fm__im2col(col, xi, &g, oh0, rows), src = col;
-      // yi[:, oh0*OW : +ncol] (OC, ncol) = w (OC, CKK) . src (CKK, ncol)
+      if (b) fm__fill_bias(y, fm__f32(b), g.oc, ncol, os);  // while the band is in cache
+      // y (OC, ncol) (+)= w (OC, CKK) . src (CKK, ncol)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.oc, (int)ncol, (int)ckk,
-                  1.f, fm__f32(w), (int)ckk, src, (int)ncol, beta, yi + oh0 * g.ow, (int)os);
+                  1.f, fm__f32(w), (int)ckk, src, (int)ncol, b ? 1.f : 0.f, y, (int)os);
     }
   }
   free(col);

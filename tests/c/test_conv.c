@@ -141,8 +141,23 @@ int main(void) {
   test_conv(1, 5, 10, 12, 4, 3, 5, 2, 1, 0, 2, 0);   // rectangular kernel, mixed stride
   test_conv(2, 3, 32, 48, 16, 16, 16, 16, 16, 0, 0, 1);  // ViT patch embedding
   test_conv(1, 2, 7, 7, 3, 7, 7, 1, 1, 3, 3, 1);
-  test_conv(1, 128, 67, 65, 16, 3, 3, 1, 1, 1, 1, 1);  // im2col in two row bands
   test_conv(1, 1, 4, 4, 1, 3, 3, 3, 3, 2, 2, 0);      // padding wider than the input reach
+  // stride 1 (rows copied whole between padding columns), odd sizes
+  test_conv(1, 3, 9, 13, 4, 3, 3, 1, 1, 0, 0, 1);     // no padding
+  test_conv(2, 4, 11, 7, 5, 3, 3, 1, 1, 1, 1, 0);     // padding 1, batch 2
+  test_conv(1, 3, 8, 9, 4, 1, 5, 1, 1, 0, 2, 1);      // 1x5, padded in w only
+  test_conv(1, 3, 9, 8, 4, 5, 2, 1, 1, 2, 0, 1);      // 5x2, padded in h only
+  test_conv(1, 2, 6, 5, 3, 3, 3, 1, 1, 3, 3, 1);      // columns that read padding alone
+  test_conv(1, 2, 5, 5, 2, 5, 5, 1, 1, 0, 0, 0);      // kernel the size of x: one pixel
+  test_conv(1, 3, 1, 9, 2, 1, 3, 1, 1, 0, 1, 1);      // one input row
+  // strided gathers, odd sizes
+  test_conv(1, 3, 15, 17, 4, 3, 3, 2, 2, 1, 1, 1);
+  test_conv(1, 2, 7, 11, 3, 3, 3, 3, 2, 0, 1, 1);
+  // several row bands (more than 2048 output pixels with C*KH*KW >= 512)
+  test_conv(1, 128, 67, 65, 16, 3, 3, 1, 1, 1, 1, 1);
+  test_conv(2, 128, 67, 65, 4, 3, 3, 1, 1, 0, 0, 1);
+  test_conv(1, 128, 99, 97, 4, 3, 3, 2, 2, 1, 1, 1);
+  test_conv(1, 128, 70, 61, 4, 1, 3, 1, 1, 0, 1, 1);
 
   test_conv_t(1, 1, 1, 1, 1, 1, 0);
   test_conv_t(2, 5, 7, 9, 3, 2, 1);
