@@ -66,10 +66,7 @@ function R.lost(feats, gh, gw, params)
 end
 
 function R.setup(params, models)
-  local known = { k = true, q = true, v = true }
-  if not known[params.which_features] then
-    error(("lost: which_features must be k, q or v, got %s"):format(tostring(params.which_features)), 0)
-  end
+  patches.check_which_features("lost", params.which_features)
   if type(params.k_patches) ~= "number" or params.k_patches < 1 then
     error(("lost: k_patches must be a positive integer, got %s"):format(tostring(params.k_patches)), 0)
   end
@@ -81,14 +78,7 @@ function R.segment(state, img)
   local x, frame = patches.input(img, model.patch_size, { fit = "pad", resize = p.resize or nil })
   local feats = patches.features(model, x, p.which_features)
   local found = R.lost(feats, frame.gh, frame.gw, p)
-  local box = patches.box(found.mask, frame)
-  local mask = patches.mask_to_image(found.mask, frame)
-  local seed = { math.floor(found.seed / frame.gw), found.seed % frame.gw }
-  return {
-    kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
-    records = { { box = box, area = mask:float():sum(), seed_patch = seed } },
-    dump = { map = found.map, degree = found.degree },
-  }
+  return patches.object_result(found.mask, found.seed, frame, { map = found.map, degree = found.degree })
 end
 
 return R

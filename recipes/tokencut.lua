@@ -65,10 +65,7 @@ function R.ncut(feats, gh, gw, params)
 end
 
 function R.setup(params, models)
-  local known = { k = true, q = true, v = true }
-  if not known[params.which_features] then
-    error(("tokencut: which_features must be k, q or v, got %s"):format(tostring(params.which_features)), 0)
-  end
+  patches.check_which_features("tokencut", params.which_features)
   return { params = params, model = models.dino }
 end
 
@@ -77,14 +74,8 @@ function R.segment(state, img)
   local x, frame = patches.input(img, model.patch_size, { fit = "pad", resize = p.resize or nil })
   local feats = patches.features(model, x, p.which_features)
   local cut = R.ncut(feats, frame.gh, frame.gw, p)
-  local box = patches.box(cut.mask, frame)
-  local mask = patches.mask_to_image(cut.mask, frame)
-  local seed = { math.floor(cut.seed / frame.gw), cut.seed % frame.gw }
-  return {
-    kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
-    records = { { box = box, area = mask:float():sum(), seed_patch = seed } },
-    dump = { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float() },
-  }
+  return patches.object_result(cut.mask, cut.seed, frame,
+                               { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float() })
 end
 
 return R

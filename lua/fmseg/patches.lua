@@ -175,4 +175,25 @@ function M.mask_to_image(grid, frame)
   return M.to_image(grid, frame, "nearest"):byte()
 end
 
+-- Object discovery's feature choice (TokenCut, LOST): the last layer's
+-- keys, queries or values.
+function M.check_which_features(recipe, which)
+  if which ~= "k" and which ~= "q" and which ~= "v" then
+    error(("%s: which_features must be k, q or v, got %s"):format(recipe, tostring(which)), 0)
+  end
+end
+
+-- One discovered object: its patch mask (gh, gw) and 0-based seed patch →
+-- the instances result (mask at image size, its box, a record, dump).
+function M.object_result(grid_mask, seed, frame, dump)
+  local box = M.box(grid_mask, frame)
+  local mask = M.mask_to_image(grid_mask, frame)
+  local seed_patch = { math.floor(seed / frame.gw), seed % frame.gw }
+  return {
+    kind = "instances", masks = { mask }, scores = { 1 }, boxes = { box },
+    records = { { box = box, area = mask:float():sum(), seed_patch = seed_patch } },
+    dump = dump,
+  }
+end
+
 return M

@@ -329,13 +329,7 @@ local CONFIGS = {
   { "configs/dino_kmeans/dino_kmeans_dino-s16_voc21.yaml", "segments" },
 }
 
-local function read_all(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_all = require("fmseg.fs").read
 
 local tmp = os.tmpname()
 os.remove(tmp)

@@ -17,13 +17,7 @@ local tmp = os.tmpname()
 os.remove(tmp)
 os.execute(("mkdir -p '%s'"):format(tmp))
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = require("fmseg.fs").read
 
 local RECIPES = { "clip_vanilla", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "gem" }
 for _, name in ipairs(RECIPES) do

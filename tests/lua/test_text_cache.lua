@@ -24,13 +24,7 @@ local function entries()
   return n
 end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = require("fmseg.fs").read
 
 tap.ok(run("a"), "first run")
 tap.eq(entries(), 1, "the classifier is cached")

@@ -33,13 +33,7 @@ function M.write(path, text)
   f:close()
 end
 
-function M.read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+M.read = require("fmseg.fs").read
 
 -- A 0-based row-major Lua array of h*w values → (H, W) int32 tensor.
 function M.grid(h, w, values)
