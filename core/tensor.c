@@ -290,21 +290,38 @@ int fm_tensor_copy_(fm_tensor *dst, const fm_tensor *src) {
     memmove(dst->data, src->data, (size_t)n * ds);
     return 0;
   }
-  int64_t idx[FM_MAX_DIMS] = {0};
+  if (n == 0) return 0;
+  if (dst->ndim == 0) {
+    if (dst->type == src->type) memcpy(dst->data, src->data, ds);
+    else fm__store(dst->data, dst->type, fm__load(src->data, src->type));
+    return 0;
+  }
+  /* Rows along the last dim, each located by its index over the outer
+   * dims; rows are independent, so threads may share them. */
   int32_t nd = dst->ndim;
-  for (int64_t e = 0; e < n; ++e) {
-    int64_t so = 0, doff = 0;
-    for (int32_t i = 0; i < nd; ++i) {
-      so += idx[i] * src->strides[i];
-      doff += idx[i] * dst->strides[i];
+  int64_t len = dst->dims[nd - 1], rows = n / len;
+  int64_t sstep = src->strides[nd - 1], dstep = dst->strides[nd - 1];
+  bool same_f32 = dst->type == src->type && ds == 4;
+  #pragma omp parallel for if (n > 262144) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t rem = r, so = 0, doff = 0;
+    for (int32_t i = nd - 2; i >= 0; --i) {
+      int64_t k = rem % dst->dims[i];
+      rem /= dst->dims[i];
+      so += k * src->strides[i];
+      doff += k * dst->strides[i];
     }
-    const char *sp = (const char *)src->data + so * (int64_t)ss;
-    char *dp = (char *)dst->data + doff * (int64_t)ds;
-    if (dst->type == src->type) memcpy(dp, sp, ds);
-    else fm__store(dp, dst->type, fm__load(sp, src->type));
-    for (int32_t i = nd - 1; i >= 0; --i) {
-      if (++idx[i] < dst->dims[i]) break;
-      idx[i] = 0;
+    if (same_f32) {
+      const uint32_t *sp = (const uint32_t *)src->data + so;
+      uint32_t *dp = (uint32_t *)dst->data + doff;
+      for (int64_t j = 0; j < len; ++j) dp[j * dstep] = sp[j * sstep];
+      continue;
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const char *sp = (const char *)src->data + (so + j * sstep) * (int64_t)ss;
+      char *dp = (char *)dst->data + (doff + j * dstep) * (int64_t)ds;
+      if (dst->type == src->type) memcpy(dp, sp, ds);
+      else fm__store(dp, dst->type, fm__load(sp, src->type));
     }
   }
   return 0;
