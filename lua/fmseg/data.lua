@@ -242,9 +242,11 @@ function M.label_table(s)
     for v = 0, 255 do lut[v] = ignore end
     for k, v in pairs(s.label_map) do
       local raw, cls = tonumber(k), tonumber(v)
-      if not raw or not cls or raw < 0 or raw > 255 or raw % 1 ~= 0 then
-        error(("dataset %s: label_map entry %s: %s must map a value 0..255 to a class"):format(
-          s.name, tostring(k), tostring(v)), 0)
+      -- a class outside 0..K-1 (other than ignore) would be scored silently wrong
+      local known = cls and cls % 1 == 0 and (cls == ignore or (cls >= 0 and cls < (s.num_classes or math.huge)))
+      if not raw or not known or raw < 0 or raw > 255 or raw % 1 ~= 0 then
+        error(("dataset %s: label_map entry %s: %s must map a value 0..255 to a class 0..%s or %d"):format(
+          s.name, tostring(k), tostring(v), s.num_classes and tostring(s.num_classes - 1) or "K-1", ignore), 0)
       end
       lut[raw] = cls
     end
