@@ -147,14 +147,14 @@ end
 -- Instances → one (H, W) label map: later (lower-scored) masks don't
 -- overwrite earlier ones; 0 is "no mask".
 local function instance_labels(result, h, w)
-  local T = require("fmseg.tensor")
-  local labels = T.new({ h, w })   -- float: the blend below is float arithmetic
-  for i = #result.masks, 1, -1 do
-    local m = result.masks[i]:float()
-    labels = labels * (1 - m) + m * i
+  local masks = require("fmseg.masks")
+  local labels = require("fmseg.tensor").new({ h, w }, "int32")
+  for i = #result.masks, 1, -1 do   -- the first mask is painted last: it wins
+    masks.rle_paint(labels, masks.rle_encode(result.masks[i]), i)
   end
-  return labels:int()
+  return labels
 end
+M.instance_labels = instance_labels
 
 -- Writes <dir>/<stem>.png, <stem>_overlay.png and <stem>.json; returns
 -- the summary table.
