@@ -65,6 +65,31 @@ function M.fixtures(sub)
   return nil
 end
 
+-- A scratch copy of the model directory `dir`: its config.json edited by
+-- cfg_edit(cfg) and its weights (name -> tensor) by edit(tensors), both
+-- optional. Returns the path; M.remove_model deletes it.
+function M.scratch_model(dir, edit, cfg_edit)
+  local hf, safetensors = require("fmseg.hf"), require("fmseg.safetensors")
+  local tmp = os.tmpname()
+  os.remove(tmp)
+  os.execute("mkdir -p '" .. tmp .. "'")
+  local cfg = hf.read_json(dir .. "/config.json")
+  if cfg_edit then cfg_edit(cfg) end
+  local out = assert(io.open(tmp .. "/config.json", "wb"))
+  out:write(require("fmseg.json").encode(cfg))
+  out:close()
+  local tensors = safetensors.open(dir .. "/model.safetensors"):load_all()
+  if edit then edit(tensors) end
+  safetensors.save(tmp .. "/model.safetensors", tensors)
+  return tmp
+end
+
+function M.remove_model(tmp)
+  os.remove(tmp .. "/config.json")
+  os.remove(tmp .. "/model.safetensors")
+  os.remove(tmp)
+end
+
 function M.done()
   io.write(("1..%d\n"):format(count))
   io.flush()

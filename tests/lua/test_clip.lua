@@ -71,25 +71,9 @@ tap.ok(e16 > 0 and e16 < 1e-2, "the fp16 file holds rounded weights, not a copy"
 
 -- Loader errors -------------------------------------------------------------------
 
--- A scratch model directory: clip-tiny's config and its weights after `edit`.
-local function scratch(edit)
-  local tmp = os.tmpname()
-  os.remove(tmp)
-  os.execute("mkdir -p '" .. tmp .. "'")
-  local out = assert(io.open(tmp .. "/config.json", "wb"))
-  out:write(hf.read_file(dir .. "/config.json"))
-  out:close()
-  local tensors = safetensors.open(dir .. "/model.safetensors"):load_all()
-  edit(tensors)
-  safetensors.save(tmp .. "/model.safetensors", tensors)
-  return tmp
-end
-
-local function remove(tmp)
-  os.remove(tmp .. "/config.json")
-  os.remove(tmp .. "/model.safetensors")
-  os.remove(tmp)
-end
+-- scratch model directories: clip-tiny's config and its weights after `edit`
+local function scratch(edit) return tap.scratch_model(dir, edit) end
+local remove = tap.remove_model
 
 local fc1 = "vision_model.encoder.layers.1.mlp.fc1.weight"
 local tmp = scratch(function(t) t[fc1] = nil end)

@@ -32,28 +32,7 @@ local function check_parity(dir)
   return ref
 end
 
--- A scratch copy of `dir` with its config edited by cfg_edit and its
--- weights by edit; returns the path.
-local function scratch(dir, edit, cfg_edit)
-  local tmp = os.tmpname()
-  os.remove(tmp)
-  os.execute("mkdir -p '" .. tmp .. "'")
-  local cfg = hf.read_json(dir .. "/config.json")
-  if cfg_edit then cfg_edit(cfg) end
-  local out = assert(io.open(tmp .. "/config.json", "wb"))
-  out:write(require("fmseg.json").encode(cfg))
-  out:close()
-  local tensors = safetensors.open(dir .. "/model.safetensors"):load_all()
-  if edit then edit(tensors) end
-  safetensors.save(tmp .. "/model.safetensors", tensors)
-  return tmp
-end
-
-local function remove(tmp)
-  os.remove(tmp .. "/config.json")
-  os.remove(tmp .. "/model.safetensors")
-  os.remove(tmp)
-end
+local scratch, remove = tap.scratch_model, tap.remove_model
 
 -- DINO (ViTModel) ------------------------------------------------------------------
 
