@@ -127,13 +127,7 @@ function M.spec(cfg)
     if s.label_map and s.reduce_zero_label then
       error(("dataset %s: give label_map or reduce_zero_label, not both"):format(name), 0)
     end
-    -- Display names: the first synonym, "background" for the background class.
-    s.class_names = {}
-    local given = plain.class_names
-    if type(given) == "string" then given = classes_mod.load(given).names end
-    for i, n in ipairs(s.classes.names) do
-      s.class_names[i] = (type(given) == "table" and given[i]) or (i - 1 == s.background and "background") or n
-    end
+    s.class_names = classes_mod.display_names(s.classes, s.background, plain.class_names)
   end
   return s
 end

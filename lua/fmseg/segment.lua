@@ -101,11 +101,10 @@ end
 function Session:label_names(result)
   local names = {}
   if result.kind == "semantic" and self.classes then
-    for i, n in ipairs(self.classes.names) do names[i - 1] = n end
-    -- A background class is listed by its stuff words ("sky, wall, ...");
-    -- people read "background".
     local bg = config.get(self.cfg, "data.background")
-    if type(bg) == "number" and names[bg] then names[bg] = "background" end
+    local display = classes_mod.display_names(self.classes, type(bg) == "number" and bg or nil,
+                                              config.get(self.cfg, "data.class_names"))
+    for i, n in ipairs(display) do names[i - 1] = n end
   elseif result.kind == "segments" then
     for i = 0, 255 do names[i] = "segment " .. i end
   end
