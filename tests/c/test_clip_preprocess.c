@@ -128,7 +128,9 @@ int main(void) {
     if (getenv("CI")) {
       ok(0, "fixtures missing (CI is set)");
     } else {
-      printf("ok %d - # SKIP fixtures missing (%s)\n", ++tap__n, dir);
+      char why[1100];
+      snprintf(why, sizeof why, "fixtures missing (%s)", dir);
+      skip(why);
     }
     return done_testing();
   }

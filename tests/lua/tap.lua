@@ -16,6 +16,7 @@ function M.diag(msg) io.write("# " .. tostring(msg) .. "\n") end
 function M.skip(name, why)
   count = count + 1
   io.write(("ok %d - %s # SKIP %s\n"):format(count, name, why))
+  io.stderr:write(("skipped: %s (%s)\n"):format(name, why))
 end
 
 function M.eq(got, want, name)
@@ -60,7 +61,7 @@ function M.fixtures(sub)
   if os.getenv("CI") then
     M.ok(false, "fixtures present at " .. dir, "CI is set and the fixtures are missing")
   else
-    M.skip("fixtures at " .. dir, "fixtures missing (set FMSEG_FIXTURES)")
+    M.skip("fixtures at " .. dir, "missing; set FMSEG_FIXTURES")
   end
   return nil
 end
