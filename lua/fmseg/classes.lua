@@ -46,52 +46,13 @@ end
 function M.load(path)
   local resolved = M.resolve(path)
   local text = assert(fs.read(resolved))
-  -- The names people read, by 1-based class: `given` (a list, or a class
--- file's path) where it names the class, "background" for the background
--- class (0-based index `background`, whose line lists stuff words), else
--- the first synonym.
-function M.display_names(classes, background, given)
-  if type(given) == "string" then given = M.load(given).names end
-  local out = {}
-  for i, n in ipairs(classes.names) do
-    out[i] = (type(given) == "table" and given[i]) or (i - 1 == background and "background") or n
-  end
-  return out
-end
-
-return M.parse(text, path)
+  return M.parse(text, path)
 end
 
 -- From a config: `classes` is a file name or an inline list of lines.
 function M.from_config(value)
-  if type(value) == "string" then -- The names people read, by 1-based class: `given` (a list, or a class
--- file's path) where it names the class, "background" for the background
--- class (0-based index `background`, whose line lists stuff words), else
--- the first synonym.
-function M.display_names(classes, background, given)
-  if type(given) == "string" then given = M.load(given).names end
-  local out = {}
-  for i, n in ipairs(classes.names) do
-    out[i] = (type(given) == "table" and given[i]) or (i - 1 == background and "background") or n
-  end
-  return out
-end
-
-return M.load(value) end
-  if type(value) == "table" then -- The names people read, by 1-based class: `given` (a list, or a class
--- file's path) where it names the class, "background" for the background
--- class (0-based index `background`, whose line lists stuff words), else
--- the first synonym.
-function M.display_names(classes, background, given)
-  if type(given) == "string" then given = M.load(given).names end
-  local out = {}
-  for i, n in ipairs(classes.names) do
-    out[i] = (type(given) == "table" and given[i]) or (i - 1 == background and "background") or n
-  end
-  return out
-end
-
-return M.parse(table.concat(value, "\n"), "inline classes") end
+  if type(value) == "string" then return M.load(value) end
+  if type(value) == "table" then return M.parse(table.concat(value, "\n"), "inline classes") end
   error("config: `classes` must be a file name or a list of class names", 0)
 end
 
