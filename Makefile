@@ -11,6 +11,10 @@ ARCH    := $(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 # (LAPACKE is linked statically: the shared one would load the default,
 # pthread OpenBLAS beside it);
 # two pools spinning on two cores cost 2-3x (see DESIGN.md, threads).
+# Whether it is there is decided when make reads this file, so targets that
+# install it first (test, bench, demo) build in a second make started after
+# `deps`: a fresh clone's first build then links it, not whichever
+# libopenblas.so.0 the system's alternatives point to (tests/lua/test_build.lua).
 BLASDIR := /usr/lib/$(ARCH)/openblas-openmp
 CFLAGS  ?= -O3 -march=x86-64-v2 -mtune=native
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -fopenmp \
@@ -65,7 +69,8 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEPS_DEB) $(DEPS_OPT); \
 	else echo "fmseg needs: sudo apt-get install $(DEPS_DEB)"; exit 1; fi
 
-test: deps all $(TEST_BIN)
+test: deps
+	@$(MAKE) --no-print-directory all $(TEST_BIN)
 	@prove --exec 'sh tests/run1' $(TEST_BIN) $(sort $(wildcard tests/lua/test_*.lua))
 
 test-c: all $(TEST_BIN)
@@ -80,7 +85,8 @@ test-lua: all
 # The C benchmarks wait passively, as ./fmseg does (lua/main.c).
 # FMSEG_BENCH_QUICK=1 skips SD and SAM at 1024.
 BENCH_SUITES := vit sam sd
-bench: deps all $(BENCH_BIN)
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@mkdir -p build/bench && rm -f build/bench/*.json build/bench/summary.md && \
 	  cat /proc/loadavg > build/bench/loadavg.start
 	@for b in $(BENCH_BIN); do echo "== $$b"; OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $$b || exit 1; done
@@ -92,7 +98,8 @@ bench: deps all $(BENCH_BIN)
 	done
 	@./fmseg run bench/summary.lua
 
-demo: deps all
+demo: deps
+	@$(MAKE) --no-print-directory all
 	./fmseg demo
 
 clean:
