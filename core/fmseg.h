@@ -186,6 +186,20 @@ int fm_interpolate_scale(fm_tensor *out, const fm_tensor *x, int32_t mode, int32
  * mode FM_BILINEAR or FM_BICUBIC (PIL's a = -0.5), always antialiased. */
 int fm_image_resize_pil(fm_tensor *out, const fm_tensor *img, int32_t mode);
 
+/* The same resize as torch does it on uint8 tensors on the CPU
+ * (F.interpolate(antialias=True), which torchvision's resize calls, and so
+ * transformers' default image processors): PIL's algorithm with int16
+ * coefficients of 14 to 22 bits, so some bytes differ from PIL's by one. */
+int fm_image_resize_torch(fm_tensor *out, const fm_tensor *img, int32_t mode);
+
+/* cv2.resize(img, (OW, OH), interpolation=cv2.INTER_LINEAR) on 8-bit images,
+ * bit for bit with OpenCV 4.6: img (H, W, C) U8 -> out (OH, OW, C) U8, C in
+ * 1..4. mmsegmentation's Resize (mmcv.imresize) calls it; float bilinear +
+ * round is one grey level off on ~13% of values, because cv2 works in 11-bit
+ * fixed point and its vertical pass truncates before it rounds. An exact 2x
+ * downscale is cv2's 2x2 mean (INTER_AREA), an unchanged size a copy. */
+int fm_image_resize_cv2_linear(fm_tensor *out, const fm_tensor *img);
+
 /* Decode PNG/JPEG/BMP/... to (H, W, 3) U8; grey and RGBA become RGB. */
 fm_tensor *fm_image_load(const char *path);
 fm_tensor *fm_image_load_memory(const uint8_t *bytes, int64_t len);
@@ -343,8 +357,10 @@ int fm_sq_distances(fm_tensor *out, const fm_tensor *x, const fm_tensor *c);
  * centre), then Lloyd iterations until no label changes, the centres move
  * less than tol x the mean per-feature variance of x (summed squared
  * shift), or max_iter; empty clusters take the point farthest from its
- * centre. n_init runs from one generator seeded by `seed`; the lowest
- * inertia wins. x (N, D) F32 finite, 1 <= k <= N -> labels (N) I32 in
+ * centre. n_init runs from one generator seeded by `seed` (< 2^32: numpy's
+ * legacy MT19937 stream, so the result is scikit-learn's under
+ * np.random.seed(seed), x centred first as it does); the lowest inertia
+ * wins, unless it is the same partition as an earlier run's. x (N, D) F32 finite, 1 <= k <= N -> labels (N) I32 in
  * [0, k) (nearest centre, the first on ties), centers (K, D) F32,
  * *inertia (if not NULL) the summed squared distance to the centres. */
 int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k,
@@ -364,8 +380,9 @@ int fm_eigh(fm_tensor *w, fm_tensor *v, const fm_tensor *a);
  * v b v^T = I. Normalized cuts solve (D - W) y = w D y with it. */
 int fm_eigh_generalized(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b);
 /* Only the eigenpairs first .. first + count - 1 (0-based, ascending) of the
- * same problem: LAPACK ssygvx (scipy's eigh with subset_by_index), or, when
- * b is diagonal (normalized cuts), MRRR (ssyevr) on b^-1/2 a b^-1/2 with
+ * same problem, solved in double precision (F32 in and out): LAPACK dsygvx
+ * (scipy's eigh with subset_by_index), or, when
+ * b is diagonal (normalized cuts), MRRR (dsyevr) on b^-1/2 a b^-1/2 with
  * the vectors scaled back. w (count), v (count, N), rows b-orthonormal.
  * Cheaper when few are wanted. */
 int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b,
@@ -396,6 +413,21 @@ int fm_labels_remap(fm_tensor *out, const fm_tensor *in, const int32_t *lut, int
 char *fm_yaml_to_json(const char *path);
 char *fm_yaml_string_to_json(const char *text, const char *name_for_errors);
 void fm_free(void *p);
+
+/* ---- DiffSeg (core/diffseg.c) ------------------------------------------- */
+
+/* x: (N, C, H, W) F32 -> out: (N, C, OH, OW), tf.image.resize bilinear
+ * (half-pixel centres, no antialias) with TF's own arithmetic. */
+int fm_resize_bilinear_tf(fm_tensor *out, const fm_tensor *x);
+/* out (A, Q) = the float16 symmetric KL of DiffSeg's first merge between
+ * rows of a (A, D) and of b (Q, D), each op rounded to half as TF does;
+ * NaN where a zero entry (underflow) meets a log. */
+int fm_diffseg_kl_f16(fm_tensor *out, const fm_tensor *a, const fm_tensor *b);
+/* out (groups, D) doubles: the mean, in double, of the rows r of x (N, D)
+ * with member[g * N + r] != 0; NaN for a group with none. */
+int fm_diffseg_group_means(double *out, const fm_tensor *x, const uint8_t *member, int64_t groups);
+/* v rounded to the nearest float16 (ties to even), as a float */
+float fm_round_half(float v);
 
 /* ---- SAM (core/sam_attention.c) ----------------------------------------- */
 

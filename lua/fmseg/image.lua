@@ -54,4 +54,21 @@ function M.resize_pil(img, oh, ow, mode)
   return out
 end
 
+-- The same resize as torch (and so torchvision) does it on uint8 tensors:
+-- PIL's algorithm with int16 coefficients; some bytes differ from PIL's.
+function M.resize_torch(img, oh, ow, mode)
+  local out = T.new({ oh, ow, img:size(3) }, "uint8")
+  local code = (mode or "bicubic") == "bilinear" and C.FM_BILINEAR or C.FM_BICUBIC
+  check(C.fm_image_resize_torch(out, as_u8(img), code))
+  return out
+end
+
+-- cv2.resize(img, (ow, oh), interpolation=cv2.INTER_LINEAR) of an (H, W, C)
+-- uint8 image, bit for bit with OpenCV 4.6 (mmcv.imresize's 'bilinear').
+function M.resize_cv2(img, oh, ow)
+  local out = T.new({ oh, ow, img:size(3) }, "uint8")
+  check(C.fm_image_resize_cv2_linear(out, as_u8(img)))
+  return out
+end
+
 return M

@@ -30,6 +30,9 @@ tap.ok(row[1] == 0 and row[2] == 25 and row[3] == 75 and row[4] == 100,
 tap.eq(up:get(2, 1, 1), 50, "second row, first column: 0.75 * 0 + 0.25 * 200")
 tap.eq(up:get(2, 2, 2), 59, "an inner pixel: 0.75 * 25 + 0.25 * 162.5 = 59.375, rounded")
 tap.ok(clipseg.resize_image(img, 2, 2) == img, "same size: no resampling")
+local quad = T.from_table({ { { 100, 100, 100 }, { 130, 130, 130 } }, { { 70, 70, 70 }, { 30, 30, 30 } } }, "uint8")
+tap.eq(clipseg.resize_image(quad, 3, 3):get(2, 2, 1), 83,
+       "cv2's fixed point, not float + round: the centre of 2x2 -> 3x3 is 82.5, cv2 makes it 83")
 
 -- Normalisation: the checkpoint's, or mmseg-style 0-255 values.
 local norm = clipseg.normalization(nil, {})
