@@ -1,7 +1,10 @@
 /* test_resize.c — fm_interpolate against direct (non-separable, double
  * precision) evaluations of torch's formulas, a few values worked out by
  * hand, and torch itself when a python3 with torch is around;
- * fm_image_resize_pil against a floating-point PIL and PIL itself. */
+ * fm_image_resize_pil against a floating-point PIL and PIL itself;
+ * fm_image_resize_torch against a naive fixed-point twin, values worked
+ * out by hand where it and PIL part, and torch's uint8 kernel itself when
+ * python3 has a torch with one (2.1 or later). */
 #include "fmseg.h"
 #include "tap.h"
 
@@ -293,6 +296,157 @@ static void test_pil_constant(void) {
   fm_tensor_release(img); fm_tensor_release(out); fm_tensor_release(o1);
 }
 
+/* ---- torch's uint8 resize ---------------------------------------------------- */
+
+/* The fixed-point algorithm from its definition: every source sample's
+ * weight (axis_weights, double), scaled by 2^bits and rounded half away
+ * from zero; integer sums rounded by adding 2^(bits-1), shifted, clipped
+ * to 0..255 after each pass; a pass whose size is unchanged is skipped.
+ * torch's bits: the most, up to 22, with the axis's largest weight times
+ * 2^bits rounding below 2^15 (it keeps coefficients in int16). */
+static int torch_bits(int64_t in, int64_t out, int mode) {
+  double *w = malloc(sizeof(double) * (size_t)in), wmax = 0;
+  for (int64_t i = 0; i < out; ++i) {
+    pil_axis(w, in, out, i, mode);
+    for (int64_t k = 0; k < in; ++k) wmax = fmax(wmax, w[k]);
+  }
+  free(w);
+  int bits = 22;
+  while (bits > 0 && floor(wmax * ldexp(1, bits) + 0.5) >= 32768) --bits;
+  return bits;
+}
+
+static int32_t fixed_coeff(double w, int bits) {
+  double v = w * ldexp(1, bits);
+  return (int32_t)(v < 0 ? v - 0.5 : v + 0.5);
+}
+
+static uint8_t fixed_clip(int64_t acc, int bits) {
+  int64_t v = acc >> bits;
+  return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+static void naive_fixed(uint8_t *out, const uint8_t *img, int64_t h, int64_t w, int64_t c, int64_t oh,
+                        int64_t ow, int mode, int bits_x, int bits_y) {
+  uint8_t *tmp = malloc((size_t)(h * ow * c));
+  double *wt = malloc(sizeof(double) * (size_t)(h > w ? h : w));
+  for (int64_t xo = 0; xo < ow; ++xo) {
+    if (ow != w) pil_axis(wt, w, ow, xo, mode);
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        uint8_t v = img[(y * w + xo) * c + ch];
+        if (ow != w) {
+          int64_t acc = (int64_t)1 << (bits_x - 1);
+          for (int64_t k = 0; k < w; ++k) acc += (int64_t)fixed_coeff(wt[k], bits_x) * img[(y * w + k) * c + ch];
+          v = fixed_clip(acc, bits_x);
+        }
+        tmp[(y * ow + xo) * c + ch] = v;
+      }
+  }
+  for (int64_t yo = 0; yo < oh; ++yo) {
+    if (oh != h) pil_axis(wt, h, oh, yo, mode);
+    for (int64_t i = 0; i < ow * c; ++i) {
+      uint8_t v = tmp[yo * ow * c + i];
+      if (oh != h) {
+        int64_t acc = (int64_t)1 << (bits_y - 1);
+        for (int64_t k = 0; k < h; ++k) acc += (int64_t)fixed_coeff(wt[k], bits_y) * tmp[k * ow * c + i];
+        v = fixed_clip(acc, bits_y);
+      }
+      out[yo * ow * c + i] = v;
+    }
+  }
+  free(tmp);
+  free(wt);
+}
+
+static void test_torch_u8_naive(void) {
+  static const int64_t sizes[][4] = {
+    {64, 48, 13, 17}, {13, 5, 5, 13}, {5, 13, 13, 5}, {31, 31, 31, 8}, {20, 20, 64, 64}, {1, 9, 1, 4},
+    {96, 80, 12, 10},
+  };
+  char name[200];
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s)
+    for (int64_t c = 1; c <= 3; c += 2)
+      for (int mode = FM_BILINEAR; mode <= FM_BICUBIC; ++mode) {
+        int64_t h = sizes[s][0], w = sizes[s][1], oh = sizes[s][2], ow = sizes[s][3];
+        int bx = torch_bits(w, ow, mode), by = torch_bits(h, oh, mode);
+        fm_tensor *img = random_image(h, w, c);
+        int64_t oshape[3] = {oh, ow, c};
+        fm_tensor *out = fm_tensor_new(FM_U8, 3, oshape), *pil = fm_tensor_new(FM_U8, 3, oshape);
+        size_t n = (size_t)(oh * ow * c);
+        uint8_t *ref = malloc(n), *ref22 = malloc(n);
+        int rc = fm_image_resize_torch(out, img, mode);
+        naive_fixed(ref, img->data, h, w, c, oh, ow, mode, bx, by);
+        /* the same twin with PIL's 22 bits is PIL */
+        int rc22 = fm_image_resize_pil(pil, img, mode);
+        naive_fixed(ref22, img->data, h, w, c, oh, ow, mode, 22, 22);
+        int64_t differ = 0;
+        for (size_t i = 0; i < n; ++i) differ += ref[i] != ref22[i];
+        snprintf(name, sizeof name,
+                 "torch u8 %s %dx%dx%d -> %dx%d (%d/%d bits) equals the fixed-point twin (%d bytes differ from PIL)",
+                 mode_name[mode], (int)h, (int)w, (int)c, (int)oh, (int)ow, bx, by, (int)differ);
+        ok(rc == 0 && memcmp(out->data, ref, n) == 0, name);
+        snprintf(name, sizeof name, "PIL %s %dx%dx%d -> %dx%d equals the twin at 22 bits", mode_name[mode],
+                 (int)h, (int)w, (int)c, (int)oh, (int)ow);
+        ok(rc22 == 0 && memcmp(pil->data, ref22, n) == 0, name);
+        free(ref);
+        free(ref22);
+        fm_tensor_release(img);
+        fm_tensor_release(out);
+        fm_tensor_release(pil);
+      }
+}
+
+/* one row through both kernels */
+static int resize_row(int torch, const uint8_t *row, int64_t w, uint8_t *out, int64_t ow, int mode) {
+  int64_t is[3] = {1, w, 1}, os[3] = {1, ow, 1};
+  fm_tensor *x = fm_tensor_borrow(FM_U8, 3, is, (void *)row), *y = fm_tensor_borrow(FM_U8, 3, os, out);
+  int rc = torch ? fm_image_resize_torch(y, x, mode) : fm_image_resize_pil(y, x, mode);
+  fm_tensor_release(x);
+  fm_tensor_release(y);
+  return rc;
+}
+
+/* Where PIL (22 bits) and torch (int16: 14 to 22 bits) part: exact halves
+ * whose weights are not multiples of 2^-14, so the two round their
+ * coefficients to different sides. */
+static void test_torch_u8_hand(void) {
+  uint8_t out[4];
+  /* bilinear 5 -> 2: a triangle of half-width 2.5 around 1.25 over samples
+   * 0..3 gives 0.7, 0.9, 0.5, 0.1, i.e. weights (7, 9, 5, 1) / 22, mirrored
+   * for output 1. With an 11 at sample 1 the exact outputs are 4.5 and
+   * 0.5. PIL: 9/22 * 2^22 = 1715851.6 rounds up, so 11 * 1715852 + 2^21
+   * >= 5 * 2^22 -> 5; 1/22 * 2^22 = 190650.2 rounds down -> 0. torch: the
+   * largest weight 9/22 gives 16 bits (2^17 * 9/22 >= 2^15); 26810.2 rounds
+   * down, 11 * 26810 + 2^15 = 327678 < 5 * 2^16 -> 4; 2978.9 rounds up -> 1. */
+  const uint8_t row5[5] = {0, 11, 0, 0, 0};
+  const uint8_t pil5[2] = {5, 0}, torch5[2] = {4, 1};
+  ok(resize_row(0, row5, 5, out, 2, FM_BILINEAR) == 0 && memcmp(out, pil5, 2) == 0,
+     "PIL bilinear 5 -> 2 at a tie: 5, 0");
+  ok(resize_row(1, row5, 5, out, 2, FM_BILINEAR) == 0 && memcmp(out, torch5, 2) == 0,
+     "torch u8 bilinear 5 -> 2 at the same tie: 4, 1");
+  /* bicubic (a = -0.5) 2 -> 3: output 0 is centred at 1/3, samples at
+   * distances 1/6 and 7/6 weigh 405/432 and -25/432, normalised 81/76 and
+   * -5/76. With (38, 0) the exact output is 38 * 81/76 = 40.5. PIL:
+   * 81/76 * 2^22 = 4470244.6 -> 4470245, 38 * 4470245 + 2^21 = 171966462
+   * < 41 * 2^22 -> 40. torch: a weight above 1 gives 14 bits; 17461.9 ->
+   * 17462, 38 * 17462 + 2^13 = 671748 >= 41 * 2^14 -> 41. The middle output
+   * is 19 in both, the last (-2.5) clips to 0. */
+  const uint8_t row2[2] = {38, 0};
+  const uint8_t pil3[3] = {40, 19, 0}, torch3[3] = {41, 19, 0};
+  ok(resize_row(0, row2, 2, out, 3, FM_BICUBIC) == 0 && memcmp(out, pil3, 3) == 0,
+     "PIL bicubic 2 -> 3 at a tie: 40, 19, 0");
+  ok(resize_row(1, row2, 2, out, 3, FM_BICUBIC) == 0 && memcmp(out, torch3, 3) == 0,
+     "torch u8 bicubic 2 -> 3 at the same tie: 41, 19, 0");
+  int64_t is[3] = {4, 4, 3}, os[3] = {2, 2, 1};
+  fm_tensor *img = fm_tensor_new(FM_U8, 3, is), *o1 = fm_tensor_new(FM_U8, 3, os);
+  ok(fm_image_resize_torch(o1, img, FM_BICUBIC) == -1 && strstr(fm_last_error(), "fm_image_resize_torch"),
+     "torch u8: channel mismatch refused, named");
+  ok(fm_image_resize_torch(o1, img, FM_NEAREST) == -1, "torch u8: nearest refused");
+  fm_tensor_release(img);
+  fm_tensor_release(o1);
+}
+
 /* ---- torch and PIL themselves, when python3 has them ------------------------ */
 
 static const char *find_python(const char *module) {
@@ -449,6 +603,73 @@ static void test_pil_itself(const char *dir) {
   }
 }
 
+/* torch's own uint8 antialiased resize, as torchvision calls it: (1, C,
+ * H, W) contiguous uint8 into F.interpolate(antialias=True). torch before
+ * 2.1 has no uint8 kernel; then the check is skipped. */
+static void test_torch_u8_itself(const char *dir) {
+  const char *py = find_python("torch");
+  if (!py) {
+    skip("no python3 with torch: uint8 resize checked against its twin and hand values only");
+    return;
+  }
+  /* h, w, c, oh, ow */
+  static const int64_t cases[][5] = {
+    {64, 48, 3, 13, 17}, {50, 70, 3, 224, 160}, {31, 17, 1, 7, 40}, {13, 5, 3, 5, 13}, {9, 9, 1, 9, 4},
+    {96, 80, 3, 12, 10},
+  };
+  enum { NCASES = sizeof cases / sizeof cases[0] };
+  fm_tensor *imgs[NCASES];
+  char path[512], name[160], script[4096], line[256];
+  snprintf(script, sizeof script,
+           "import numpy as np, torch, torch.nn.functional as F, sys\n"
+           "try:\n"
+           "    F.interpolate(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), size=(2, 2), mode='bicubic',\n"
+           "                  align_corners=False, antialias=True)\n"
+           "except RuntimeError:\n"
+           "    open('no_uint8', 'w').close(); sys.exit(0)\n"
+           "def run(k, h, w, c, oh, ow, mode):\n"
+           "    a = torch.from_numpy(np.fromfile('in%%d.bin' %% k, np.uint8).reshape(h, w, c))\n"
+           "    x = a.permute(2, 0, 1).contiguous()[None]\n"
+           "    y = F.interpolate(x, size=(oh, ow), mode=mode, align_corners=False, antialias=True)\n"
+           "    y[0].permute(1, 2, 0).contiguous().numpy().tofile('out%%d_%%s.bin' %% (k, mode))\n");
+  for (int k = 0; k < NCASES; ++k) {
+    const int64_t *c = cases[k];
+    imgs[k] = random_image(c[0], c[1], c[2]);
+    snprintf(path, sizeof path, "%s/in%d.bin", dir, k);
+    write_file(path, imgs[k]->data, (size_t)(c[0] * c[1] * c[2]));
+    for (int mode = FM_BILINEAR; mode <= FM_BICUBIC; ++mode) {
+      snprintf(line, sizeof line, "run(%d, %d, %d, %d, %d, %d, '%s')\n", k, (int)c[0], (int)c[1], (int)c[2],
+               (int)c[3], (int)c[4], mode_name[mode]);
+      strncat(script, line, sizeof script - strlen(script) - 1);
+    }
+  }
+  int ran = run_python(py, dir, script);
+  snprintf(path, sizeof path, "%s/no_uint8", dir);
+  int unsupported = access(path, F_OK) == 0;
+  unlink(path);
+  if (unsupported) skip("this torch has no uint8 antialiased resize (added in 2.1)");
+  for (int k = 0; k < NCASES; ++k) {
+    const int64_t *c = cases[k];
+    snprintf(path, sizeof path, "%s/in%d.bin", dir, k);
+    unlink(path);
+    for (int mode = FM_BILINEAR; mode <= FM_BICUBIC && !unsupported; ++mode) {
+      int64_t os[3] = {c[3], c[4], c[2]};
+      size_t n = (size_t)(c[3] * c[4] * c[2]);
+      fm_tensor *out = fm_tensor_new(FM_U8, 3, os), *ref = fm_tensor_new(FM_U8, 3, os);
+      snprintf(path, sizeof path, "%s/out%d_%s.bin", dir, k, mode_name[mode]);
+      int got = ran && read_file(path, ref->data, n);
+      unlink(path);
+      int rc = fm_image_resize_torch(out, imgs[k], mode);
+      snprintf(name, sizeof name, "torch itself: uint8 %s %dx%dx%d -> %dx%d, every byte equal",
+               mode_name[mode], (int)c[0], (int)c[1], (int)c[2], (int)c[3], (int)c[4]);
+      ok(got && rc == 0 && memcmp(out->data, ref->data, n) == 0, name);
+      fm_tensor_release(out);
+      fm_tensor_release(ref);
+    }
+    fm_tensor_release(imgs[k]);
+  }
+}
+
 static void remove_dir(const char *dir) {
   char path[512];
   snprintf(path, sizeof path, "%s/in.bin", dir);
@@ -464,10 +685,13 @@ int main(void) {
   test_bad_input();
   test_pil_naive();
   test_pil_constant();
+  test_torch_u8_naive();
+  test_torch_u8_hand();
   char dir[] = "/tmp/fmseg_resize_XXXXXX";
   if (mkdtemp(dir)) {
     test_torch(dir);
     test_pil_itself(dir);
+    test_torch_u8_itself(dir);
     remove_dir(dir);
   } else {
     ok(0, "mkdtemp for the python cross-checks");

@@ -1,18 +1,29 @@
 -- fmseg.models.clip_processor — CLIPImageProcessor as the checkpoint's
--- preprocessor_config.json describes it: PIL resize of the shortest edge,
+-- preprocessor_config.json describes it: resize of the shortest edge,
 -- centre crop, rescale, normalise.
 --
 --   local proc = require("fmseg.models.clip_processor").load("clip-vit-base-patch16")
 --   local pixel_values = proc:preprocess(image.load("cat.jpg"))  -- (1, 3, 224, 224)
 --
--- ref: transformers/models/clip/image_processing_clip.py, CLIPImageProcessor
+-- transformers 5's CLIPImageProcessor is its torchvision backend (the PIL
+-- one is CLIPImageProcessorPil): the resize is torch's on uint8 tensors,
+-- whose int16 coefficients put some bytes one level from PIL's, the centre
+-- crop pads a too-small image torchvision's way, and rescale + normalise
+-- are one fused float32 step. This module follows it byte for byte
+-- (bilinear as torchvision resizes on CPUs with AVX2; without, it resizes
+-- bilinear in float and rounds).
+-- ref: transformers/models/clip/image_processing_clip.py, CLIPImageProcessor;
+--      transformers/image_processing_backends.py, TorchvisionBackend (resize,
+--      center_crop, _fuse_mean_std_and_rescale_factor, _rescale_and_normalize);
+--      torchvision/transforms/v2/functional/_geometry.py (resize_image,
+--      _do_native_uint8_resize_on_cpu)
 local hf = require("fmseg.hf")
 local image = require("fmseg.image")
 local T = require("fmseg.tensor")
 
 local M = {}
 
--- PIL resample codes (Image.Resampling) that fmseg.image.resize_pil knows.
+-- PIL resample codes (Image.Resampling) that fmseg.image.resize_torch knows.
 local RESAMPLE = { [2] = "bilinear", [3] = "bicubic" }
 
 local Processor = {}
@@ -69,11 +80,21 @@ function Processor:output_size(h, w)
   return new_short, new_long
 end
 
+-- First image row (column) of a centre crop of c out of n; negative: the
+-- image is smaller and starts that far inside the crop. Torchvision pads
+-- (c - n) // 2 before and the rest after (numpy's center_crop would put
+-- the odd pixel the other side).
+local function crop_start(n, c)
+  if n >= c then return math.floor((n - c) / 2) end
+  return -math.floor((c - n) / 2)
+end
+
 -- img (H, W, C) uint8 → (ch, cw) centre crop, zero-padded where the image
--- is smaller. ref: transformers/image_transforms.py, center_crop
+-- is smaller. ref: transformers/image_processing_backends.py,
+-- TorchvisionBackend.center_crop
 local function center_crop(img, ch, cw)
   local h, w, c = unpack(img:shape())
-  local top, left = math.floor((h - ch) / 2), math.floor((w - cw) / 2)
+  local top, left = crop_start(h, ch), crop_start(w, cw)
   if top >= 0 and left >= 0 then
     return img:narrow(1, top + 1, ch):narrow(2, left + 1, cw):contiguous()
   end
@@ -89,18 +110,25 @@ end
 function Processor:preprocess(img)
   if self.do_resize then
     local oh, ow = self:output_size(img:size(1), img:size(2))
-    img = image.resize_pil(img, oh, ow, self.resample)
+    img = image.resize_torch(img, oh, ow, self.resample)
   end
   if self.do_center_crop then
     img = center_crop(img, self.crop_size.height, self.crop_size.width)
   end
   local x = image.to_chw(img)
-  if self.do_rescale then x:mul_(self.rescale_factor) end
   if self.do_normalize then
+    -- with rescale, fused as (x - mean / factor) / (std / factor): float32
+    -- mean and std times float32(1 / factor), as torch computes them
     local c = x:size(2)
     local mean = T.from_table(self.image_mean):reshape(1, c, 1, 1)
     local std = T.from_table(self.image_std):reshape(1, c, 1, 1)
+    if self.do_rescale then
+      mean:mul_(1 / self.rescale_factor)
+      std:mul_(1 / self.rescale_factor)
+    end
     x = (x - mean) / std
+  elseif self.do_rescale then
+    x:mul_(self.rescale_factor)
   end
   return x
 end
