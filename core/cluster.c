@@ -1,11 +1,12 @@
 /* cluster.c — clustering of patch features: squared distances, k-means with
  * k-means++ seeding (scikit-learn's KMeans), the silhouette score, and the
  * symmetric and generalized symmetric-definite eigenproblems behind
- * normalized cuts and spectral clustering (LAPACK: ssyevd, ssygvd, and
- * ssygvx / ssyevr when only a few eigenpairs are wanted).
+ * normalized cuts and spectral clustering (LAPACK: ssyevd, ssygvd, and, in
+ * double precision, dsygvx / dsyevr when only a few eigenpairs are wanted).
  *
  * Everything is deterministic: the only randomness is k-means++ seeding,
- * drawn from a generator seeded by the caller. */
+ * drawn from numpy's legacy MT19937 stream seeded by the caller, so that a
+ * seed gives scikit-learn's KMeans result under np.random.seed(seed). */
 #include "kernels.h"
 
 #include <cblas.h>
@@ -73,18 +74,51 @@ static double fm__sq_dist_rows(const float *a, const float *b, int64_t d) {
   return s;
 }
 
-/* splitmix64: a small generator with good statistics from any seed */
-typedef struct { uint64_t s; } fm__rng;
+/* numpy's legacy RandomState (MT19937), the generator scikit-learn's KMeans
+ * draws from: np.random.seed(seed) / RandomState(seed) seed it with
+ * init_genrand; randint(n) is a masked rejection draw of 32-bit words,
+ * uniform() / random_sample() 53 bits from two words. The same seed gives
+ * the same stream as numpy, so the same k-means++ seeds as scikit-learn. */
+typedef struct {
+  uint32_t key[624];
+  int pos;
+} fm__rng;
 
-static uint64_t fm__rng_next(fm__rng *r) {
-  uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+static void fm__rng_seed(fm__rng *r, uint32_t seed) {
+  for (int i = 0; i < 624; ++i) {
+    r->key[i] = seed;
+    seed = 1812433253u * (seed ^ (seed >> 30)) + (uint32_t)(i + 1);
+  }
+  r->pos = 624;
 }
 
-static double fm__rng_uniform(fm__rng *r) {   /* [0, 1) */
-  return (double)(fm__rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+static uint32_t fm__rng_next32(fm__rng *r) {
+  if (r->pos == 624) {
+    for (int i = 0; i < 624; ++i) {
+      uint32_t y = (r->key[i] & 0x80000000u) | (r->key[(i + 1) % 624] & 0x7fffffffu);
+      r->key[i] = r->key[(i + 397) % 624] ^ (y >> 1) ^ ((y & 1u) ? 0x9908b0dfu : 0u);
+    }
+    r->pos = 0;
+  }
+  uint32_t y = r->key[r->pos++];
+  y ^= y >> 11;
+  y ^= (y << 7) & 0x9d2c5680u;
+  y ^= (y << 15) & 0xefc60000u;
+  return y ^ (y >> 18);
+}
+
+static double fm__rng_uniform(fm__rng *r) {   /* [0, 1): mt19937_next_double */
+  uint32_t a = fm__rng_next32(r) >> 5, b = fm__rng_next32(r) >> 6;
+  return ((double)a * 67108864.0 + (double)b) / 9007199254740992.0;
+}
+
+/* randint(n), 0 <= result < n <= 2^32: buffered_bounded_masked_uint32 */
+static int64_t fm__rng_below(fm__rng *r, int64_t n) {
+  uint32_t range = (uint32_t)(n - 1), mask = range, v;
+  if (range == 0) return 0;
+  mask |= mask >> 1, mask |= mask >> 2, mask |= mask >> 4, mask |= mask >> 8, mask |= mask >> 16;
+  while ((v = fm__rng_next32(r) & mask) > range) {}
+  return (int64_t)v;
 }
 
 /* ---- squared distances ---------------------------------------------------------- */
@@ -132,8 +166,7 @@ typedef struct {
 static void fm__kmeans_pp(fm__km *w, float *centers, fm__rng *rng) {
   int64_t n = w->n, d = w->d, k = w->k;
   int64_t trials = 2 + (int64_t)log((double)k);
-  int64_t first = (int64_t)(fm__rng_uniform(rng) * (double)n);
-  if (first >= n) first = n - 1;
+  int64_t first = fm__rng_below(rng, n);
   memcpy(centers, w->x + first * d, sizeof(float) * (size_t)d);
   double total = 0;
   for (int64_t i = 0; i < n; ++i) total += w->pot[i] = fm__sq_dist_rows(w->x + i * d, centers, d);
@@ -141,7 +174,8 @@ static void fm__kmeans_pp(fm__km *w, float *centers, fm__rng *rng) {
     double best_pot = INFINITY;
     int64_t best = 0;
     for (int64_t t = 0; t < trials; ++t) {
-      // searchsorted(cumsum(pot), u * total): the first i with cumsum >= target
+      // rand_vals = uniform(size=trials) * current_pot (drawn in this order);
+      // searchsorted(cumsum(pot), target): the first i with cumsum >= target
       double target = fm__rng_uniform(rng) * total, acc = 0;
       int64_t id = n - 1;
       for (int64_t i = 0; i < n; ++i) {
@@ -167,17 +201,28 @@ static void fm__kmeans_pp(fm__km *w, float *centers, fm__rng *rng) {
 }
 
 /* Assigns each point to its nearest centre (the first on ties); returns how
- * many labels changed and the inertia in *inertia. */
+ * many labels changed and the inertia in *inertia. As scikit-learn's
+ * lloyd_iter_chunked_dense, the nearest centre is the argmin of
+ * |c_j|^2 - 2 x.c_j (float32 sgemm), |x|^2 left out; w->dist keeps the full
+ * squared distances (clamped at 0). */
 static int64_t fm__kmeans_assign(fm__km *w, const float *centers, int32_t *labels, double *inertia) {
-  int64_t n = w->n, k = w->k, changed = 0;
-  fm__row_sqnorms(w->cn, centers, k, w->d);
-  fm__sq_dist(w->dist, w->x, w->xn, n, centers, w->cn, k, w->d);
+  int64_t n = w->n, k = w->k, d = w->d, changed = 0;
+  fm__row_sqnorms(w->cn, centers, k, d);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)k, (int)d, -2.f, w->x, (int)d, centers,
+              (int)d, 0.f, w->dist, (int)k);
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float *row = w->dist + i * k;
+    float *row = w->dist + i * k;
     int32_t arg = 0;
-    for (int64_t j = 1; j < k; ++j)
-      if (row[j] < row[arg]) arg = (int32_t)j;
+    float best = row[0] + w->cn[0];
+    for (int64_t j = 1; j < k; ++j) {
+      float v = row[j] + w->cn[j];
+      if (v < best) best = v, arg = (int32_t)j;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      float v = row[j] + w->cn[j] + w->xn[i];
+      row[j] = v > 0.f ? v : 0.f;
+    }
     if (labels[i] != arg) ++changed, labels[i] = arg;
     sum += row[arg];
   }
@@ -263,6 +308,17 @@ static double fm__kmeans_tol(const float *x, int64_t n, int64_t d, double tol) {
   return tol * var / (double)d;
 }
 
+/* scikit-learn's _is_same_clustering: are a and b (n) the same partition,
+ * up to the names of the clusters? */
+static bool fm__same_clustering(const int32_t *a, const int32_t *b, int64_t n, int64_t k, int32_t *map) {
+  for (int64_t c = 0; c < k; ++c) map[c] = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (map[a[i]] == -1) map[a[i]] = b[i];
+    else if (map[a[i]] != b[i]) return false;
+  }
+  return true;
+}
+
 int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k,
               int32_t max_iter, double tol, int32_t n_init, uint64_t seed, double *inertia) {
   if (!fm__check_matrix(x, "kmeans: x") || !fm__check_finite(x, "kmeans: x")) return -1;
@@ -282,7 +338,13 @@ int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t
   if (!fm__check_output(centers, "kmeans: centers") || !fm__check_shape(centers, 2, cshape, "kmeans: centers"))
     return -1;
 
-  fm__km w = { .x = fm__f32(x), .n = n, .d = d, .k = k };
+  if (seed > UINT32_MAX) return fm__error("kmeans: seed %llu is beyond numpy's 2^32 - 1", (unsigned long long)seed);
+  fm__km w = { .n = n, .d = d, .k = k };
+  /* scikit-learn runs on x minus its mean (copy_x), adds the mean back to the centres */
+  float *xc = malloc(sizeof(float) * (size_t)(n * d));
+  double *mean = calloc((size_t)d, sizeof(double));
+  int32_t *map = malloc(sizeof(int32_t) * (size_t)k);
+  w.x = xc;
   w.xn = malloc(sizeof(float) * (size_t)n);
   w.dist = malloc(sizeof(float) * (size_t)(n * k));
   w.cn = malloc(sizeof(float) * (size_t)k);
@@ -292,23 +354,37 @@ int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t
   float *run_c = malloc(sizeof(float) * (size_t)(k * d));
   int32_t *run_l = malloc(sizeof(int32_t) * (size_t)n);
   int rc = 0;
-  if (!w.xn || !w.dist || !w.cn || !w.sums || !w.counts || !w.pot || !run_c || !run_l) {
+  if (!xc || !mean || !map || !w.xn || !w.dist || !w.cn || !w.sums || !w.counts || !w.pot || !run_c || !run_l) {
     rc = fm__error("kmeans: out of memory for %lld x %lld points, k = %lld", (long long)n, (long long)d,
                    (long long)k);
   } else {
+    const float *xp = fm__f32(x);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < d; ++j) mean[j] += xp[i * d + j];
+    for (int64_t j = 0; j < d; ++j) mean[j] /= (double)n;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < d; ++j) xc[i * d + j] = (float)(xp[i * d + j] - mean[j]);
     fm__row_sqnorms(w.xn, w.x, n, d);
     double tol_abs = fm__kmeans_tol(w.x, n, d, tol), best = INFINITY;
-    fm__rng rng = { seed };
+    fm__rng rng;
+    fm__rng_seed(&rng, (uint32_t)seed);
+    int32_t *best_l = (int32_t *)labels->data;
+    float *best_c = fm__f32(centers);
     for (int32_t r = 0; r < n_init; ++r) {
       double in = fm__kmeans_run(&w, run_c, run_l, max_iter, tol_abs, &rng);
-      if (in < best) {   /* the first run with the lowest inertia wins */
+      /* a later run wins with a lower inertia and a different partition
+       * (equal partitions differ in inertia only by rounding) */
+      if (r == 0 || (in < best && !fm__same_clustering(run_l, best_l, n, k, map))) {
         best = in;
-        memcpy(centers->data, run_c, sizeof(float) * (size_t)(k * d));
-        memcpy(labels->data, run_l, sizeof(int32_t) * (size_t)n);
+        memcpy(best_c, run_c, sizeof(float) * (size_t)(k * d));
+        memcpy(best_l, run_l, sizeof(int32_t) * (size_t)n);
       }
     }
+    for (int64_t c = 0; c < k; ++c)
+      for (int64_t j = 0; j < d; ++j) best_c[c * d + j] = (float)(best_c[c * d + j] + mean[j]);
     if (inertia) *inertia = best;
   }
+  free(xc), free(mean), free(map);
   free(w.xn), free(w.dist), free(w.cn), free(w.sums), free(w.counts), free(w.pot);
   free(run_c), free(run_l);
   return rc;
@@ -479,21 +555,21 @@ static bool fm__is_diagonal(const float *b, int64_t n) {
 }
 
 /* Diagonal b: with s = b^-1/2, a y = w b y is (s a s) z = w z, y = s z,
- * solved by MRRR (ssyevr) on the scaled matrix. Its vectors z are
- * orthonormal, so the y are b-orthonormal as ssygvx makes them. af (n, n)
+ * solved by MRRR (dsyevr) on the scaled matrix. Its vectors z are
+ * orthonormal, so the y are b-orthonormal as dsygvx makes them. af (n, n)
  * holds a, overwritten; the diagonal of b must be positive. */
-static lapack_int fm__subset_diagonal(float *af, const float *b, int64_t n, int64_t first, int64_t count,
-                                      float *wall, float *z, lapack_int *isuppz, lapack_int *m) {
+static lapack_int fm__subset_diagonal(double *af, const float *b, int64_t n, int64_t first, int64_t count,
+                                      double *wall, double *z, lapack_int *isuppz, lapack_int *m) {
   for (int64_t i = 0; i < n; ++i)
     if (!(b[i * n + i] > 0.f)) return (lapack_int)(n + i + 1); /* as potrf reports it */
-  float *s = malloc(sizeof(float) * (size_t)n);
+  double *s = malloc(sizeof(double) * (size_t)n);
   if (!s) return -1000;
-  for (int64_t i = 0; i < n; ++i) s[i] = 1.f / sqrtf(b[i * n + i]);
+  for (int64_t i = 0; i < n; ++i) s[i] = 1.0 / sqrt((double)b[i * n + i]);
 #pragma omp parallel for if (n * n > FM__PAR_MIN)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) af[i * n + j] *= s[i] * s[j];
-  lapack_int info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, af, (lapack_int)n, 0.f, 0.f,
-                                   (lapack_int)(first + 1), (lapack_int)(first + count), 0.f, m, wall, z,
+  lapack_int info = LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', (lapack_int)n, af, (lapack_int)n, 0.0, 0.0,
+                                   (lapack_int)(first + 1), (lapack_int)(first + count), 0.0, m, wall, z,
                                    (lapack_int)n, isuppz);
   for (int64_t r = 0; info == 0 && r < *m; ++r)
     for (int64_t i = 0; i < n; ++i) z[r * n + i] *= s[i];
@@ -502,10 +578,14 @@ static lapack_int fm__subset_diagonal(float *af, const float *b, int64_t n, int6
 }
 
 /* The eigenpairs first .. first + count - 1 (0-based, ascending) of
- * a y = lambda b y without computing the others: LAPACK ssygvx (range
- * "I"), what scipy.linalg.eigh(a, b, subset_by_index=...) calls, or, when
- * b is diagonal (normalized cuts), MRRR on the scaled standard problem,
- * several times faster. w (count), v (count, N) with rows b-orthonormal. */
+ * a y = lambda b y without computing the others, in double precision
+ * (float32 in and out): LAPACK dsygvx (range "I"), what
+ * scipy.linalg.eigh(a, b, subset_by_index=...) calls on TokenCut's float64
+ * graph, or, when b is diagonal (normalized cuts), MRRR on the scaled
+ * standard problem, several times faster. Single precision would move the
+ * vectors by ~1e-4 of their size on graphs with close eigenvalues, enough
+ * to flip patches that sit near TokenCut's mean split. w (count), v
+ * (count, N) with rows b-orthonormal. */
 int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, const fm_tensor *b,
                                int64_t first, int64_t count) {
   if (!fm__check_matrix(a, "eigh_generalized_subset: a")) return -1;
@@ -525,23 +605,26 @@ int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, c
       !fm__check_output(v, "eigh_generalized_subset: v") || !fm__check_shape(v, 2, vshape, "eigh_generalized_subset: v"))
     return -1;
   bool diagonal = fm__is_diagonal(fm__f32(b), n);
-  float *af = malloc(sizeof(float) * (size_t)((diagonal ? 1 : 2) * n * n + n));
+  /* af (n, n), then wall (n), then z (count, n), then bf (n, n) when b is not diagonal */
+  double *af = malloc(sizeof(double) * (size_t)((diagonal ? 1 : 2) * n * n + n + count * n));
   lapack_int *iwork = malloc(sizeof(lapack_int) * (size_t)(2 * n));
   if (!af || !iwork) {
     free(af), free(iwork);
     return fm__error("eigh_generalized_subset: out of memory for n = %lld", (long long)n);
   }
-  float *wall = af + n * n, *bf = wall + n;
-  memcpy(af, a->data, sizeof(float) * (size_t)(n * n));
+  double *wall = af + n * n, *z = wall + n, *bf = z + count * n;
+  const float *ap = fm__f32(a);
+  for (int64_t i = 0; i < n * n; ++i) af[i] = ap[i];
   lapack_int m = 0, info;
   if (diagonal) {
-    info = fm__subset_diagonal(af, fm__f32(b), n, first, count, wall, fm__f32(v), iwork, &m);
+    info = fm__subset_diagonal(af, fm__f32(b), n, first, count, wall, z, iwork, &m);
   } else {
-    memcpy(bf, b->data, sizeof(float) * (size_t)(n * n));
-    // abstol = 2 * safe minimum: the most accurate eigenvalues ssygvx offers
-    info = LAPACKE_ssygvx(LAPACK_COL_MAJOR, 1, 'V', 'I', 'L', (lapack_int)n, af, (lapack_int)n, bf, (lapack_int)n,
-                          0.f, 0.f, (lapack_int)(first + 1), (lapack_int)(first + count), 2 * LAPACKE_slamch('S'),
-                          &m, wall, fm__f32(v), (lapack_int)n, iwork);
+    const float *bp = fm__f32(b);
+    for (int64_t i = 0; i < n * n; ++i) bf[i] = bp[i];
+    // abstol = 2 * safe minimum: the most accurate eigenvalues dsygvx offers
+    info = LAPACKE_dsygvx(LAPACK_COL_MAJOR, 1, 'V', 'I', 'L', (lapack_int)n, af, (lapack_int)n, bf, (lapack_int)n,
+                          0.0, 0.0, (lapack_int)(first + 1), (lapack_int)(first + count), 2 * LAPACKE_dlamch('S'),
+                          &m, wall, z, (lapack_int)n, iwork);
   }
   int rc = 0;
   if (info == -1000) rc = fm__error("eigh_generalized_subset: out of memory for n = %lld", (long long)n);
@@ -552,7 +635,11 @@ int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, c
   else if (info > 0) rc = fm__error("eigh_generalized_subset: LAPACK did not converge (info %d)", (int)info);
   else if (m != count) rc = fm__error("eigh_generalized_subset: LAPACK found %d eigenvalues, not %lld", (int)m,
                                       (long long)count);
-  else memcpy(w->data, wall, sizeof(float) * (size_t)count);
+  else {
+    float *wp = fm__f32(w), *vp = fm__f32(v);
+    for (int64_t i = 0; i < count; ++i) wp[i] = (float)wall[i];
+    for (int64_t i = 0; i < count * n; ++i) vp[i] = (float)z[i];
+  }
   free(af), free(iwork);
   return rc;
 }

@@ -16,17 +16,34 @@
 --   mode "single_region": eigenvector 1 (the Fiedler vector) > threshold;
 --   after the sign rule the positive side is the smaller one.
 --   → kind "segments", 1 = foreground, 0 = background.
--- The official code stops at the patch grid (a CRF makes full-resolution
--- masks, not part of this recipe); here labels go to the image by nearest
--- patch (upsample: "nearest") or bilinear one-hot ("bilinear").
+-- The official code stops at the patch grid; its CRF step
+-- (_extract_crf_segmentations, not part of this recipe) first brings the
+-- grid to the image: cv2.resize INTER_NEAREST to the image, then the
+-- patch blocks written over the cropped part. upsample "nearest" does
+-- exactly that (R.to_image; the strip beyond the crop takes cv2's rows and
+-- columns, not the nearest patch's); "bilinear": bilinear one-hot.
+--
+-- The official code solves the eigenproblem with ARPACK (eigsh,
+-- shift-invert, in float32 since the affinities are float32); ours is a
+-- dense double-precision solve of the same problem: the eigenvectors
+-- agree to 1e-6 of their largest entry with K <= 5 and 1.3e-5 with K = 20
+-- (ARPACK's float32 convergence; tests/fixtures/methods/deep_spectral-*). Its k-means is scikit-learn's KMeans without a
+-- random_state; with `seed` s ours draws numpy's stream, so the segments
+-- are exactly those of a run under np.random.seed(s). Position
+-- embeddings: positions "hub" resamples them as DINO's torch.hub code
+-- does (what extract_features loads).
 --
 -- The colour affinity of the paper (image_color_lambda > 0, a KNN matting
 -- affinity through pymatting) is not implemented: asking for it is an
 -- error. Its default in extract_eigs is 0.
 --
+-- Object localisation (one box from eigenvector 1) is
+-- recipes/deep_spectral_loc.lua. dump: eigenvalues, eigenvectors (K, gh,
+-- gw), eigenvector (1, the Fiedler vector), segments (the label map).
+--
 -- Pure steps: R.eigs(feats, gh, gw, params), R.single_region(vecs, gh,
 -- gw, params), R.multi_region(vals, vecs, gh, gw, params, feats),
--- R.background_first(grid).
+-- R.background_first(grid), R.to_image(grid, frame).
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
 local patches = require("fmseg.patches")
@@ -55,12 +72,15 @@ local R = {
     infer_bg_index = true,          -- the segment touching the border most becomes 0
     kmeans_baseline = false,        -- k-means on the features instead of the eigenvectors
     num_eigenvectors = 1000000,     -- eigenvectors 1 .. num_eigenvectors go to k-means
-    -- scikit-learn KMeans' defaults; the official code leaves the seed unset
+    -- scikit-learn KMeans' defaults; seed: numpy's global seed (the official
+    -- code leaves it unset)
     n_init = 10,
     max_iter = 300,
     seed = 0,
     upsample = "nearest",           -- nearest | bilinear (patch grid → image)
     resize = false,                 -- shorter side in pixels first (not in the official code)
+    positions = "hub",              -- position resampling: "hub" (DINO's torch.hub code, as
+                                    -- the official code runs) or "transformers" (ViTModel)
   },
 }
 
@@ -149,6 +169,37 @@ function R.multi_region(vals, vecs, gh, gw, params, feats)
   return grid, n_clusters
 end
 
+-- cv2.resize(src, (w, h), interpolation=INTER_NEAREST) source index of
+-- destination index i: floor(i * (1 / (dst / src))) in double, as resizeNN
+local function cv2_nearest(i, src, dst)
+  return math.min(math.floor(i * (1 / (dst / src))), src - 1)
+end
+
+-- grid (gh, gw) labels → (H, W) int32 as _extract_crf_segmentations
+-- upsamples them before its CRF: cv2 nearest to H x W, then cv2 nearest to
+-- the cropped H_pad x W_pad written over its top-left part. Other frames
+-- (resize, image_downsample_factor) fall back to patches.to_image.
+function R.to_image(grid, frame)
+  local h, w, gh, gw = frame.h, frame.w, frame.gh, frame.gw
+  local hp, wp = gh * frame.patch, gw * frame.patch
+  if frame.rh ~= h or frame.rw ~= w or hp > h or wp > w then return patches.to_image(grid, frame, "nearest") end
+  local g = grid:int():contiguous()
+  local out = T.new({ h, w }, "int32")
+  local gp, op = g:ptr(), out:ptr()
+  for y = 0, h - 1 do
+    local inside = y < hp
+    local sy_pad, sy = inside and cv2_nearest(y, gh, hp), cv2_nearest(y, gh, h)
+    for x = 0, w - 1 do
+      if inside and x < wp then
+        op[y * w + x] = gp[sy_pad * gw + cv2_nearest(x, gw, wp)]
+      else
+        op[y * w + x] = gp[sy * gw + cv2_nearest(x, gw, w)]
+      end
+    end
+  end
+  return out
+end
+
 function R.setup(params, models)
   if not MODES[params.mode] then
     error(("deep_spectral: mode must be multi_region or single_region, got %s"):format(tostring(params.mode)), 0)
@@ -163,6 +214,7 @@ function R.setup(params, models)
   if params.image_color_lambda > 0 then
     error("deep_spectral: image_color_lambda > 0 (the KNN colour affinity) is not implemented", 0)
   end
+  patches.check_positions("deep_spectral", params.positions)
   local p = {}
   for k, v in pairs(params) do p[k] = v end
   p.patch = models.dino.patch_size
@@ -173,7 +225,7 @@ function R.segment(state, img)
   local p, model = state.params, state.model
   -- extract_features crops the image to a multiple of the patch size
   local x, frame = patches.input(img, model.patch_size, { fit = "crop", resize = p.resize or nil })
-  local feats = patches.features(model, x, p.which_features, { layer = p.which_block })
+  local feats = patches.features(model, x, p.which_features, { layer = p.which_block, positions = p.positions })
   local vals, vecs, gh, gw = R.eigs(feats, frame.gh, frame.gw, p)
   if gh ~= frame.gh then
     -- eigenvectors on the finer grid of image_downsample_factor cells
@@ -188,10 +240,12 @@ function R.segment(state, img)
     end
     grid = R.multi_region(vals, vecs, gh, gw, p, feats)
   end
+  local labels = p.upsample == "nearest" and R.to_image(grid, frame) or patches.to_image(grid, frame, p.upsample)
   return {
     kind = "segments",
-    labels = patches.to_image(grid, frame, p.upsample),
-    dump = { eigenvalues = vals, eigenvectors = vecs:reshape(vecs:size(1), gh, gw) },
+    labels = labels,
+    dump = { eigenvalues = vals, eigenvectors = vecs:reshape(vecs:size(1), gh, gw),
+             eigenvector = vecs:select(1, 2):reshape(gh, gw), segments = labels },
   }
 end
 

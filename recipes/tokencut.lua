@@ -10,11 +10,22 @@
 -- component of the seed. Result: one instance mask and its box
 -- (result.boxes, image pixels, pixel edges), what CorLoc scores.
 --
+-- As the official code runs: position embeddings resampled as DINO's
+-- torch.hub code does (positions "hub": scale_factor (g + 0.1) / g0;
+-- transformers' resampling moves the fixture's eigenvector by 4% of its
+-- size), the eigenproblem solved in double precision, as scipy's eigh
+-- solves TokenCut's float64 graph (np.where(..., eps, A) makes it
+-- float64). With no_binary_graph the official graph stays float32 and
+-- scipy solves it in single precision; ours stays double: the eigenvectors
+-- differ by 7e-7 of their largest entry (tests/fixtures/methods/
+-- tokencut-weighted).
+--
 -- The feature → mask step is R.ncut(feats, gh, gw, params), a pure
 -- function of a (gh*gw, C) matrix; R.split(y, gh, gw) its last part.
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
 local patches = require("fmseg.patches")
+local T = require("fmseg.tensor")
 
 local R = {
   name = "tokencut",
@@ -26,6 +37,8 @@ local R = {
     eps = 1e-5,               -- weight of the missing edges
     no_binary_graph = false,  -- true: similarities >= tau are the weights
     resize = false,           -- shorter side in pixels, false: full size
+    positions = "hub",        -- position resampling: "hub" (DINO's torch.hub code, as
+                              -- the official code runs) or "transformers" (ViTModel)
   },
 }
 
@@ -59,23 +72,25 @@ function R.ncut(feats, gh, gw, params)
   else
     A = A:gt(tau):maximum(eps)                     -- 1 on edges, eps elsewhere
   end
-  -- scipy's eigh(D - A, D, subset_by_index=[1, 2]), first column
+  -- scipy's eigh(D - A, D, subset_by_index=[1, 2]), first column (float64)
   local _, v = cluster.laplacian_eigs(A, { first = 1, count = 1 })
   return R.split(v:select(1, 1):contiguous(), gh, gw)
 end
 
 function R.setup(params, models)
   patches.check_which_features("tokencut", params.which_features)
+  patches.check_positions("tokencut", params.positions)
   return { params = params, model = models.dino }
 end
 
 function R.segment(state, img)
   local p, model = state.params, state.model
   local x, frame = patches.input(img, model.patch_size, { fit = "pad", resize = p.resize or nil })
-  local feats = patches.features(model, x, p.which_features)
+  local feats = patches.features(model, x, p.which_features, { positions = p.positions })
   local cut = R.ncut(feats, frame.gh, frame.gw, p)
   return patches.object_result(cut.mask, cut.seed, frame,
-                               { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float() })
+                               { eigenvector = cut.eigenvector, bipartition = cut.bipartition:float(),
+                                 mask = cut.mask, seed = T.from_table({ cut.seed }, "int32") })
 end
 
 return R

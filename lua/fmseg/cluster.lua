@@ -34,7 +34,9 @@ end
 
 -- kmeans(x (N, D), k, opts) → labels (N) int32 in [0, k), centers (K, D),
 -- inertia. opts (scikit-learn's names and defaults): max_iter (300), tol
--- (1e-4), n_init (10), seed (0; the same seed gives the same answer).
+-- (1e-4), n_init (10), seed (0; below 2^32: the labels are scikit-learn's
+-- KMeans(k).fit_predict(x) under np.random.seed(seed), the same numpy
+-- MT19937 draws).
 function M.kmeans(x, k, opts)
   opts = opts or {}
   x = matrix(x, "kmeans")
@@ -69,7 +71,8 @@ end
 
 -- a y = λ b y with b positive definite → w ascending, v rows b-orthonormal
 -- (scipy.linalg.eigh(a, b)). opts.first (0-based) and opts.count: only
--- those eigenpairs (scipy's subset_by_index = [first, first + count - 1]).
+-- those eigenpairs (scipy's subset_by_index = [first, first + count - 1]),
+-- solved in double precision.
 function M.eigh_generalized(a, b, opts)
   opts = opts or {}
   a, b = matrix(a, "eigh_generalized"), matrix(b, "eigh_generalized")

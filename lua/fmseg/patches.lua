@@ -78,7 +78,13 @@ local QKV = { k = "k", q = "q", v = "v", keys = "k", queries = "q", values = "v"
 -- TokenCut and LOST reshape them; "keys" etc. are synonyms) or "tokens"
 -- (the block's output). opts.layer: 1-based block, negative from the end
 -- (default -1, the last); opts.norm: pass tokens through the final
--- layernorm (as DINO's get_intermediate_layers does).
+-- layernorm (as DINO's get_intermediate_layers does); opts.positions:
+-- "hub" resamples position embeddings as the torch.hub DINO / DINOv2 code
+-- does (what the official TokenCut, LOST and Deep Spectral code loads;
+-- model:hub_positions()), "transformers" (default) as ViTModel's
+-- interpolate_pos_encoding.
+M.POSITIONS = { hub = true, transformers = true }
+
 function M.features(model, x, which, opts)
   opts = opts or {}
   local n = #model.layers
@@ -91,7 +97,13 @@ function M.features(model, x, which, opts)
   if not part and which ~= "tokens" then
     error(("features must be one of k, q, v, tokens, got %s"):format(tostring(which)), 2)
   end
-  local out = model:encode_image(x, { layers = layer, qkv = part ~= nil })
+  local positions = opts.positions or "transformers"
+  if not M.POSITIONS[positions] then
+    error(("positions must be \"hub\" or \"transformers\", got %s"):format(tostring(positions)), 2)
+  end
+  local enc = positions == "hub" and model:hub_positions() or {}
+  enc.layers, enc.qkv = layer, part ~= nil
+  local out = model:encode_image(x, enc)
   local t = part and out.qkv[part] or out.last
   if not part and opts.norm then t = model:head(t) end
   local prefix = model.num_prefix_tokens
@@ -180,6 +192,13 @@ end
 function M.check_which_features(recipe, which)
   if which ~= "k" and which ~= "q" and which ~= "v" then
     error(("%s: which_features must be k, q or v, got %s"):format(recipe, tostring(which)), 0)
+  end
+end
+
+-- The recipes' `positions` parameter: "hub" or "transformers".
+function M.check_positions(recipe, positions)
+  if not M.POSITIONS[positions] then
+    error(("%s: positions must be hub or transformers, got %s"):format(recipe, tostring(positions)), 0)
   end
 end
 

@@ -1,5 +1,5 @@
 -- test_dino_recipes.lua — the DINO clustering recipes (TokenCut, LOST, Deep
--- Spectral Methods, k-means) and their tools (fmseg.cluster,
+-- Spectral Methods and its localisation, k-means) and their tools (fmseg.cluster,
 -- fmseg.patches): each recipe's feature → mask step on synthetic patch
 -- grids with planted objects and regions, where the right answer is
 -- known exactly; then every recipe end to end through `fmseg segment` on
@@ -305,10 +305,18 @@ do
   local truth = T.new({ GH, GW }, "int32")
   local names = { bg = 0, a = 1, b = 2 }
   for r = 0, GH - 1 do for c = 0, GW - 1 do truth:set(r + 1, c + 1, names[region(r, c)]) end end
-  local labels, k = km.cluster(feats, GH, GW, params_of(km, { k = 3 }))
+  local labels, k = km.cluster(feats, GH, GW, params_of(km, { k = 3, order = "appearance", background = false }))
   tap.ok(k == 3 and same_partition(labels, truth), "dino_kmeans.cluster: k = 3 recovers the planted regions")
   tap.ok(labels:get(1, 1) == 0 and labels:get(4, 6) == 1 and labels:get(9, 2) == 2,
-    "dino_kmeans.cluster: segments numbered by first appearance")
+    "dino_kmeans.cluster: order = appearance numbers segments by first appearance")
+  local raw = cluster.kmeans(km.prepare(feats, GH, GW, params_of(km, { k = 3 })), 3, { seed = 0 })
+  local kept = km.cluster(feats, GH, GW, params_of(km, { k = 3, background = false }))
+  tap.ok(same(kept, raw:reshape(GH, GW)), "dino_kmeans.cluster: order = kmeans keeps k-means' own ids")
+  local bg = km.cluster(feats, GH, GW, params_of(km, { k = 3 }))
+  tap.ok(same_partition(bg, truth) and bg:get(1, 1) == 0,
+    "dino_kmeans.cluster: background (the default) makes the border-most segment 0")
+  tap.raises(function() km.setup(params_of(km, { order = "size" }), {}) end, "order must be",
+    "dino_kmeans: unknown order refused")
   local ls, ks = km.cluster(feats, GH, GW, params_of(km, { k = "silhouette" }))
   tap.ok(ks == 3 and same_partition(ls, truth), "dino_kmeans k = silhouette picks 3")
   local le, ke = km.cluster(feats, GH, GW, params_of(km, { k = "eigengap" }))
@@ -320,6 +328,86 @@ do
   tap.raises(function() km.setup(params_of(km, { feature = "attn" }), {}) end, "feature must be", "dino_kmeans: unknown feature refused")
 end
 
+-- LOST's tie order: torch.argsort(-degree, descending=True) on the CPU (torch 1.13.1)
+do
+  local lost_r = recipes.load("lost")
+  local deg = { 3, 1, 2, 2, 0, 1, 3, 3, 2, 1, 0, 0, 2, 3, 1, 1, 2, 0, 3, 2, 1, 2, 2, 0, 1, 3, 1, 2, 0, 2, 1, 1, 3, 2, 0, 1 }
+  local keys = {}
+  for i = 1, #deg do keys[i - 1] = -deg[i] end
+  tap.eq(table.concat(lost_r.argsort_desc(keys, #deg), ","),
+    "34,4,28,23,10,11,17,1,35,31,30,26,24,20,15,14,9,5,16,2,19,12,21,22,8,33,27,3,29,0,32,6,7,25,18,13",
+    "lost.argsort_desc: torch.argsort's unstable order of 36 tied degrees")
+end
+
+-- k-means draws numpy's stream: scikit-learn's labels -------------------------------------
+do
+  -- 24 points, KMeans(n_clusters=5).fit_predict after np.random.seed(s)
+  -- (scikit-learn 1.2.1, numpy 1.24)
+  local x = T.from_table({ {0.52, 1.23}, {0.5, -1.95}, {1.36, 0.67}, {-0.81, 0.87}, {0.55, 0.44}, {0.04, 0.82},
+    {-1.1, -0.24}, {-0.72, 0.9}, {0.06, -0.44}, {-1.17, -0.39}, {0.01, -0.41}, {1.94, 1.51}, {-4.07, -2.83},
+    {-0.26, -0.63}, {0.32, 0.33}, {3.18, -1.67}, {-0.57, 3.06}, {0.97, 0.99}, {-0.77, -2.47}, {0.25, 0.16},
+    {-1.84, -1.02}, {-0.11, -1.42}, {-0.15, 0.14}, {0.05, -0.76} })
+  local want = {
+    [0] = "0,1,0,3,0,0,1,3,1,1,1,0,2,1,0,4,3,0,1,0,1,1,1,1",
+    [1] = "3,1,3,0,3,3,1,0,1,1,1,3,2,1,3,4,0,3,1,3,1,1,3,1",
+    [7] = "3,0,3,1,3,1,0,1,0,0,0,3,2,0,3,4,1,3,0,3,0,0,1,0",
+  }
+  for _, seed in ipairs({ 0, 1, 7 }) do
+    local labels = cluster.kmeans(x, 5, { seed = seed })
+    tap.eq(table.concat(labels:values(), ","), want[seed],
+      ("cluster.kmeans seed %d: scikit-learn's KMeans labels under np.random.seed(%d)"):format(seed, seed))
+  end
+  tap.raises(function() cluster.kmeans(x, 2, { seed = 2 ^ 32 }) end, "seed", "cluster.kmeans: seeds beyond 2^32 - 1 refused")
+end
+
+-- Deep Spectral localisation and the official upsampling ----------------------------------
+do
+  local loc = recipes.load("deep_spectral_loc")
+  local function bits(t) return table.concat(t:values(), "") end
+  local y = T.from_table({ { 1, -1, 1, 1 }, { -1, 1, -1, -1 }, { -1, -1, -1, 1 } })
+  tap.eq(bits(loc.localize(y)), "101101000000", "deep_spectral_loc: the largest 8-connected component of y > 0")
+  tap.eq(bits(loc.localize(T.from_table({ { 1, -1, -1, 1, -1 } }))), "10000",
+    "deep_spectral_loc: equal components, the first in raster order (skimage's numbering)")
+  tap.eq(bits(loc.localize(T.from_table({ { 1, 1, 1, -1 } }))), "0001",
+    "deep_spectral_loc: more than half set is inverted")
+  tap.eq(bits(loc.localize(T.from_table({ { -1, -1 }, { -1, -1 } }))), "1111",
+    "deep_spectral_loc: nothing set covers the whole image")
+
+  -- a 2x3 grid of 4-pixel patches on a 10x13 image: the crop is 8x12; the
+  -- strip beyond it takes cv2.resize's nearest rows and columns
+  local grid = T.from_table({ { 0, 1, 2 }, { 3, 4, 5 } }, "int32")
+  local frame = { h = 10, w = 13, rh = 10, rw = 13, gh = 2, gw = 3, patch = 4 }
+  local lab = dsm.to_image(grid, frame)
+  tap.ok(lab:get(1, 1) == 0 and lab:get(8, 5) == 4 and lab:get(8, 12) == 5,
+    "deep_spectral.to_image: the cropped part by patch blocks")
+  tap.ok(lab:get(5, 13) == 2 and lab:get(9, 5) == 3 and lab:get(10, 13) == 5,
+    "deep_spectral.to_image: outside the crop, cv2 nearest of the grid to the image (row 4 → patch row 0)")
+end
+
+-- Position embeddings as the torch.hub DINO code resamples them ----------------------------
+for _, name in ipairs({ "tokencut", "lost", "deep_spectral", "deep_spectral_loc", "dino_kmeans" }) do
+  local r = recipes.load(name)
+  tap.eq(r.defaults.positions, "hub", name .. ": positions default to the torch.hub code's (as the official code runs)")
+  tap.raises(function() r.setup(params_of(r, { positions = "timm" }), { dino = { patch_size = 16 } }) end,
+    "positions must be", name .. ": unknown positions refused at setup")
+end
+do
+  local dir = tap.fixtures("dino-tiny")
+  if dir then
+    local model = require("fmseg.models").load("dino", dir)   -- patch 8, a 4x4 position grid
+    local sq = T.randn({ 1, 3, 32, 32 }, 3)
+    tap.ok(tap.rel_err(model:encode_image(sq, model:hub_positions()).last, model:encode_image(sq).last) == 0,
+      "hub positions: the checkpoint's own 4x4 grid is used as it is")
+    local flat = T.randn({ 1, 3, 16, 64 }, 4)                  -- 2x8: as many patches as 4x4
+    local hub = model:encode_image(flat, model:hub_positions()).last
+    tap.ok(tap.rel_err(hub, model:encode_image(flat).last) > 1e-3,
+      "hub positions: a 2x8 grid of 16 patches is resampled by scale_factor, not by size")
+    local x = patches.input(image.load(dir .. "/input.png"), model.patch_size, { resize = 40 })
+    tap.raises(function() patches.features(model, x, "k", { positions = "timm" }) end, "positions must be",
+      "patches.features: unknown positions refused")
+  end
+end
+
 -- End to end on the fixtures ----------------------------------------------------------------
 local CONFIGS = {
   { "configs/tokencut/tokencut_dino-s16_voc07.yaml", "instances" },
@@ -327,6 +415,7 @@ local CONFIGS = {
   { "configs/deep_spectral/deep_spectral_dino-s16_voc21.yaml", "segments" },
   { "configs/deep_spectral/deep_spectral_dino-s16_single.yaml", "segments" },
   { "configs/dino_kmeans/dino_kmeans_dino-s16_voc21.yaml", "segments" },
+  { "configs/deep_spectral/deep_spectral_loc_dino-s16_voc07.yaml", "instances" },
 }
 
 local read_all = require("fmseg.fs").read

@@ -14,7 +14,12 @@
 -- counts CLS and registers, out.grid = {gh, gw} the patch grid. Position
 -- embeddings are interpolated for any input size (bicubic to
 -- (H/patch, W/patch)), as interpolate_pos_encoding=True does for ViT and
--- as DINOv2 always does.
+-- as DINOv2 always does. With opts.position_offset (model:hub_positions()
+-- gives the options) they are resampled as the torch.hub code of
+-- facebookresearch/dino and dinov2 does it instead: bicubic by
+-- scale_factor (g + offset) / g0, skipped only for the checkpoint's own
+-- square grid; what TokenCut, LOST, Deep Spectral Methods and ProxyCLIP
+-- load.
 --
 -- encode_image takes the options of fmseg.models.clip's encode_image
 -- (layers, hidden_states, attentions, qkv, override) and returns the same
@@ -137,18 +142,48 @@ end
 -- load(path, opts): a directory; opts.variant ("fp16"), opts.strict as for new.
 function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 
+-- pos (1 + g*g, C) → (1 + gh*gw, C) as the torch.hub code resamples it:
+-- bicubic (align_corners false) by scale_factor ((gh + offset) / g,
+-- (gw + offset) / g), whose output is gh x gw; unchanged only when
+-- `npatch == N and w == h`, i.e. for the square g x g grid (the inputs are
+-- multiples of the patch). A grid of g*g patches that is not square is
+-- resampled (transformers and SCLIP skip it).
+-- ref: facebookresearch/dino vision_transformer.py, VisionTransformer.interpolate_pos_encoding;
+--      facebookresearch/dinov2 dinov2/models/vision_transformer.py (interpolate_offset 0.1)
+local function hub_positions(pos, gh, gw, offset)
+  local n, c = pos:size(1) - 1, pos:size(2)
+  local g = math.floor(math.sqrt(n) + 0.5)
+  if g * g ~= n then
+    error(("position embeddings: %d patch positions do not form a square grid"):format(n), 0)
+  end
+  if gh == g and gw == g then return pos end
+  local grid = pos:narrow(1, 2, n):reshape(1, g, g, c):permute(1, 4, 2, 3):contiguous()
+  local up = nn.interpolate(grid, gh, gw, { mode = "bicubic", align_corners = false,
+                                            scale = { (gh + offset) / g, (gw + offset) / g } })
+  return T.cat({ pos:narrow(1, 1, 1), up:permute(1, 3, 4, 2):reshape(gh * gw, c) }, 1)
+end
+
+-- The encode_image options that resample positions as the model's torch.hub
+-- code does: DINO and DINOv2 by scale_factor with offset 0.1; the DINOv2
+-- register models (interpolate_offset 0, antialiased size) as transformers.
+function ViT:hub_positions()
+  if self.kind.antialias then return {} end
+  return { position_offset = 0.1 }
+end
+
 -- pixel_values (B, C, H, W) → tokens (B, 1 + R + gh*gw, C), gh, gw
 -- ref: transformers/models/vit/modeling_vit.py, ViTEmbeddings;
 --      transformers/models/dinov2_with_registers/..., Dinov2WithRegistersEmbeddings
--- opts.position_offset: the original DINO code's scale_factor resampling
--- (see transformer.interpolate_positions), which ProxyCLIP's hub models use.
+-- opts.position_offset: the torch.hub code's scale_factor resampling
+-- (hub_positions above), which the DINO recipes and ProxyCLIP use.
 function ViT:embed(pixel_values, opts)
   local e = self.embeddings
   local patches, gh, gw = transformer.patchify(pixel_values, e.projection.weight, e.projection.bias)
   local x = transformer.prepend(e.cls_token, patches)
   local pos = e.position_embeddings:select(1, 1)
-  x:add_(transformer.interpolate_positions(pos, gh, gw, { antialias = self.kind.antialias,
-                                                          offset = opts and opts.position_offset }))
+  local offset = opts and opts.position_offset
+  x:add_(offset and hub_positions(pos, gh, gw, offset)
+         or transformer.interpolate_positions(pos, gh, gw, { antialias = self.kind.antialias }))
   if e.register_tokens then
     -- registers go in after CLS, without position embeddings
     local b, n = x:size(1), x:size(2) - 1
