@@ -1,6 +1,8 @@
 -- fmseg.parity — `fmseg parity DIR [--dump FILE]`: run a model directory on
 -- the inputs stored in DIR/ref.safetensors and compare every reference
--- tensor with what we compute.
+-- tensor with what we compute. A directory with a method.json is a method
+-- fixture instead (a whole recipe against its official code): see
+-- fmseg.parity.method.
 --
 -- Each family has a module lua/fmseg/parity/<family>.lua returning
 --   { inputs = { "pixel_values", ... },          -- given, not compared
@@ -73,6 +75,8 @@ end
 function M.run(dir, opts)
   opts = opts or {}
   dir = dir:gsub("/+$", "")
+  local method = require("fmseg.parity.method")
+  if method.is_fixture(dir) then return method.run(dir, opts) end
   local meta = hf.read_json(dir .. "/ref.json")
   local family = family_of(dir, meta)
   local modname = FAMILIES[family]
