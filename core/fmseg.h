@@ -318,7 +318,10 @@ int fm_box_iou(fm_tensor *out, const fm_tensor *a, const fm_tensor *b);
  * (N) F32, categories (N) I32 or NULL (one category). Visits boxes by score
  * descending (ties: lower index first) and drops those whose IoU with a kept
  * box of the same category is > iou_threshold. keep (N) I32 receives the
- * kept indices (0-based) in visiting order; returns how many, or -1. */
+ * kept indices (0-based) in visiting order; returns how many, or -1. Past
+ * 1000 boxes they come in the order of torchvision's CPU per-category path
+ * instead (torch.sort's unstable order of their scores, taken in index
+ * order), as batched_nms lists them there. */
 int64_t fm_nms(fm_tensor *keep, const fm_tensor *boxes, const fm_tensor *scores,
                const fm_tensor *categories, double iou_threshold);
 /* calculate_stability_score: logits (N, ...) F32 -> out (N) F32 =
@@ -365,6 +368,34 @@ int fm_sq_distances(fm_tensor *out, const fm_tensor *x, const fm_tensor *c);
  * *inertia (if not NULL) the summed squared distance to the centres. */
 int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k,
               int32_t max_iter, double tol, int32_t n_init, uint64_t seed, double *inertia);
+/* Mini-batch k-means as scikit-learn's MiniBatchKMeans (1.2, dense, unit
+ * weights, tol 0) with random_state = seed (< 2^32, numpy's RandomState):
+ * a validation set of init_size = min(max(3 batch, 3 k), N) rows drawn with
+ * replacement; n_init k-means++ seedings (on init_size drawn rows when
+ * that is below N), the one of lowest validation inertia kept; then up to
+ * max_iter N / batch steps, each on batch = min(batch_size, N) rows drawn
+ * with replacement: nearest centres, per-centre running means, and, when a
+ * centre is empty or 10 k rows were seen since the last time, centres of
+ * weight below reassignment_ratio x the largest moved to distinct batch
+ * rows; stops when the smoothed batch inertia has not improved for
+ * max_no_improvement steps. labels (N) I32 of the final centres (K, D),
+ * *inertia (if not NULL) their float32 inertia. */
+int fm_minibatch_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k, int64_t batch_size,
+                        int32_t max_iter, int32_t n_init, int32_t max_no_improvement, double reassignment_ratio,
+                        uint64_t seed, double *inertia);
+/* Thin SVD a = u diag(s) vt (LAPACK sgesdd, jobz 'S', as
+ * scipy.linalg.svd(a, full_matrices=False)): a (M, N) F32 finite -> u (M, K),
+ * s (K) descending, vt (K, N), K = min(M, N). */
+int fm_svd(fm_tensor *u, fm_tensor *s, fm_tensor *vt, const fm_tensor *a);
+/* scikit-learn's randomized_svd(a, n_components, n_oversamples, n_iter,
+ * power_iteration_normalizer "LU", flip_sign) with its random_state numpy's
+ * RandomState(seed) (PCA's svd_solver "randomized" under np.random.seed):
+ * Q = normal(D, n_components + n_oversamples) in float32, n_iter rounds of
+ * Q = P L of lu(a Q) and of lu(a^T Q) (sgetrf), Q of qr(a Q) (sgeqrf,
+ * sorgqr), the SVD of Q^T a, U = Q Uhat with svd_flip's signs. a (M, N) F32
+ * with M >= N -> u (M, n_components), s (n_components), vt (n_components, N). */
+int fm_randomized_svd(fm_tensor *u, fm_tensor *s, fm_tensor *vt, const fm_tensor *a, int64_t n_components,
+                      int64_t n_oversamples, int32_t n_iter, uint64_t seed);
 /* Mean silhouette coefficient (scikit-learn's silhouette_score, Euclidean)
  * of labels (N) I32 in [0, k) over x (N, D) F32; needs 2 to N - 1
  * non-empty clusters. Points alone in their cluster score 0. */

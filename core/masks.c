@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* A tensor of one dtype, ndim dims (ndim < 0: any), contiguous. */
 static bool fm__check_typed(const fm_tensor *t, int32_t dtype, int32_t ndim, const char *what) {
@@ -497,9 +498,154 @@ static int fm__rank_cmp(const void *pa, const void *pb) {
   return a->index < b->index ? -1 : a->index > b->index;
 }
 
+/* torch.sort(values, descending=True) on the CPU, as torchvision's
+ * _batched_nms_vanilla calls it: libstdc++'s std::sort (introsort: median
+ * of three, unguarded Hoare partition, heapsort past 2 log2(n) levels,
+ * insertion sort below 16) over (value, position) pairs compared by value
+ * alone, NaN first (KeyValueCompDesc). Not stable: equal values come out
+ * in the order this algorithm leaves them, which is what is reproduced.
+ * ref: gcc libstdc++-v3 include/bits/stl_algo.h, stl_heap.h;
+ * pytorch aten/src/ATen/native/cpu/SortingKernel.cpp */
+typedef struct { float value; int64_t pos; } fm__pair;
+
+static bool fm__desc(const fm__pair *a, const fm__pair *b) {
+  bool na = a->value != a->value, nb = b->value != b->value;
+  return (na && !nb) || a->value > b->value;
+}
+
+static void fm__swap(fm__pair *a, fm__pair *b) { fm__pair t = *a; *a = *b; *b = t; }
+
+static void fm__push_heap(fm__pair *first, int64_t hole, int64_t top, fm__pair value) {
+  int64_t parent = (hole - 1) / 2;
+  while (hole > top && fm__desc(first + parent, &value)) {
+    first[hole] = first[parent];
+    hole = parent;
+    parent = (hole - 1) / 2;
+  }
+  first[hole] = value;
+}
+
+static void fm__adjust_heap(fm__pair *first, int64_t hole, int64_t len, fm__pair value) {
+  int64_t top = hole, child = hole;
+  while (child < (len - 1) / 2) {
+    child = 2 * (child + 1);
+    if (fm__desc(first + child, first + (child - 1))) child--;
+    first[hole] = first[child];
+    hole = child;
+  }
+  if ((len & 1) == 0 && child == (len - 2) / 2) {
+    child = 2 * (child + 1);
+    first[hole] = first[child - 1];
+    hole = child - 1;
+  }
+  fm__push_heap(first, hole, top, value);
+}
+
+/* std::__partial_sort(first, last, last): make_heap, then sort_heap */
+static void fm__heap_sort(fm__pair *first, fm__pair *last) {
+  int64_t len = last - first;
+  if (len >= 2) {
+    for (int64_t parent = (len - 2) / 2;; --parent) {
+      fm__adjust_heap(first, parent, len, first[parent]);
+      if (parent == 0) break;
+    }
+  }
+  while (last - first > 1) {
+    --last;
+    fm__pair value = *last;
+    *last = *first;
+    fm__adjust_heap(first, 0, last - first, value);
+  }
+}
+
+static void fm__move_median_to_first(fm__pair *result, fm__pair *a, fm__pair *b, fm__pair *c) {
+  if (fm__desc(a, b)) {
+    if (fm__desc(b, c)) fm__swap(result, b);
+    else if (fm__desc(a, c)) fm__swap(result, c);
+    else fm__swap(result, a);
+  } else if (fm__desc(a, c)) fm__swap(result, a);
+  else if (fm__desc(b, c)) fm__swap(result, c);
+  else fm__swap(result, b);
+}
+
+static fm__pair *fm__unguarded_partition(fm__pair *first, fm__pair *last, const fm__pair *pivot) {
+  for (;;) {
+    while (fm__desc(first, pivot)) ++first;
+    --last;
+    while (fm__desc(pivot, last)) --last;
+    if (!(first < last)) return first;
+    fm__swap(first, last);
+    ++first;
+  }
+}
+
+enum { FM__SORT_THRESHOLD = 16 };
+
+static void fm__introsort_loop(fm__pair *first, fm__pair *last, int64_t depth) {
+  while (last - first > FM__SORT_THRESHOLD) {
+    if (depth == 0) {
+      fm__heap_sort(first, last);
+      return;
+    }
+    --depth;
+    fm__pair *mid = first + (last - first) / 2;
+    fm__move_median_to_first(first, first + 1, mid, last - 1);
+    fm__pair *cut = fm__unguarded_partition(first + 1, last, first);
+    fm__introsort_loop(cut, last, depth);
+    last = cut;
+  }
+}
+
+static void fm__unguarded_linear_insert(fm__pair *last) {
+  fm__pair value = *last, *next = last - 1;
+  while (fm__desc(&value, next)) {
+    *last = *next;
+    last = next;
+    --next;
+  }
+  *last = value;
+}
+
+static void fm__insertion_sort(fm__pair *first, fm__pair *last) {
+  if (first == last) return;
+  for (fm__pair *i = first + 1; i != last; ++i) {
+    if (fm__desc(i, first)) {
+      fm__pair value = *i;
+      memmove(first + 1, first, (size_t)(i - first) * sizeof *first);
+      *first = value;
+    } else {
+      fm__unguarded_linear_insert(i);
+    }
+  }
+}
+
+static void fm__torch_sort_desc(fm__pair *first, int64_t n) {
+  if (n == 0) return;
+  int64_t lg = 63 - __builtin_clzll((unsigned long long)n);
+  fm__introsort_loop(first, first + n, 2 * lg);
+  if (n > FM__SORT_THRESHOLD) {
+    fm__insertion_sort(first, first + FM__SORT_THRESHOLD);
+    for (fm__pair *i = first + FM__SORT_THRESHOLD; i != first + n; ++i) fm__unguarded_linear_insert(i);
+  } else {
+    fm__insertion_sort(first, first + n);
+  }
+}
+
+static int fm__index_cmp(const void *pa, const void *pb) {
+  int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+  return (a > b) - (a < b);
+}
+
+/* More boxes than this (boxes.numel() > 4000) send torchvision's
+ * batched_nms on the CPU to _batched_nms_vanilla: the same boxes are kept,
+ * but listed as torch.sort orders their scores (fm__torch_sort_desc) after
+ * torch.where has put them in index order. */
+#define FM__NMS_VANILLA_BOXES 1000
+
 /* ref: torchvision csrc/ops/cpu/nms_kernel.cpp (IoU in float, "> thr"),
  * ops/boxes.py batched_nms (categories never suppress each other; kept
- * indices come out by score). */
+ * indices come out by score: in visiting order, or for more than 1000
+ * boxes in _batched_nms_vanilla's order). */
 int64_t fm_nms(fm_tensor *keep, const fm_tensor *boxes, const fm_tensor *scores,
                const fm_tensor *categories, double iou_threshold) {
   if (!fm__check_boxes(boxes, "nms: boxes")) return -1;
@@ -537,6 +683,20 @@ int64_t fm_nms(fm_tensor *keep, const fm_tensor *boxes, const fm_tensor *scores,
     }
   }
   free(order), free(suppressed), free(area);
+  if (n > FM__NMS_VANILLA_BOXES && count > 1) {
+    fm__pair *pairs = malloc(sizeof(fm__pair) * (size_t)count);
+    int32_t *by_index = malloc(sizeof(int32_t) * (size_t)count);
+    if (!pairs || !by_index) {
+      free(pairs), free(by_index);
+      return fm__error("nms: out of memory");
+    }
+    memcpy(by_index, kept, sizeof(int32_t) * (size_t)count);
+    qsort(by_index, (size_t)count, sizeof *by_index, fm__index_cmp);
+    for (int64_t j = 0; j < count; ++j) pairs[j] = (fm__pair){ s[by_index[j]], j };
+    fm__torch_sort_desc(pairs, count);
+    for (int64_t j = 0; j < count; ++j) kept[j] = by_index[pairs[j].pos];
+    free(pairs), free(by_index);
+  }
   return count;
 }
 

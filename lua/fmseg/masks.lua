@@ -220,7 +220,9 @@ function M.box_iou(a, b)
 end
 
 -- Greedy NMS (torchvision batched_nms): boxes (N, 4), scores (N),
--- categories (N) integers or nil. Returns the kept 1-based indices, by score.
+-- categories (N) integers or nil. Returns the kept 1-based indices, by score
+-- (past 1000 boxes in the order batched_nms gives on the CPU, equal scores
+-- included: see fm_nms).
 function M.nms(boxes, scores, iou_threshold, categories)
   boxes, scores = as_boxes(boxes, "nms"), as_f32(scores, "nms")
   local n = boxes:size(1)

@@ -355,4 +355,174 @@ if dir then
   tap.ok(#json.decode(text) == #recs, "sam-tiny: records encode as JSON")
 end
 
+-- `fmseg amg` against segment-anything: the CLI on the method fixtures'
+-- images and settings (tests/fixtures/methods/sam_amg-*, made by
+-- tests/tools/methods/sam_amg.py from SamAutomaticMaskGenerator) writes
+-- the official records: count, order, RLE, area, bbox, scores, points, crops
+local fs = require("fmseg.fs")
+local hf = require("fmseg.hf")
+local safetensors = require("fmseg.safetensors")
+local METHODS = "tests/fixtures/methods"
+local image = require("fmseg.image")
+
+local function cli_records(fixture, mode)
+  local meta = hf.read_json(fixture .. "/method.json")
+  local args = { "--model", fs.quote(fixture .. "/" .. meta.models.sam), "--quiet", "--output-mode", mode }
+  for _, key in ipairs({ "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                         "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
+                         "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area" }) do
+    args[#args + 1] = ("--%s %.17g"):format(key:gsub("_", "-"), meta.params[key])
+  end
+  local out = os.tmpname()
+  local cmd = ("./fmseg amg %s %s -o %s > /dev/null 2>&1"):format(table.concat(args, " "),
+                                                                   fs.quote(fixture .. "/" .. meta.image), out)
+  local rc = os.execute(cmd)
+  local ok = rc == 0 or rc == true
+  local recs = ok and json.decode_file(out) or nil
+  os.remove(out)
+  return recs, cmd
+end
+
+-- records (decoded JSON) against ref.safetensors: nil or what differs
+local function records_differ(recs, ref, mode)
+  local area, bbox, crop = ref:get("area"), ref:get("bbox"), ref:get("crop_box")
+  local iou, stab, pts, seg = ref:get("predicted_iou"), ref:get("stability_score"), ref:get("point_coords"),
+                              ref:get("segmentation")
+  local n = area:numel()
+  if #recs ~= n then return ("%d records, the official %d"):format(#recs, n) end
+  for i, r in ipairs(recs) do
+    local function bad(what) return ("record %d: %s"):format(i, what) end
+    if r.area ~= area:get(i) then return bad("area") end
+    for k = 1, 4 do
+      if r.bbox[k] ~= bbox:get(i, k) then return bad("bbox") end
+      if r.crop_box[k] ~= crop:get(i, k) then return bad("crop_box") end
+    end
+    if math.abs(r.predicted_iou - iou:get(i)) > 1e-4 then return bad("predicted_iou") end
+    if math.abs(r.stability_score - stab:get(i)) > 1e-4 then return bad("stability_score") end
+    for k = 1, 2 do
+      if math.abs(r.point_coords[1][k] - pts:get(i, k)) > 1e-4 then return bad("point_coords") end
+    end
+    local counts = r.segmentation.counts
+    for k = 1, seg:size(2) do
+      local want = seg:get(i, k)
+      if mode == "coco_rle" then
+        local got = k <= #counts and counts:byte(k) or 0
+        if got ~= want then return bad("RLE counts string") end
+      elseif (counts[k] or -1) ~= want then
+        return bad("RLE counts")
+      end
+    end
+    if #counts > seg:size(2) then return bad("RLE longer than the official") end
+  end
+  return nil
+end
+
+for _, case in ipairs({ { "sam_amg-crops-coco", "coco_rle" }, { "sam_amg-crops-rle", "uncompressed_rle" },
+                        { "sam_amg-downscale-rle", "uncompressed_rle" } }) do
+  local fixture, mode = METHODS .. "/" .. case[1], case[2]
+  if fs.exists(fixture .. "/method.json") then
+    local recs, cmd = cli_records(fixture, mode)
+    local why = "failed: " .. cmd
+    if recs then why = records_differ(recs, safetensors.open(fixture .. "/ref.safetensors"), mode) end
+    tap.ok(why == nil, ("fmseg amg --output-mode %s = SamAutomaticMaskGenerator on %s"):format(mode, case[1]), why)
+  else
+    tap.skip("fmseg amg on " .. case[1], "fixture missing")
+  end
+end
+
+-- --output-mode binary_mask: a directory as scripts/amg.py writes it (mask
+-- PNGs, metadata.csv), against the official metadata.csv and masks
+do
+  local fixture = METHODS .. "/sam_amg-crops-binary"
+  if fs.exists(fixture .. "/metadata.csv") then
+    local meta = hf.read_json(fixture .. "/method.json")
+    local out = os.tmpname()
+    os.remove(out)
+    local args = {}
+    for _, key in ipairs({ "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                           "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "min_mask_region_area" }) do
+      args[#args + 1] = ("--%s %.17g"):format(key:gsub("_", "-"), meta.params[key])
+    end
+    local rc = os.execute(("./fmseg amg --model %s --quiet --output-mode binary_mask %s %s -o %s > /dev/null 2>&1"):format(
+      fs.quote(fixture .. "/" .. meta.models.sam), table.concat(args, " "), fs.quote(fixture .. "/image.png"), out))
+    local function rows(path)
+      local t = {}
+      for line in io.lines(path) do t[#t + 1] = line end
+      return t
+    end
+    local why
+    if not (rc == 0 or rc == true) or not fs.exists(out .. "/metadata.csv") then
+      why = "fmseg amg failed"
+    else
+      local got, want = rows(out .. "/metadata.csv"), rows(fixture .. "/metadata.csv")
+      local seg = safetensors.open(fixture .. "/ref.safetensors"):get("segmentation")
+      if #got ~= #want or got[1] ~= want[1] then why = ("%d rows, the official %d, or another header"):format(#got, #want) end
+      for i = 2, #want do
+        if why then break end
+        local a, b = {}, {}
+        for v in got[i]:gmatch("[^,]+") do a[#a + 1] = tonumber(v) end
+        for v in want[i]:gmatch("[^,]+") do b[#b + 1] = tonumber(v) end
+        for k = 1, #b do
+          if not a[k] or math.abs(a[k] - b[k]) > 1e-4 then why = ("row %d, column %d: %s, the official %s"):format(i - 1, k, got[i], want[i]) end
+        end
+        local png = image.load(("%s/%d.png"):format(out, i - 2))
+        if not why and not same(png:select(3, 1):float():gt(0):values(), seg:select(1, i - 1):float():gt(0):values()) then
+          why = ("mask %d.png differs from the official mask"):format(i - 2)
+        end
+      end
+    end
+    os.execute("rm -rf " .. fs.quote(out))
+    tap.ok(why == nil, "fmseg amg --output-mode binary_mask = scripts/amg.py's mask PNGs and metadata.csv", why)
+  else
+    tap.skip("fmseg amg --output-mode binary_mask", "fixture missing")
+  end
+end
+
+-- masks.nms past 1000 boxes: torchvision's batched_nms then takes its
+-- per-category path on the CPU and lists the kept boxes as an unstable
+-- torch.sort orders their scores (ties included); the generator's NMS
+-- steps see that many masks with SAM's default 32x32 grid
+do
+  local nms_ref = "tests/fixtures/torchvision_nms.safetensors"
+  if fs.exists(nms_ref) then
+    local ref = safetensors.open(nms_ref)
+    for _, c in ipairs({ "binary", "binary_suppress", "crops", "iou", "categories", "at_limit" }) do
+      local keep = masks.nms(ref:get(c .. ".boxes"), ref:get(c .. ".scores"), ref:get(c .. ".iou_threshold"):get(1),
+                             c == "categories" and ref:get(c .. ".categories") or nil)
+      local want, first = ref:get(c .. ".keep"):values(), nil
+      for i = 1, math.max(#keep, #want) do
+        if (keep[i] and keep[i] - 1) ~= want[i] then first = i; break end
+      end
+      tap.ok(first == nil, ("masks.nms = torchvision batched_nms (%s, %d boxes): kept boxes and their order"):format(
+        c, ref:get(c .. ".scores"):numel()), first and ("first difference at %d of %d"):format(first, #want))
+    end
+  else
+    tap.skip("masks.nms against torchvision", nms_ref .. " missing")
+  end
+end
+
+-- mask_decoder_config.layer_norm_eps is read: sam-amg-tiny says 1e-5 (the
+-- original two-way blocks' nn.LayerNorm); its copy saying transformers'
+-- 1e-6 predicts other IoUs for the same prompt (the fixtures fail with it)
+do
+  local sam = require("fmseg.models.sam")
+  local model_dir = METHODS .. "/models/sam-amg-tiny"
+  local model = sam.load(model_dir)
+  local alt_dir = tap.scratch_model(model_dir, nil, function(cfg) cfg.mask_decoder_config.layer_norm_eps = 1e-6 end)
+  local alt = sam.load(alt_dir)
+  local img = image.load(METHODS .. "/sam_amg-crops-rle/image.png")
+  local function ious(m)
+    local p = sam.predictor(m)
+    p:set_image(img)
+    local _, iou = p:predict({ points = { { 40, 30 } }, multimask = true })
+    return iou
+  end
+  local a, b = ious(model), ious(alt)
+  tap.remove_model(alt_dir)
+  tap.ok(model.config.decoder.layer_norm_eps == 1e-5 and alt.config.decoder.layer_norm_eps == 1e-6
+         and tap.rel_err(a, b) > 1e-3,
+         "mask_decoder_config.layer_norm_eps (1e-5 vs 1e-6) reaches the two-way blocks' norms",
+         tap.rel_err(a, b))
+end
+
 os.exit(tap.done())
