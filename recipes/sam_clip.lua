@@ -6,9 +6,13 @@
 -- templates, softmax over every synonym, synonyms of a class by max).
 -- The semantic map paints masks largest first, so smaller masks stay on
 -- top; pixels no mask covers get class `uncovered` (0: background).
--- The mask-crop follows the mask-proposal classifiers of zsseg.baseline and
--- OVSeg (box crop around the mask, outside pixels filled, resized to
--- CLIP's input); the automatic masks are segment-anything's (recipes/sam_amg).
+-- The mask-crop is that of the mask-proposal classifiers of zsseg.baseline
+-- and OVSeg (box crop around the mask, outside pixels filled with the mean
+-- colour, bicubic resize to CLIP's input without antialiasing); the
+-- automatic masks are segment-anything's (recipes/sam_amg).
+-- ref: MendelXu/zsseg.baseline mask_former/modeling/clip_adapter/utils.py
+--      (expand_box, crop_with_mask) and adapter.py (_preprocess_image);
+--      facebookresearch/ov-seg open_vocab_seg/modeling/clip_adapter (same).
 local clipseg = require("fmseg.clipseg")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
@@ -38,15 +42,21 @@ local recipe = {
 
 local CROP_MODES = { mask = true, blur = true, box = true }
 
--- The box {x0, y0, x1, y1} (inclusive) of a record's bbox XYWH scaled by
--- `expand` about its centre, clamped to the image and rounded outwards.
+-- int() of Python: towards zero
+local function trunc(v) return v < 0 and math.ceil(v) or math.floor(v) end
+
+-- The crop {x0, y0, x1, y1} (inclusive) of a record's bbox XYWH, as the
+-- adapters cut it: the mask's box with exclusive ends (detectron2's
+-- BitMasks boxes), scaled by `expand` about its centre, each side cut to
+-- an integer by int(), clamped to the image.
 function recipe.crop_box(bbox, expand, h, w)
   local x0, y0 = bbox[1], bbox[2]
-  local x1, y1 = x0 + bbox[3], y0 + bbox[4]              -- SAM's XYWH: w = x1 - x0, x1 inclusive
-  local cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-  local hw, hh = (x1 - x0) * expand / 2, (y1 - y0) * expand / 2
-  return { math.max(0, math.floor(cx - hw)), math.max(0, math.floor(cy - hh)),
-           math.min(w - 1, math.ceil(cx + hw)), math.min(h - 1, math.ceil(cy + hh)) }
+  local x1, y1 = x0 + bbox[3] + 1, y0 + bbox[4] + 1      -- SAM's XYWH has w = x1 - x0, x1 inclusive
+  local cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+  local bw, bh = (x1 - x0) * expand, (y1 - y0) * expand
+  local l, t = math.max(trunc(cx - 0.5 * bw), 0), math.max(trunc(cy - 0.5 * bh), 0)
+  local r, b = math.min(trunc(cx + 0.5 * bw), w), math.min(trunc(cy + 0.5 * bh), h)
+  return { l, t, r - 1, b - 1 }
 end
 
 -- x (1, 3, H, W) normalised image, bg (1, 3, H, W) or nil (what replaces
@@ -55,13 +65,13 @@ end
 function recipe.crop(x, bg, mask, box, size, mode)
   local ch, cw = box[4] - box[2] + 1, box[3] - box[1] + 1
   local function cut(t) return t:narrow(t:dim() - 1, box[2] + 1, ch):narrow(t:dim(), box[1] + 1, cw) end
-  local c = cut(x):contiguous()
+  local c = cut(x):clone()          -- a copy: contiguous() of a whole-image box would be x itself
   if mode ~= "box" then
     local m = cut(mask):contiguous()
     c:mul_(m)
     if bg then c:add_(cut(bg) * (1 - m)) end
   end
-  return nn.interpolate(c, size, size, { mode = "bilinear", antialias = ch > size or cw > size })
+  return nn.interpolate(c, size, size, { mode = "bicubic" })
 end
 
 -- crops (B, 3, S, S) → (C, B) class probabilities
@@ -144,7 +154,7 @@ function recipe.segment(state, img)
     r.class_score = score:get(i)
     r.segmentation = masks.rle_to_json(r.segmentation)
   end
-  return { kind = "semantic", labels = labels, records = records }
+  return { kind = "semantic", labels = labels, records = records, dump = { class_probs = probs } }
 end
 
 return recipe
