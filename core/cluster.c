@@ -390,6 +390,254 @@ int fm_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t
   return rc;
 }
 
+/* ---- mini-batch k-means ---------------------------------------------------------- */
+
+/* squared row norms as numpy's einsum("ij,ij->i", x, x) computes them in
+ * float32 (scikit-learn's row_norms; SSE baseline): four lanes, blocks of
+ * sixteen features folded as a0 b0 + (a1 b1 + (a2 b2 + (a3 b3 + acc))), the
+ * rest four at a time (zero-filled), then (l0 + l1) + (l2 + l3). */
+static void fm__row_sqnorms_einsum(float *out, const float *x, int64_t n, int64_t d) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float *r = x + i * d;
+    float acc[4] = { 0.f, 0.f, 0.f, 0.f };
+    int64_t c = 0;
+    for (; d - c >= 16; c += 16)
+      for (int l = 0; l < 4; ++l) {
+        float ab3 = r[c + 12 + l] * r[c + 12 + l] + acc[l];
+        float ab2 = r[c + 8 + l] * r[c + 8 + l] + ab3;
+        float ab1 = r[c + 4 + l] * r[c + 4 + l] + ab2;
+        acc[l] = r[c + l] * r[c + l] + ab1;
+      }
+    for (; c < d; c += 4)
+      for (int l = 0; l < 4; ++l) {
+        float a = c + l < d ? r[c + l] : 0.f;
+        acc[l] = a * a + acc[l];
+      }
+    out[i] = 0.f + ((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  }
+}
+
+/* scikit-learn's _labels_inertia on rows x (n, d) (not centred): labels by
+ * the argmin of |c_j|^2 - 2 x.c_j (float32 sgemm, the first on ties), the
+ * centre norms as row_norms (fm__row_sqnorms_einsum), the
+ * inertia as _inertia_dense sums it: float32, each squared distance by
+ * _euclidean_dense_dense (four features per step), rows in order (one
+ * OpenMP thread; with more, scikit-learn's float32 reduction order varies).
+ * dist (n, k) and cn (k) are scratch. */
+static float fm__mbk_labels(int32_t *labels, const float *x, int64_t n, int64_t d, const float *c, int64_t k,
+                            float *dist, float *cn) {
+  fm__row_sqnorms_einsum(cn, c, k, d);
+  /* lloyd_iter_chunked_dense: chunks of 256 rows, each an sgemm with beta 1 onto the centre norms (the
+   * chunk size picks OpenBLAS's kernel, and so the rounding) */
+  int64_t chunk = n > 256 ? 256 : n;
+  for (int64_t s = 0; s < n; s += chunk) {
+    int64_t m = n - s < chunk ? n - s : chunk;
+    for (int64_t i = s; i < s + m; ++i) memcpy(dist + i * k, cn, sizeof(float) * (size_t)k);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)k, (int)d, -2.f, x + s * d, (int)d, c,
+                (int)d, 1.f, dist + s * k, (int)k);
+  }
+  float inertia = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float *row = dist + i * k;
+    int32_t arg = 0;
+    float best = row[0];
+    for (int64_t j = 1; j < k; ++j) {
+      float v = row[j];
+      if (v < best) best = v, arg = (int32_t)j;
+    }
+    labels[i] = arg;
+    const float *a = x + i * d, *b = c + arg * d;
+    float r = 0.f;
+    int64_t q = d / 4, rem = d % 4;
+    for (int64_t t = 0; t < q; ++t, a += 4, b += 4) {
+      float s0 = (a[0] - b[0]) * (a[0] - b[0]), s1 = (a[1] - b[1]) * (a[1] - b[1]);
+      float s2 = (a[2] - b[2]) * (a[2] - b[2]), s3 = (a[3] - b[3]) * (a[3] - b[3]);
+      r += ((s0 + s1) + s2) + s3;
+    }
+    for (int64_t t = 0; t < rem; ++t) r += (a[t] - b[t]) * (a[t] - b[t]);
+    inertia += r;
+  }
+  return inertia;
+}
+
+/* _minibatch_update_dense with unit weights: a centre with new points is
+ * un-scaled by its count, gets them added, and is divided by the new count
+ * (alpha = 1 / count, float32); a centre without new points is copied. */
+static void fm__mbk_update(float *c_new, const float *c_old, float *wsum_c, const float *x, const int32_t *labels,
+                           int64_t n, int64_t d, int64_t k) {
+  for (int64_t c = 0; c < k; ++c) {
+    float wsum = 0.f;
+    for (int64_t i = 0; i < n; ++i)
+      if (labels[i] == c) wsum += 1.f;
+    float *cc = c_new + c * d;
+    const float *co = c_old + c * d;
+    if (wsum > 0.f) {
+      for (int64_t j = 0; j < d; ++j) cc[j] = co[j] * wsum_c[c];
+      for (int64_t i = 0; i < n; ++i)
+        if (labels[i] == c)
+          for (int64_t j = 0; j < d; ++j) cc[j] += x[i * d + j] * 1.f;
+      wsum_c[c] += wsum;
+      float alpha = 1.f / wsum_c[c];
+      for (int64_t j = 0; j < d; ++j) cc[j] *= alpha;
+    } else {
+      memcpy(cc, co, sizeof(float) * (size_t)d);
+    }
+  }
+}
+
+int fm_minibatch_kmeans(fm_tensor *labels, fm_tensor *centers, const fm_tensor *x, int64_t k, int64_t batch_size,
+                        int32_t max_iter, int32_t n_init, int32_t max_no_improvement, double reassignment_ratio,
+                        uint64_t seed, double *inertia) {
+  if (!fm__check_matrix(x, "minibatch_kmeans: x") || !fm__check_finite(x, "minibatch_kmeans: x")) return -1;
+  int64_t n = x->dims[0], d = x->dims[1];
+  if (k < 1 || k > n)
+    return fm__error("minibatch_kmeans: k = %lld, needs 1 <= k <= %lld points", (long long)k, (long long)n);
+  if (batch_size < 1 || max_iter < 1 || n_init < 1 || !(reassignment_ratio >= 0))
+    return fm__error("minibatch_kmeans: batch_size (%lld), max_iter (%d) and n_init (%d) must be >= 1, "
+                     "reassignment_ratio (%g) >= 0", (long long)batch_size, (int)max_iter, (int)n_init,
+                     reassignment_ratio);
+  if (seed > UINT32_MAX)
+    return fm__error("minibatch_kmeans: seed %llu is beyond numpy's 2^32 - 1", (unsigned long long)seed);
+  int64_t cshape[2] = { k, d };
+  if (!labels || labels->type != FM_I32) return fm__error("minibatch_kmeans: labels must be an int32 tensor");
+  if (!fm__check_contiguous(labels, "minibatch_kmeans: labels") ||
+      !fm__check_writable(labels, "minibatch_kmeans: labels") ||
+      !fm__check_shape(labels, 1, &n, "minibatch_kmeans: labels"))
+    return -1;
+  if (!fm__check_output(centers, "minibatch_kmeans: centers") ||
+      !fm__check_shape(centers, 2, cshape, "minibatch_kmeans: centers"))
+    return -1;
+  /* _check_params_vs_input */
+  int64_t batch = batch_size < n ? batch_size : n;
+  int64_t init_size = 3 * batch;
+  if (init_size < k) init_size = 3 * k;
+  if (init_size > n) init_size = n;
+  if (!fm__blas_fits(n) || !fm__blas_fits(d) || !fm__blas_fits(n * k) || !fm__blas_fits(init_size * k))
+    return fm__error("minibatch_kmeans: sizes beyond BLAS's int");
+  const float *xp = fm__f32(x);
+  int64_t rows = n > init_size ? n : init_size;
+  float *xs = malloc(sizeof(float) * (size_t)(rows * d));         /* gathered rows */
+  float *valid = malloc(sizeof(float) * (size_t)(init_size * d));
+  float *dist = malloc(sizeof(float) * (size_t)(rows * k));
+  float *cn = malloc(sizeof(float) * (size_t)k);
+  float *init_c = malloc(sizeof(float) * (size_t)(k * d)), *c_a = malloc(sizeof(float) * (size_t)(k * d));
+  float *c_b = malloc(sizeof(float) * (size_t)(k * d)), *wsum = calloc((size_t)k, sizeof(float));
+  int32_t *lab = malloc(sizeof(int32_t) * (size_t)rows);
+  int64_t *perm = malloc(sizeof(int64_t) * (size_t)batch);
+  int64_t *order = malloc(sizeof(int64_t) * (size_t)k);
+  bool *reassign = malloc(sizeof(bool) * (size_t)k);
+  fm__km w = { .d = d, .k = k };
+  w.pot = malloc(sizeof(double) * (size_t)rows);
+  int rc = 0;
+  if (!xs || !valid || !dist || !cn || !init_c || !c_a || !c_b || !wsum || !lab || !perm || !order || !reassign ||
+      !w.pot) {
+    rc = fm__error("minibatch_kmeans: out of memory for %lld x %lld points, k = %lld", (long long)n, (long long)d,
+                   (long long)k);
+    goto done;
+  }
+  fm__rng rng;
+  fm__rng_seed(&rng, (uint32_t)seed);
+  /* the validation set of the inits */
+  for (int64_t i = 0; i < init_size; ++i)
+    memcpy(valid + i * d, xp + fm__rng_below(&rng, n) * d, sizeof(float) * (size_t)d);
+  float best = INFINITY;
+  for (int32_t r = 0; r < n_init; ++r) {
+    /* _init_centroids: k-means++ on init_size rows drawn with replacement (all rows when init_size == n) */
+    if (init_size < n) {
+      for (int64_t i = 0; i < init_size; ++i)
+        memcpy(xs + i * d, xp + fm__rng_below(&rng, n) * d, sizeof(float) * (size_t)d);
+      w.x = xs, w.n = init_size;
+    } else {
+      w.x = xp, w.n = n;
+    }
+    fm__kmeans_pp(&w, c_a, &rng);
+    float in = fm__mbk_labels(lab, valid, init_size, d, c_a, k, dist, cn);
+    if (r == 0 || in < best) best = in, memcpy(init_c, c_a, sizeof(float) * (size_t)(k * d));
+  }
+  float *c_old = c_a, *c_new = c_b;
+  memcpy(c_old, init_c, sizeof(float) * (size_t)(k * d));
+  int64_t n_steps = ((int64_t)max_iter * n) / batch, since_reassign = 0, no_improvement = 0;
+  double ewa = 0, ewa_min = 0;
+  bool have_ewa = false, have_min = false;
+  for (int64_t step = 0; step < n_steps; ++step) {
+    for (int64_t i = 0; i < batch; ++i)
+      memcpy(xs + i * d, xp + fm__rng_below(&rng, n) * d, sizeof(float) * (size_t)d);
+    /* _random_reassign, evaluated before the step: an empty centre, or 10 k samples seen */
+    bool any_empty = false;
+    for (int64_t c = 0; c < k; ++c) any_empty |= wsum[c] == 0.f;
+    since_reassign += batch;
+    bool do_reassign = false;
+    if (any_empty || since_reassign >= 10 * k) since_reassign = 0, do_reassign = true;
+    /* _mini_batch_step */
+    float batch_inertia = fm__mbk_labels(lab, xs, batch, d, c_old, k, dist, cn);
+    fm__mbk_update(c_new, c_old, wsum, xs, lab, batch, d, k);
+    if (do_reassign && reassignment_ratio > 0) {
+      float top = wsum[0];
+      for (int64_t c = 1; c < k; ++c) top = wsum[c] > top ? wsum[c] : top;
+      /* weight_sums < ratio * max: a float64 product compared in float32 */
+      float thr = (float)(reassignment_ratio * (double)top);
+      int64_t count = 0;
+      for (int64_t c = 0; c < k; ++c) count += reassign[c] = wsum[c] < thr;
+      if ((double)count > 0.5 * (double)batch) {
+        /* keep the int(0.5 batch) smallest counts (np.argsort; stable here) */
+        for (int64_t c = 0; c < k; ++c) order[c] = c;
+        for (int64_t a = 1; a < k; ++a)
+          for (int64_t b = a; b > 0 && wsum[order[b]] < wsum[order[b - 1]]; --b) {
+            int64_t t = order[b];
+            order[b] = order[b - 1], order[b - 1] = t;
+          }
+        for (int64_t c = (int64_t)(0.5 * (double)batch); c < k; ++c) reassign[order[c]] = false;
+        count = 0;
+        for (int64_t c = 0; c < k; ++c) count += reassign[c];
+      }
+      if (count > 0) {
+        /* choice(batch, replace=False, size=count) = permutation(batch)[:count]: a Fisher-Yates shuffle
+         * of arange(batch) by random_interval (legacy RandomState.shuffle) */
+        for (int64_t i = 0; i < batch; ++i) perm[i] = i;
+        for (int64_t i = batch - 1; i >= 1; --i) {
+          int64_t j = fm__rng_below(&rng, i + 1), t = perm[i];
+          perm[i] = perm[j], perm[j] = t;
+        }
+        float low = INFINITY;
+        for (int64_t c = 0; c < k; ++c)
+          if (!reassign[c] && wsum[c] < low) low = wsum[c];
+        for (int64_t c = 0, m = 0; c < k; ++c)
+          if (reassign[c]) memcpy(c_new + c * d, xs + perm[m++] * d, sizeof(float) * (size_t)d);
+        for (int64_t c = 0; c < k; ++c)
+          if (reassign[c]) wsum[c] = low;
+      }
+    }
+    float *t = c_old;
+    c_old = c_new, c_new = t;
+    /* _mini_batch_convergence (tol 0): the exponentially weighted mean batch inertia stops improving */
+    if (step == 0) continue;
+    double b = (double)batch_inertia / (double)batch;
+    if (!have_ewa) {
+      ewa = b, have_ewa = true;
+    } else {
+      double alpha = (double)batch * 2.0 / (double)(n + 1);
+      if (alpha > 1) alpha = 1;
+      ewa = ewa * (1 - alpha) + b * alpha;
+    }
+    if (!have_min || ewa < ewa_min) {
+      no_improvement = 0, ewa_min = ewa, have_min = true;
+    } else {
+      ++no_improvement;
+    }
+    if (max_no_improvement > 0 && no_improvement >= max_no_improvement) break;
+  }
+  memcpy(fm__f32(centers), c_old, sizeof(float) * (size_t)(k * d));
+  {
+    float in = fm__mbk_labels(lab, xp, n, d, c_old, k, dist, cn);
+    memcpy(labels->data, lab, sizeof(int32_t) * (size_t)n);
+    if (inertia) *inertia = in;
+  }
+done:
+  free(xs), free(valid), free(dist), free(cn), free(init_c), free(c_a), free(c_b), free(wsum), free(lab);
+  free(perm), free(order), free(reassign), free(w.pot);
+  return rc;
+}
+
 /* ---- silhouette ---------------------------------------------------------------- */
 
 /* scikit-learn's silhouette_score with Euclidean distances: for point i in
@@ -641,5 +889,226 @@ int fm_eigh_generalized_subset(fm_tensor *w, fm_tensor *v, const fm_tensor *a, c
     for (int64_t i = 0; i < count * n; ++i) vp[i] = (float)z[i];
   }
   free(af), free(iwork);
+  return rc;
+}
+
+/* ---- thin SVD ---------------------------------------------------------------------- */
+
+/* a (M, N) F32 -> u (M, K), s (K), vt (K, N) with K = min(M, N): LAPACK
+ * sgesdd (jobz 'S') on the column-major copy of a, with the optimal
+ * workspace from a query, as scipy.linalg.svd(a, full_matrices=False)
+ * calls it (scikit-learn's PCA, svd_solver "full"). */
+int fm_svd(fm_tensor *u, fm_tensor *s, fm_tensor *vt, const fm_tensor *a) {
+  if (!fm__check_matrix(a, "svd: a") || !fm__check_finite(a, "svd: a")) return -1;
+  int64_t m = a->dims[0], n = a->dims[1], k = m < n ? m : n;
+  int64_t ushape[2] = { m, k }, vshape[2] = { k, n };
+  if (!fm__check_output(u, "svd: u") || !fm__check_shape(u, 2, ushape, "svd: u") ||
+      !fm__check_output(s, "svd: s") || !fm__check_shape(s, 1, &k, "svd: s") ||
+      !fm__check_output(vt, "svd: vt") || !fm__check_shape(vt, 2, vshape, "svd: vt"))
+    return -1;
+  if (!fm__blas_fits(m * n)) return fm__error("svd: sizes beyond LAPACK's int");
+  if (k == 0) return 0;
+  float *ac = malloc(sizeof(float) * (size_t)(m * n)), *uc = malloc(sizeof(float) * (size_t)(m * k));
+  float *vc = malloc(sizeof(float) * (size_t)(k * n));
+  lapack_int *iwork = malloc(sizeof(lapack_int) * (size_t)(8 * k));
+  float *work = NULL;
+  int rc = 0, threads = 0;
+  if (!ac || !uc || !vc || !iwork) {
+    rc = fm__error("svd: out of memory for %lld x %lld", (long long)m, (long long)n);
+    goto done;
+  }
+  const float *ap = fm__f32(a);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) ac[j * m + i] = ap[i * n + j];
+  /* one BLAS thread: OpenBLAS's threaded LAPACK rounds differently with the thread count (the
+   * references are single-threaded runs) */
+  threads = fm_get_threads();
+  fm_set_threads(1);
+  float query;
+  lapack_int info = LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)m, (lapack_int)n, ac, (lapack_int)m,
+                                        fm__f32(s), uc, (lapack_int)m, vc, (lapack_int)k, &query, -1, iwork);
+  if (info != 0) {
+    rc = fm__error("svd: sgesdd workspace query failed (info %d)", (int)info);
+    goto done;
+  }
+  lapack_int lwork = (lapack_int)query;
+  work = malloc(sizeof(float) * (size_t)(lwork > 1 ? lwork : 1));
+  if (!work) {
+    rc = fm__error("svd: out of memory for the workspace");
+    goto done;
+  }
+  info = LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)m, (lapack_int)n, ac, (lapack_int)m, fm__f32(s), uc,
+                             (lapack_int)m, vc, (lapack_int)k, work, lwork, iwork);
+  if (info != 0) {
+    rc = fm__error("svd: sgesdd did not converge (info %d)", (int)info);
+    goto done;
+  }
+  float *up = fm__f32(u), *vp = fm__f32(vt);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) up[i * k + j] = uc[j * m + i];
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < n; ++j) vp[i * n + j] = vc[j * k + i];
+done:
+  if (threads > 0) fm_set_threads(threads);
+  free(ac), free(uc), free(vc), free(iwork), free(work);
+  return rc;
+}
+
+/* ---- randomized SVD ---------------------------------------------------------------- */
+
+/* numpy's legacy RandomState.normal(): the polar Box-Muller pair, the second
+ * value kept for the next draw (legacy_gauss). */
+typedef struct {
+  fm__rng rng;
+  bool has_gauss;
+  double gauss;
+} fm__gauss_rng;
+
+static double fm__rng_gauss(fm__gauss_rng *g) {
+  if (g->has_gauss) {
+    g->has_gauss = false;
+    return g->gauss;
+  }
+  double x1, x2, r2;
+  do {
+    x1 = 2.0 * fm__rng_uniform(&g->rng) - 1.0;
+    x2 = 2.0 * fm__rng_uniform(&g->rng) - 1.0;
+    r2 = x1 * x1 + x2 * x2;
+  } while (r2 >= 1.0 || r2 == 0.0);
+  double f = sqrt(-2.0 * log(r2) / r2);
+  g->gauss = f * x1, g->has_gauss = true;
+  return f * x2;
+}
+
+/* scipy.linalg.lu(y, permute_l=True) for y (m, r) row-major: sgetrf on its
+ * column-major copy, then P L (unit lower, m x r, column-major) by slaswp
+ * with the pivots backwards (scipy's flinalg lu). out: (m x r) column-major. */
+static int fm__lu_pl(float *out, const float *y, int64_t m, int64_t r, float *work, lapack_int *piv) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < r; ++j) work[j * m + i] = y[i * r + j];
+  lapack_int info = LAPACKE_sgetrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)r, work, (lapack_int)m, piv);
+  if (info < 0) return fm__error("randomized_svd: sgetrf argument %d", (int)-info);
+  int64_t k = m < r ? m : r;
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t i = 0; i < m; ++i) out[j * m + i] = i == j ? 1.f : (i > j ? work[j * m + i] : 0.f);
+  LAPACKE_slaswp_work(LAPACK_COL_MAJOR, (lapack_int)k, out, (lapack_int)m, 1, (lapack_int)k, piv, -1);
+  return 0;
+}
+
+int fm_randomized_svd(fm_tensor *u, fm_tensor *s, fm_tensor *vt, const fm_tensor *a, int64_t n_components,
+                      int64_t n_oversamples, int32_t n_iter, uint64_t seed) {
+  if (!fm__check_matrix(a, "randomized_svd: a") || !fm__check_finite(a, "randomized_svd: a")) return -1;
+  int64_t m = a->dims[0], n = a->dims[1], r = n_components + n_oversamples;
+  if (m < n) return fm__error("randomized_svd: a is %lld x %lld; needs rows >= columns (no transpose)",
+                              (long long)m, (long long)n);
+  if (n_components < 1 || n_oversamples < 0 || r > n || n_iter < 0)
+    return fm__error("randomized_svd: n_components %lld + n_oversamples %lld must be in [1, %lld], n_iter >= 0",
+                     (long long)n_components, (long long)n_oversamples, (long long)n);
+  if (seed > UINT32_MAX) return fm__error("randomized_svd: seed %llu is beyond numpy's 2^32 - 1",
+                                          (unsigned long long)seed);
+  int64_t ushape[2] = { m, n_components }, vshape[2] = { n_components, n };
+  if (!fm__check_output(u, "randomized_svd: u") || !fm__check_shape(u, 2, ushape, "randomized_svd: u") ||
+      !fm__check_output(s, "randomized_svd: s") || !fm__check_shape(s, 1, &n_components, "randomized_svd: s") ||
+      !fm__check_output(vt, "randomized_svd: vt") || !fm__check_shape(vt, 2, vshape, "randomized_svd: vt"))
+    return -1;
+  if (!fm__blas_fits(m * n) || !fm__blas_fits(m * r)) return fm__error("randomized_svd: sizes beyond BLAS's int");
+  const float *A = fm__f32(a);
+  float *q = malloc(sizeof(float) * (size_t)(m * r));      /* Q, column-major (F-ordered, as lu returns it) */
+  float *y = malloc(sizeof(float) * (size_t)(m * r));      /* products, row-major */
+  float *w = malloc(sizeof(float) * (size_t)(m * r));
+  float *tau = malloc(sizeof(float) * (size_t)r);
+  float *b = malloc(sizeof(float) * (size_t)(r * n)), *uh = malloc(sizeof(float) * (size_t)(r * r));
+  float *sv = malloc(sizeof(float) * (size_t)r), *vh = malloc(sizeof(float) * (size_t)(r * n));
+  float *uu = malloc(sizeof(float) * (size_t)(m * r));
+  lapack_int *piv = malloc(sizeof(lapack_int) * (size_t)r);
+  float *work = NULL;
+  fm_tensor *tb = NULL, *tu = NULL, *ts = NULL, *tv = NULL;
+  int rc = 0, threads = 0;
+  if (!q || !y || !w || !tau || !b || !uh || !sv || !vh || !uu || !piv) {
+    rc = fm__error("randomized_svd: out of memory for %lld x %lld", (long long)m, (long long)n);
+    goto done;
+  }
+  /* one BLAS thread, as for fm_svd (fm_svd below pins and restores it too) */
+  threads = fm_get_threads();
+  fm_set_threads(1);
+  /* Q = normal(size=(n, r)).astype(float32), drawn in C order; kept row-major (n x r) for the first product */
+  fm__gauss_rng g = { .has_gauss = false };
+  fm__rng_seed(&g.rng, (uint32_t)seed);
+  for (int64_t i = 0; i < n * r; ++i) w[i] = (float)fm__rng_gauss(&g);
+  bool q_rowmajor = true;   /* w holds the first Q (n x r, C order) */
+  for (int32_t it = 0; it < n_iter; ++it) {
+    /* Q, _ = lu(A @ Q, permute_l=True) */
+    if (q_rowmajor)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)n, 1.f, A, (int)n, w, (int)r,
+                  0.f, y, (int)r);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)r, (int)n, 1.f, A, (int)n, q, (int)n,
+                  0.f, y, (int)r);
+    if ((rc = fm__lu_pl(q, y, m, r, w, piv))) goto done;
+    q_rowmajor = false;
+    /* Q, _ = lu(A.T @ Q, permute_l=True): A.T and Q both F-ordered */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)n, (int)r, (int)m, 1.f, A, (int)n, q, (int)m, 0.f, y,
+                (int)r);
+    if ((rc = fm__lu_pl(q, y, n, r, w, piv))) goto done;
+  }
+  /* Q, _ = qr(A @ Q, mode="economic"): sgeqrf then sorgqr with geqrf's optimal workspace */
+  if (q_rowmajor)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)r, (int)n, 1.f, A, (int)n, w, (int)r, 0.f,
+                y, (int)r);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)r, (int)n, 1.f, A, (int)n, q, (int)n, 0.f, y,
+                (int)r);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < r; ++j) q[j * m + i] = y[i * r + j];
+  float query;
+  lapack_int info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)r, q, (lapack_int)m, tau,
+                                        &query, -1);
+  if (info != 0) { rc = fm__error("randomized_svd: sgeqrf query (info %d)", (int)info); goto done; }
+  lapack_int lwork = (lapack_int)query;
+  work = malloc(sizeof(float) * (size_t)(lwork > 1 ? lwork : 1));
+  if (!work) { rc = fm__error("randomized_svd: out of memory for the workspace"); goto done; }
+  info = LAPACKE_sgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)r, q, (lapack_int)m, tau, work, lwork);
+  if (info == 0)
+    info = LAPACKE_sorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)r, (lapack_int)r, q, (lapack_int)m, tau,
+                               work, lwork);
+  if (info != 0) { rc = fm__error("randomized_svd: QR failed (info %d)", (int)info); goto done; }
+  /* B = Q.T @ A (Q.T is C-ordered r x m) */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)r, (int)n, (int)m, 1.f, q, (int)m, A, (int)n, 0.f, b,
+              (int)n);
+  /* Uhat, s, Vt = svd(B, full_matrices=False) */
+  int64_t bshape[2] = { r, n }, ushp[2] = { r, r };
+  tb = fm_tensor_new(FM_F32, 2, bshape), tu = fm_tensor_new(FM_F32, 2, ushp), ts = fm_tensor_new(FM_F32, 1, &r);
+  tv = fm_tensor_new(FM_F32, 2, bshape);
+  if (!tb || !tu || !ts || !tv) { rc = fm__error("randomized_svd: out of memory"); goto done; }
+  memcpy(fm__f32(tb), b, sizeof(float) * (size_t)(r * n));
+  if ((rc = fm_svd(tu, ts, tv, tb))) goto done;
+  /* U = np.dot(Q, Uhat): both F-ordered */
+  float *uhr = fm__f32(tu);   /* row-major r x r; as F-ordered it is its transpose */
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < r; ++j) uh[j * r + i] = uhr[i * r + j];
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)m, (int)r, (int)r, 1.f, q, (int)m, uh, (int)r, 0.f, uu,
+              (int)r);
+  /* svd_flip (u-based): each column of U positive at its largest |entry| (the first on ties) */
+  const float *sp = fm__f32(ts), *vp = fm__f32(tv);
+  float *up = fm__f32(u), *vo = fm__f32(vt), *so = fm__f32(s);
+  for (int64_t j = 0; j < n_components; ++j) {
+    int64_t arg = 0;
+    float best = -1.f;
+    for (int64_t i = 0; i < m; ++i) {
+      float v = fabsf(uu[i * r + j]);
+      if (v > best) best = v, arg = i;
+    }
+    float sign = uu[arg * r + j] < 0.f ? -1.f : 1.f;
+    for (int64_t i = 0; i < m; ++i) up[i * n_components + j] = uu[i * r + j] * sign;
+    for (int64_t c = 0; c < n; ++c) vo[j * n + c] = vp[j * n + c] * sign;
+    so[j] = sp[j];
+  }
+done:
+  if (threads > 0) fm_set_threads(threads);
+  free(q), free(y), free(w), free(tau), free(b), free(uh), free(sv), free(vh), free(uu), free(piv), free(work);
+  if (tb) fm_tensor_release(tb);
+  if (tu) fm_tensor_release(tu);
+  if (ts) fm_tensor_release(ts);
+  if (tv) fm_tensor_release(tv);
   return rc;
 }

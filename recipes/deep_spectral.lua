@@ -37,6 +37,14 @@
 -- affinity through pymatting) is not implemented: asking for it is an
 -- error. Its default in extract_eigs is 0.
 --
+-- segment_features (multi_region): the semantic protocol's per-image part
+-- (extract_bboxes, extract_bbox_features): result.segment_features =
+-- {{id, box = {x0, y0, x1, y1} in pixels, feature = (C) CLS output}, ...}
+-- for the segments > 0; `fmseg eval` with eval.protocol dataset_clusters
+-- clusters them over the dataset (configs/deep_spectral/
+-- deep_spectral_dino-s16_voc21-semantic.yaml). upsample "cv2" brings the
+-- patch map to pixels as eval.py does when there is no CRF.
+--
 -- Object localisation (one box from eigenvector 1) is
 -- recipes/deep_spectral_loc.lua. dump: eigenvalues, eigenvectors (K, gh,
 -- gw), eigenvector (1, the Fiedler vector), segments (the label map).
@@ -77,7 +85,16 @@ local R = {
     n_init = 10,
     max_iter = 300,
     seed = 0,
-    upsample = "nearest",           -- nearest | bilinear (patch grid → image)
+    -- the semantic protocol (`eval: {protocol: dataset_clusters}`): per segment > 0, a box
+    -- around it on the patch grid (eroded num_erode, then dilated num_dilate times by a
+    -- cross, never to nothing: extract_bboxes) and the DINO CLS output of that crop of the
+    -- image (extract_bbox_features)
+    segment_features = false,
+    num_erode = 2,
+    num_dilate = 5,
+    upsample = "nearest",           -- nearest | bilinear | cv2 (patch grid → image; cv2:
+                                    -- cv2.resize INTER_NEAREST to H x W, what the official
+                                    -- eval.py does to patch-level maps without a CRF)
     resize = false,                 -- shorter side in pixels first (not in the official code)
     positions = "hub",              -- position resampling: "hub" (DINO's torch.hub code, as
                                     -- the official code runs) or "transformers" (ViTModel)
@@ -200,6 +217,70 @@ function R.to_image(grid, frame)
   return out
 end
 
+-- extract_bboxes / _extract_bbox on the patch grid: for each segment id > 0
+-- (ascending), its mask eroded num_erode times, then dilated num_dilate
+-- times (skimage's binary_erosion / binary_dilation, a cross; a step that
+-- would empty the mask is skipped), and its box in patches {x0, y0, x1, y1}
+-- (x1, y1 exclusive). → { {id = s, box = {...}}, ... }
+function R.segment_boxes(grid, params)
+  local masks = require("fmseg.masks")
+  local g = grid:int():contiguous()
+  local gh, gw = g:size(1), g:size(2)
+  local gp, present = g:ptr(), {}
+  for i = 0, gh * gw - 1 do present[gp[i]] = true end
+  local ids = {}
+  for id in pairs(present) do if id > 0 then ids[#ids + 1] = id end end
+  table.sort(ids)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local m = g:float():eq(id):byte()
+    local function steps(n, op)
+      for _ = 1, n do
+        local nm = op(m, 1, "cross")
+        if nm:float():sum() > 0 then m = nm end
+      end
+    end
+    steps(params.num_erode, masks.erode)
+    steps(params.num_dilate, masks.dilate)
+    local mp = m:contiguous():ptr()
+    local x0, y0, x1, y1 = math.huge, math.huge, -1, -1
+    for r = 0, gh - 1 do
+      for c = 0, gw - 1 do
+        if mp[r * gw + c] ~= 0 then
+          x0, y0, x1, y1 = math.min(x0, c), math.min(y0, r), math.max(x1, c), math.max(y1, r)
+        end
+      end
+    end
+    out[#out + 1] = { id = id, box = { x0, y0, x1 + 1, y1 + 1 } }
+  end
+  return out
+end
+
+-- extract_bbox_features: the model's output (CLS after the final norm) on
+-- the crop rows y0 P .. y1 P, columns x0 P .. x1 P of the normalised image x
+-- (1, 3, H', W'), positions resampled for the crop's grid. → (C) float32
+function R.box_feature(model, x, box, patch, positions)
+  local crop = x:narrow(3, box[2] * patch + 1, (box[4] - box[2]) * patch)
+               :narrow(4, box[1] * patch + 1, (box[3] - box[1]) * patch):contiguous()
+  local enc = positions == "hub" and model:hub_positions() or {}
+  local out = model:encode_image(crop, enc)
+  return out.last_hidden_state:select(1, 1):select(1, 1):contiguous()
+end
+
+-- grid (gh, gw) → (H, W) int32 by cv2.resize INTER_NEAREST straight to the
+-- image (semantic-segmentation/dataset/voc.py, _resize_pseudolabel)
+function R.to_image_cv2(grid, frame)
+  local h, w, gh, gw = frame.h, frame.w, grid:size(1), grid:size(2)
+  local g = grid:int():contiguous()
+  local out = T.new({ h, w }, "int32")
+  local gp, op = g:ptr(), out:ptr()
+  for y = 0, h - 1 do
+    local sy = cv2_nearest(y, gh, h)
+    for x = 0, w - 1 do op[y * w + x] = gp[sy * gw + cv2_nearest(x, gw, w)] end
+  end
+  return out
+end
+
 function R.setup(params, models)
   if not MODES[params.mode] then
     error(("deep_spectral: mode must be multi_region or single_region, got %s"):format(tostring(params.mode)), 0)
@@ -240,10 +321,31 @@ function R.segment(state, img)
     end
     grid = R.multi_region(vals, vecs, gh, gw, p, feats)
   end
-  local labels = p.upsample == "nearest" and R.to_image(grid, frame) or patches.to_image(grid, frame, p.upsample)
+  local labels
+  if p.upsample == "nearest" then
+    labels = R.to_image(grid, frame)
+  elseif p.upsample == "cv2" then
+    labels = R.to_image_cv2(grid, frame)
+  else
+    labels = patches.to_image(grid, frame, p.upsample)
+  end
+  local features
+  if p.segment_features then
+    if p.mode ~= "multi_region" or gh ~= frame.gh or frame.rh ~= frame.h or frame.rw ~= frame.w then
+      error("deep_spectral: segment_features needs mode multi_region on the patch grid of the image "
+        .. "(no resize, no image_downsample_factor)", 0)
+    end
+    features = R.segment_boxes(grid, p)
+    for _, s in ipairs(features) do
+      local b = s.box
+      s.box = { b[1] * frame.patch, b[2] * frame.patch, b[3] * frame.patch, b[4] * frame.patch }
+      s.feature = R.box_feature(model, x, b, frame.patch, p.positions)
+    end
+  end
   return {
     kind = "segments",
     labels = labels,
+    segment_features = features,
     dump = { eigenvalues = vals, eigenvectors = vecs:reshape(vecs:size(1), gh, gw),
              eigenvector = vecs:select(1, 2):reshape(gh, gw), segments = labels },
   }

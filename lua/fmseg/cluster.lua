@@ -49,6 +49,88 @@ function M.kmeans(x, k, opts)
   return labels, centers, inertia[0]
 end
 
+-- minibatch_kmeans(x (N, D), k, opts) → labels (N) int32, centers (K, D),
+-- inertia: scikit-learn's MiniBatchKMeans(k, batch_size, max_iter,
+-- random_state = seed, n_init, max_no_improvement, reassignment_ratio)
+-- .fit_predict(x), defaults as scikit-learn 1.2's (1024, 100, 0, 3, 10,
+-- 0.01). Rows are not centred (MiniBatchKMeans does not centre).
+function M.minibatch_kmeans(x, k, opts)
+  opts = opts or {}
+  x = matrix(x, "minibatch_kmeans")
+  if type(k) ~= "number" or k % 1 ~= 0 then error("minibatch_kmeans: k must be an integer, got " .. tostring(k), 2) end
+  local labels = T.new({ x:size(1) }, "int32")
+  local centers = T.new({ k, x:size(2) })
+  local inertia = ffi.new("double[1]")
+  check(C.fm_minibatch_kmeans(labels, centers, x, k, opts.batch_size or 1024, opts.max_iter or 100,
+                              opts.n_init or 3, opts.max_no_improvement or 10, opts.reassignment_ratio or 0.01,
+                              opts.seed or 0, inertia), "minibatch_kmeans")
+  return labels, centers, inertia[0]
+end
+
+-- pca(x (N, D), n, opts) → (N, n) float32: scikit-learn's PCA(n)
+-- .fit_transform(x): x minus its float32 column means, then
+--   opts.solver "full": sgesdd's thin SVD, signs by svd_flip (each column
+--   of U made positive at its largest |entry|), U[:, :n] * S[:n];
+--   "randomized": randomized_svd (10 oversamples, 7 power iterations when
+--   n < D / 10 else 4, LU normalisation) with numpy's RandomState(opts.seed)
+--   (scikit-learn draws from np.random's global state: PCA(n) after
+--   np.random.seed(seed));
+--   "auto" (default): scikit-learn's choice, full when N and D are at most
+--   500 or n >= 0.8 min(N, D), else randomized.
+-- Also returns the components (n, D), the mean (D) and the solver used.
+function M.pca(x, n, opts)
+  opts = opts or {}
+  x = matrix(x, "pca")
+  local rows, d = x:size(1), x:size(2)
+  if type(n) ~= "number" or n % 1 ~= 0 or n < 1 or n > math.min(rows, d) then
+    error(("pca: n_components = %s must be an integer in [1, min(%d, %d)]"):format(tostring(n), rows, d), 2)
+  end
+  -- np.mean over axis 0 in float32: rows added in order, then divided by N
+  local xc = x:clone()
+  local p = xc:ptr()
+  local mean = T.zeros({ d })
+  local mp = mean:ptr()
+  for i = 0, rows - 1 do
+    for j = 0, d - 1 do mp[j] = mp[j] + p[i * d + j] end
+  end
+  for j = 0, d - 1 do mp[j] = mp[j] / rows end
+  for i = 0, rows - 1 do
+    for j = 0, d - 1 do p[i * d + j] = p[i * d + j] - mp[j] end
+  end
+  local solver = opts.solver or "auto"
+  if solver == "auto" then
+    solver = (math.max(rows, d) <= 500 or n >= 0.8 * math.min(rows, d)) and "full" or "randomized"
+  end
+  local k, u, s, vt
+  if solver == "randomized" then
+    if rows < d then error(("pca: the randomized solver here needs N >= D, got %d x %d"):format(rows, d), 2) end
+    k = n
+    u, s, vt = T.new({ rows, k }), T.new({ k }), T.new({ k, d })
+    local n_iter = n < 0.1 * math.min(rows, d) and 7 or 4
+    check(C.fm_randomized_svd(u, s, vt, xc, n, 10, n_iter, opts.seed or 0), "pca")
+  elseif solver == "full" then
+    k = math.min(rows, d)
+    u, s, vt = T.new({ rows, k }), T.new({ k }), T.new({ k, d })
+    check(C.fm_svd(u, s, vt, xc), "pca")
+  else
+    error(("pca: solver must be auto, full or randomized, got %s"):format(tostring(solver)), 2)
+  end
+  local up, sp, vp = u:ptr(), s:ptr(), vt:ptr()
+  local out = T.new({ rows, n })
+  local op = out:ptr()
+  for j = 0, n - 1 do
+    local arg, best = 0, -1
+    for i = 0, rows - 1 do
+      local a = math.abs(up[i * k + j])
+      if a > best then arg, best = i, a end
+    end
+    local sign = up[arg * k + j] < 0 and -1 or 1
+    for i = 0, rows - 1 do op[i * n + j] = up[i * k + j] * sign * sp[j] end
+    for c = 0, d - 1 do vp[j * d + c] = vp[j * d + c] * sign end
+  end
+  return out, vt:narrow(1, 1, n):contiguous(), mean, solver
+end
+
 -- Mean silhouette (scikit-learn's silhouette_score, Euclidean) of labels
 -- (N) in [0, k) over x (N, D).
 function M.silhouette(x, labels, k)

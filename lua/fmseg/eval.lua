@@ -283,6 +283,98 @@ function M.relabel_segments(segments, class_of, ignore)
   return remap(seg, lut, top + 1)
 end
 
+-- ---- dataset-level matching of clusters (Deep Spectral's eval.py) ----------------
+
+-- numpy's np.mean of a float64 vector: pairwise summation (blocks of 128,
+-- eight accumulators within a block), then the division.
+local function np_pairwise(xs, lo, n)
+  if n < 8 then
+    local r = 0
+    for i = lo, lo + n - 1 do r = r + xs[i] end
+    return r
+  elseif n <= 128 then
+    local r = {}
+    for j = 0, 7 do r[j] = xs[lo + j] end
+    local i = 8
+    while i < n - n % 8 do
+      for j = 0, 7 do r[j] = r[j] + xs[lo + i + j] end
+      i = i + 8
+    end
+    local res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for t = i, n - 1 do res = res + xs[lo + t] end
+    return res
+  end
+  local n2 = math.floor(n / 2)
+  n2 = n2 - n2 % 8
+  return np_pairwise(xs, lo, n2) + np_pairwise(xs, lo + n2, n - n2)
+end
+function M.np_mean(xs) return np_pairwise(xs, 1, #xs) / #xs end
+
+-- Clusters vs classes over a whole dataset, as deep-spectral-segmentation's
+-- semantic-segmentation/eval.py evaluate() scores them: table[c][g] (Lua
+-- tables, 0-based cluster c and class g) counts the labelled pixels of
+-- cluster c and class g. With as many clusters as classes, the Hungarian
+-- matching (eval_utils.hungarian_match, metric "iou") minimises
+-- sum(N - IoU(c, g)) over a one-to-one assignment, N the number of
+-- labelled pixels (scipy's linear_sum_assignment on that cost, unshifted);
+-- otherwise each cluster takes the class of its largest IoU
+-- (majority_vote). Every pixel then gets its cluster's class, and
+-- IoU_g = tp / max(tp + fp + fn, 1e-8) (0, not NaN, for a class absent
+-- from both), mIoU = their mean over all classes.
+-- Returns { match = {{c, g}, ...}, class_of = {[c] = g}, IoU = {...} (1-based
+-- by class), mIoU, pixels }.
+function M.match_clusters(tbl, n_clusters, k)
+  local area_c, area_g, total = {}, {}, 0
+  for c = 0, n_clusters - 1 do area_c[c] = 0 end
+  for g = 0, k - 1 do area_g[g] = 0 end
+  for c = 0, n_clusters - 1 do
+    for g = 0, k - 1 do
+      local v = tbl[c][g]
+      area_c[c], area_g[g], total = area_c[c] + v, area_g[g] + v, total + v
+    end
+  end
+  local function iou(c, g)
+    local tp = tbl[c][g]
+    return tp / math.max(area_c[c] + area_g[g] - tp, 1e-8)
+  end
+  local match, class_of = {}, {}
+  if n_clusters == k then
+    local cost = {}
+    for c = 0, k - 1 do
+      for g = 0, k - 1 do cost[c * k + g] = total - iou(c, g) end
+    end
+    local col4row = lsap(k, k, cost)
+    for c = 0, k - 1 do match[#match + 1] = { c, col4row[c] } end
+  else
+    for c = 0, n_clusters - 1 do
+      local best, arg = -1, 0
+      for g = 0, k - 1 do
+        local v = iou(c, g)
+        if v > best then best, arg = v, g end
+      end
+      match[#match + 1] = { c, arg }
+    end
+  end
+  for _, m in ipairs(match) do class_of[m[1]] = m[2] end
+  -- reordered_preds: zeros, then each matched cluster's pixels get its class
+  local tp, pred_area = {}, {}
+  for g = 0, k - 1 do tp[g], pred_area[g] = 0, 0 end
+  for c = 0, n_clusters - 1 do
+    local g_to = class_of[c] or 0
+    for g = 0, k - 1 do
+      local v = tbl[c][g]
+      pred_area[g_to] = pred_area[g_to] + v
+      if g == g_to then tp[g] = tp[g] + v end
+    end
+  end
+  local jac = {}
+  for g = 0, k - 1 do
+    local union = area_g[g] + pred_area[g] - tp[g]
+    jac[g + 1] = tp[g] / math.max(union, 1e-8)
+  end
+  return { match = match, class_of = class_of, IoU = jac, mIoU = M.np_mean(jac), pixels = total }
+end
+
 -- ---- CorLoc ------------------------------------------------------------------------
 
 -- IoU of boxes {x0, y0, x1, y1} in pixel-edge coordinates (LOST's

@@ -13,6 +13,13 @@
 -- and ends with the same numbers. A rerun whose config (data.root aside:
 -- datasets move between machines) or fmseg version differs is refused.
 --
+-- eval.protocol: dataset_clusters (Deep Spectral's semantic protocol; M.cluster_pass below) keeps per
+-- image, instead of confusion entries, the segments' boxes and the (class, segment id) pixel counts in
+-- items/<id>.json, the segment map in segments/<id>.png and one feature per segment in
+-- features/<id>.safetensors (the JSON written last: a record is whole when its JSON exists); after the
+-- last image (or in `fmseg merge`, for shards) the features of the whole dataset are clustered and the
+-- clusters matched to classes once, and pred/<id>.png gets the matched classes.
+--
 -- Shards: --shard I/N (1-based I) takes the images at positions I, I + N,
 -- I + 2N, ... of the split (after --limit). Shards may share a run
 -- directory (items have distinct ids; each writes its own metrics file) or
@@ -22,7 +29,9 @@ local core = require("fmseg.core")
 local fs = require("fmseg.fs")
 local data = require("fmseg.data")
 local ev = require("fmseg.eval")
+local image = require("fmseg.image")
 local json = require("fmseg.json")
+local safetensors = require("fmseg.safetensors")
 local T = require("fmseg.tensor")
 local viz = require("fmseg.viz")
 local ffi = core.ffi
@@ -234,6 +243,20 @@ function M.score(ds, i, img, result, recipe_name)
       entries = ev.image_entries(stored, gt, k, ignore)
     end
   end)
+  -- A recipe's sweep of one parameter (result.sweep = {param, values, pick,
+  -- labels = function(value) → label map}): each value's entries are kept
+  -- beside the main ones, and the totals report each value's mIoU.
+  local sweep
+  if ok and result.sweep and result.kind == "semantic" then
+    local sw = result.sweep
+    ok, err = pcall(function()
+      sweep = { param = sw.param, values = sw.values, pick = sw.pick, entries = {} }
+      for j, v in ipairs(sw.values) do
+        local lab = as_int(sw.labels(v))
+        sweep.entries[j] = ev.image_entries(lab, gt, k, ignore)
+      end
+    end)
+  end
   if not ok then
     err = tostring(err)
     if err:find("gt value", 1, true) then
@@ -242,7 +265,199 @@ function M.score(ds, i, img, result, recipe_name)
     end
     error(("recipe %s: %s"):format(recipe_name, err), 0)
   end
-  return { id = item.id, kind = result.kind, height = h, width = w, entries = entries }, stored
+  return { id = item.id, kind = result.kind, height = h, width = w, entries = entries, sweep = sweep }, stored
+end
+
+-- ---- the dataset-level protocol (dataset_clusters) ----------------------------------
+
+local PROTOCOLS = { per_image = true, dataset_clusters = true }
+
+-- The eval section of a config, checked: { protocol, clusters, pca, seed, batch_size, max_iter }.
+function M.protocol(cfg, ds)
+  local e = config.get(cfg, "eval") or {}
+  local name = e.protocol or "per_image"
+  if not PROTOCOLS[name] then
+    error(("eval.protocol: %s; expected per_image or dataset_clusters"):format(tostring(name)), 0)
+  end
+  local p = { name = name, clusters = e.clusters or (ds and ds.num_classes), pca = e.pca or 0, seed = e.seed or 0,
+              batch_size = e.batch_size or 4096, max_iter = e.max_iter or 5000,
+              pca_solver = e.pca_solver or "auto", pca_seed = e.pca_seed or 0 }
+  if name == "dataset_clusters" and ds and ds.task ~= "semantic" then
+    error(("eval.protocol dataset_clusters scores semantic datasets; %s is %s"):format(ds.name, ds.task), 0)
+  end
+  return p
+end
+
+local function item_path(dir, id) return dir .. "/items/" .. id .. ".json" end
+local function pred_path(dir, id) return dir .. "/pred/" .. id .. ".png" end
+local function features_path(dir, id) return dir .. "/features/" .. id .. ".safetensors" end
+local function segments_path(dir, id) return dir .. "/segments/" .. id .. ".png" end
+
+-- Pass 1 of dataset_clusters for item i: the segment map and features are written, the record
+-- returned (to be written last). result: kind "segments" with segment_features {{id, box, feature}}.
+function M.score_segment_features(ds, i, img, result, recipe_name, dir)
+  local item = ds.items[i]
+  if result.kind ~= "segments" or type(result.segment_features) ~= "table" then
+    error(("recipe %s returned no segment_features; eval.protocol dataset_clusters needs a recipe "
+      .. "that does (deep_spectral with params.segment_features: true)"):format(recipe_name), 0)
+  end
+  local gt = ds:labels(i)
+  local h, w = img:size(1), img:size(2)
+  local seg = result.labels:dtype() == "int32" and result.labels or result.labels:int()
+  if gt:size(1) ~= h or gt:size(2) ~= w or seg:size(1) ~= h or seg:size(2) ~= w then
+    error(("%s: ground truth %dx%d, segments %dx%d, image %dx%d"):format(item.id, gt:size(2), gt:size(1),
+      seg:size(2), seg:size(1), w, h), 0)
+  end
+  local top = math.floor(seg:float():max())
+  if top > 255 then error(("recipe %s: segment ids up to %d; at most 255 here"):format(recipe_name, top), 0) end
+  local hist = T.new({ ds.num_classes, top + 1 }, "int32")
+  local ok, err = pcall(ev.confusion_add, hist, seg, gt, ds.ignore_index)
+  if not ok then
+    error(("%s: %s (check data.reduce_zero_label and data.num_classes)"):format(item.annotation, tostring(err)), 0)
+  end
+  local segments, rows = {}, {}
+  for _, sf in ipairs(result.segment_features) do
+    segments[#segments + 1] = { sf.id, sf.box }
+    rows[#rows + 1] = sf.feature:reshape(1, sf.feature:numel())
+  end
+  if #rows > 0 then
+    local fpath = features_path(dir, item.id)
+    mkdir_p(dirname(fpath))
+    local tmp = tmp_name(fpath)
+    safetensors.save(tmp, { features = T.cat(rows, 1):contiguous() })
+    rename(tmp, fpath)
+  end
+  local spath = segments_path(dir, item.id)
+  mkdir_p(dirname(spath))
+  local tmp = tmp_name(spath)
+  viz.save_labels(tmp, seg)
+  rename(tmp, spath)
+  return { id = item.id, kind = "segment_features", height = h, width = w, segments = segments,
+           hist = ev.sparse(hist) }
+end
+
+-- torch's x / x.norm(dim=-1, keepdim=True) on float32 rows (norms summed in double here)
+local function normalize_rows(x)
+  local n, d = x:size(1), x:size(2)
+  local out = x:clone()
+  local p = out:ptr()
+  local nrm = ffi.new("float[1]")
+  for i = 0, n - 1 do
+    local sq = 0
+    for j = 0, d - 1 do sq = sq + p[i * d + j] * p[i * d + j] end
+    nrm[0] = math.sqrt(sq)
+    for j = 0, d - 1 do p[i * d + j] = p[i * d + j] / nrm[0] end
+  end
+  return out
+end
+
+-- Pass 2: items {{rec = item record, dir = its run directory}...} of the whole selection, k classes,
+-- class names, the protocol p, the output directory (pred/, clusters.json). As deep-spectral-
+-- segmentation's extract_bbox_clusters (features of all boxes, images by id, L2-normalised, PCA to
+-- p.pca dims (scikit-learn's solver choice, p.pca_solver; its randomized one under
+-- np.random.seed(p.pca_seed)), MiniBatchKMeans(p.clusters, batch_size 4096, max_iter 5000, random_state p.seed)),
+-- extract_semantic_segmentations (segment 0 keeps 0, segment s > 0 its box's cluster) and
+-- eval.py's evaluate (ev.match_clusters). Returns the metrics record.
+function M.cluster_pass(items, k, class_names, p, out)
+  local cluster = require("fmseg.cluster")
+  table.sort(items, function(a, b) return a.rec.id < b.rec.id end)
+  local rows, owners = {}, {}
+  for _, it in ipairs(items) do
+    if #it.rec.segments > 0 then
+      local path = features_path(it.dir, it.rec.id)
+      local f = safetensors.open(path)
+      local x = f:get("features"):clone()
+      f:close()
+      if x:size(1) ~= #it.rec.segments then
+        error(("%s: %d features for %d segments; remove its item to recompute it"):format(path, x:size(1),
+          #it.rec.segments), 0)
+      end
+      rows[#rows + 1] = x
+      for _, sg in ipairs(it.rec.segments) do owners[#owners + 1] = { it, sg[1] } end
+    end
+  end
+  if #owners < p.clusters then
+    error(("eval: %d segment boxes over %d images, fewer than the %d clusters"):format(#owners, #items,
+      p.clusters), 0)
+  end
+  local x = normalize_rows(T.cat(rows, 1):contiguous())
+  if p.pca and p.pca > 0 then
+    if p.pca > math.min(x:size(1), x:size(2)) then
+      error(("eval.pca %d: needs at least that many boxes (%d) and feature dims (%d)"):format(p.pca, x:size(1),
+        x:size(2)), 0)
+    end
+    x = cluster.pca(x, p.pca, { solver = p.pca_solver or "auto", seed = p.pca_seed or 0 })
+  end
+  local labels = cluster.minibatch_kmeans(x, p.clusters, { batch_size = p.batch_size, max_iter = p.max_iter,
+                                                          seed = p.seed })
+  local lp = labels:ptr()
+  local cluster_of = {}
+  for n, o in ipairs(owners) do
+    local id = o[1].rec.id
+    cluster_of[id] = cluster_of[id] or { [0] = 0 }
+    cluster_of[id][o[2]] = tonumber(lp[n - 1])
+  end
+  -- (cluster, class) pixel counts over the dataset
+  local tbl = {}
+  for c = 0, p.clusters - 1 do
+    tbl[c] = {}
+    for g = 0, k - 1 do tbl[c][g] = 0 end
+  end
+  for _, it in ipairs(items) do
+    local map = cluster_of[it.rec.id] or { [0] = 0 }
+    for _, e in ipairs(it.rec.hist) do
+      local c = map[e[2]]
+      if not c then error(("%s: segment %d has pixels but no box"):format(it.rec.id, e[2]), 0) end
+      tbl[c][e[1]] = tbl[c][e[1]] + e[3]
+    end
+  end
+  local m = ev.match_clusters(tbl, p.clusters, k)
+  -- mmseg-style counts of the matched prediction (aAcc, mAcc)
+  local stats = ev.stats(k)
+  local entries = {}
+  for c = 0, p.clusters - 1 do
+    for g = 0, k - 1 do
+      if tbl[c][g] > 0 then entries[#entries + 1] = { g, m.class_of[c] or 0, tbl[c][g] } end
+    end
+  end
+  ev.add(stats, entries)
+  local rec = M.semantic_record(stats, class_names)
+  local mm = ev.metrics(stats)
+  rec.protocol = "dataset_clusters"
+  rec.mmseg = { mIoU = mm.mIoU, IoU = mm.IoU }
+  rec.IoU, rec.mIoU = m.IoU, m.mIoU
+  rec.match = m.match
+  rec.boxes = #owners
+  -- matched class maps, and the clusters of every image's segments
+  local palette = viz.voc_palette(256)
+  local images = {}
+  for _, it in ipairs(items) do
+    local id = it.rec.id
+    local map = cluster_of[id] or { [0] = 0 }
+    local seg = image.load_indices(segments_path(it.dir, id))
+    local lut = {}
+    for s_id, c in pairs(map) do lut[s_id] = m.class_of[c] or 0 end
+    local n = seg:numel()
+    local pred = T.new(seg:shape(), "int32")
+    local sp, pp = seg:contiguous():ptr(), pred:ptr()
+    for q = 0, n - 1 do
+      local v = lut[sp[q]]
+      if not v then error(("%s: segment %d has pixels but no box"):format(segments_path(it.dir, id), sp[q]), 0) end
+      pp[q] = v
+    end
+    local png = pred_path(out, id)
+    mkdir_p(dirname(png))
+    local tmp = tmp_name(png)
+    viz.save_labels(tmp, pred, palette)
+    rename(tmp, png)
+    local segs = {}
+    for _, sg in ipairs(it.rec.segments) do segs[#segs + 1] = { sg[1], map[sg[1]] } end
+    images[#images + 1] = { id = id, segments = segs }
+  end
+  write_json(out .. "/clusters.json", { match = m.match, images = images,
+    protocol = { clusters = p.clusters, pca = p.pca, seed = p.seed, batch_size = p.batch_size,
+                 max_iter = p.max_iter, pca_solver = p.pca_solver, pca_seed = p.pca_seed } })
+  return rec
 end
 
 -- ---- progress ------------------------------------------------------------------------
@@ -288,7 +503,43 @@ local function totals(ds, records)
   end
   local stats = ev.stats(ds.num_classes)
   for _, r in ipairs(records) do ev.add(stats, r.entries) end
-  return M.semantic_record(stats, ds.class_names)
+  local rec = M.semantic_record(stats, ds.class_names)
+  rec.sweep = M.sweep_record(ds.num_classes, records)
+  return rec
+end
+
+-- The items' sweeps (score's `sweep`) summed per value → {param, values,
+-- mIoU = {...}, best = value, best_mIoU}, the best as the official
+-- evaluations pick it (pick "first": the first of equal maxima, "last":
+-- the last); nil when no item has a sweep.
+function M.sweep_record(k, records)
+  local first
+  for _, r in ipairs(records) do if r.sweep and r.sweep ~= json.null then first = r.sweep; break end end
+  if not first then return nil end
+  local stats = {}
+  for j = 1, #first.values do
+    stats[j] = ev.stats(k)
+    for _, r in ipairs(records) do
+      if r.sweep and r.sweep ~= json.null then ev.add(stats[j], r.sweep.entries[j]) end
+    end
+  end
+  return M.sweep_from_stats(first, stats)
+end
+
+-- {param, values, pick} and one confusion stats per value → the sweep
+-- record (its confusion entries kept, so `fmseg merge` can sum shards).
+function M.sweep_from_stats(sw, stats)
+  local out = { param = sw.param, values = sw.values, pick = sw.pick or "first", mIoU = {}, confusion = {} }
+  for j = 1, #sw.values do
+    out.mIoU[j] = ev.metrics(stats[j]).mIoU
+    out.confusion[j] = ev.entries(stats[j])
+  end
+  local best
+  for j, m in ipairs(out.mIoU) do
+    if m == m and (best == nil or m > out.mIoU[best] or (out.pick == "last" and m == out.mIoU[best])) then best = j end
+  end
+  if best then out.best, out.best_mIoU = sw.values[best], out.mIoU[best] end
+  return out
 end
 
 function M.semantic_record(stats, class_names)
@@ -318,6 +569,17 @@ function M.summary_text(rec)
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
   end
+  if rec.pending then
+    lines[#lines + 1] = ("Segments and features of %d images kept; the dataset-level clustering and matching "
+      .. "(eval.protocol dataset_clusters) run in `fmseg merge` over all shards."):format(rec.images or 0)
+    return table.concat(lines, "\n") .. "\n"
+  end
+  if rec.protocol == "dataset_clusters" then
+    lines[#lines + 1] = ("%d segment boxes clustered over the dataset, clusters matched to classes once "
+      .. "(deep-spectral-segmentation's eval.py: IoU 0 for a class absent from both, mIoU over all classes)"):format(
+      rec.boxes or 0)
+    lines[#lines + 1] = ""
+  end
   lines[#lines + 1] = "| Class | IoU | Acc |"
   lines[#lines + 1] = "| --- | ---: | ---: |"
   for c, name in ipairs(rec.classes or {}) do
@@ -325,6 +587,21 @@ function M.summary_text(rec)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = ("aAcc %s  mIoU %s  mAcc %s"):format(pct(rec.aAcc), pct(rec.mIoU), pct(rec.mAcc))
+  local sw = rec.sweep
+  if sw and sw ~= json.null then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = ("Sweep of %s (the labels above use the config's value):"):format(sw.param)
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = ("| %s | mIoU |"):format(sw.param)
+    lines[#lines + 1] = "| ---: | ---: |"
+    for j, v in ipairs(sw.values) do
+      lines[#lines + 1] = ("| %s | %s |"):format(tostring(v), pct(sw.mIoU[j]))
+    end
+    lines[#lines + 1] = ""
+    if sw.best ~= nil and sw.best ~= json.null then
+      lines[#lines + 1] = ("Best %s %s: mIoU %s"):format(sw.param, tostring(sw.best), pct(sw.best_mIoU))
+    end
+  end
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -334,9 +611,6 @@ local function write_metrics(dir, name, rec)
 end
 
 -- ---- fmseg eval ----------------------------------------------------------------------------
-
-local function item_path(dir, id) return dir .. "/items/" .. id .. ".json" end
-local function pred_path(dir, id) return dir .. "/pred/" .. id .. ".png" end
 
 local function stem(path) return (path:match("([^/]+)$") or path):gsub("%.ya?ml$", "") end
 
@@ -349,6 +623,8 @@ function M.evaluate(opts)
   local dir = opts.out or ("runs/" .. stem(opts.config))
   M.prepare(dir, cfg, opts.config, ds)
 
+  local proto = M.protocol(cfg, ds)
+  local clusters = proto.name == "dataset_clusters"
   local selected = M.select(#ds.items, opts.limit, opts.shard)
   local records, pending = {}, {}
   for _, i in ipairs(selected) do
@@ -369,7 +645,12 @@ function M.evaluate(opts)
         local t_img = now()
         local img = ds:image(i)
         local result = session:segment(img, { path = item.image, stem = item.id })
-        local rec, stored = M.score(ds, i, img, result, recipe_name)
+        local rec, stored
+        if clusters then
+          rec = M.score_segment_features(ds, i, img, result, recipe_name, dir)
+        else
+          rec, stored = M.score(ds, i, img, result, recipe_name)
+        end
         rec.seconds = now() - t_img
         if stored then
           local png = pred_path(dir, item.id)
@@ -395,7 +676,22 @@ function M.evaluate(opts)
 
   local list = {}
   for _, i in ipairs(selected) do list[#list + 1] = records[i] end
-  local rec = totals(ds, list)
+  local rec
+  if clusters and opts.shard then
+    -- pass 2 needs every image: `fmseg merge` runs it over the shards
+    local ids = {}
+    for _, r in ipairs(list) do ids[#ids + 1] = r.id end
+    rec = { task = "semantic", protocol = "dataset_clusters", pending = "fmseg merge", items = ids,
+            classes = ds.class_names, num_classes = ds.num_classes,
+            eval = { clusters = proto.clusters, pca = proto.pca, seed = proto.seed, batch_size = proto.batch_size,
+                     max_iter = proto.max_iter, pca_solver = proto.pca_solver, pca_seed = proto.pca_seed } }
+  elseif clusters then
+    local items = {}
+    for _, r in ipairs(list) do items[#items + 1] = { rec = r, dir = dir } end
+    rec = M.cluster_pass(items, ds.num_classes, ds.class_names, proto, dir)
+  else
+    rec = totals(ds, list)
+  end
   local seconds = 0
   for _, r in ipairs(list) do seconds = seconds + (tonumber(r.seconds) or 0) end
   rec.fmseg_version = require("fmseg").version()
@@ -489,7 +785,23 @@ function M.merge(dirs, out)
     images = images + r.images
   end
   local merged
-  if base.task == "discovery" then
+  if base.protocol == "dataset_clusters" then
+    local items = {}
+    for k, r in ipairs(recs) do
+      for _, id in ipairs(r.items or {}) do
+        local ir, err = read_json(item_path(files[k].dir, id))
+        if not ir then
+          error(("merge: %s: %s"):format(item_path(files[k].dir, id), tostring(err or "missing")), 0)
+        end
+        items[#items + 1] = { rec = ir, dir = files[k].dir }
+      end
+    end
+    mkdir_p(out)
+    local e = base.eval
+    merged = M.cluster_pass(items, base.num_classes, base.classes,
+      { clusters = e.clusters, pca = e.pca, seed = e.seed, batch_size = e.batch_size, max_iter = e.max_iter,
+        pca_solver = e.pca_solver, pca_seed = e.pca_seed }, out)
+  elseif base.task == "discovery" then
     local correct, total = 0, 0
     for _, r in ipairs(recs) do correct, total = correct + r.correct, total + r.total end
     merged = { task = "discovery", correct = correct, total = total, CorLoc = total > 0 and correct / total or 0 / 0 }
@@ -497,6 +809,15 @@ function M.merge(dirs, out)
     local stats = ev.stats(base.confusion.k)
     for _, r in ipairs(recs) do ev.add(stats, r.confusion.entries) end
     merged = M.semantic_record(stats, base.classes)
+    if base.sweep and base.sweep ~= json.null then
+      -- the shards' sweeps, value by value
+      local per = {}
+      for j = 1, #base.sweep.values do
+        per[j] = ev.stats(base.confusion.k)
+        for _, r in ipairs(recs) do ev.add(per[j], r.sweep.confusion[j]) end
+      end
+      merged.sweep = M.sweep_from_stats(base.sweep, per)
+    end
   end
   local seconds = 0
   for _, r in ipairs(recs) do seconds = seconds + (tonumber(r.seconds) or 0) end
