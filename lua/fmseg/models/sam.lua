@@ -16,6 +16,8 @@
 --   local masks, iou = model:decode_masks(emb, sparse, dense, true)
 --   -- masks (B, N, 3, 256, 256) low-res logits, iou (B, N, 3); with
 --   -- multimask = false: the single-mask output, (B, N, 1, ...)
+--   -- PerSAM's decoder options: decode_masks(emb, sparse, dense, true,
+--   --   { attention_similarity = sim, target_embedding = t })
 --
 -- N is the point batch: N prompts decoded at once against the same image
 -- (the automatic mask generator's batches). The model is immutable; every
@@ -52,6 +54,10 @@ local DECODER_DEFAULTS = {
   num_attention_heads = 8, attention_downsample_rate = 2, num_multimask_outputs = 3,
   iou_head_depth = 3, iou_head_hidden_dim = 256, layer_norm_eps = 1e-6,
 }
+-- mask_decoder_config.layer_norm_eps is the two-way blocks' layer_norm1..4
+-- eps: transformers' 1e-6 by default; segment-anything's original
+-- TwoWayAttentionBlock uses nn.LayerNorm's 1e-5, so a checkpoint converted
+-- from the original says 1e-5 (tests/fixtures/methods/models/sam-amg-tiny).
 -- Norms the reference builds without passing the config's eps: SamLayerNorm's
 -- default (the neck, the mask decoder's upscaling) and nn.LayerNorm's
 -- (the two-way transformer's layer_norm_final_attn).
@@ -475,21 +481,42 @@ function SAM:embed_boxes(boxes)
   return emb + T.cat({ pe.point_embed[3], pe.point_embed[4] }, 1)   -- (2, C): top-left, bottom-right
 end
 
+-- x (1, C, H, W) normalised as SAM's LayerNorm2d normalises an UNBATCHED
+-- (C, H, W) tensor: it takes mean and variance over dim 1, which is then
+-- the rows (H), per channel and column; the affine stays per channel.
+-- Trident's sam_refinement hands its mask prompt over without a batch
+-- dimension, so this is what its masks meet (mask_norm = "rows").
+local function layer_norm_rows(x, ln, eps)
+  local c, h, w = x:size(2), x:size(3), x:size(4)
+  local y = nn.layer_norm_channels(x:reshape(c, h, 1, w), nil, nil, eps)   -- over H per (c, w)
+  return y:mul_(ln.weight:reshape(c, 1, 1, 1)):add_(ln.bias:reshape(c, 1, 1, 1)):reshape(1, c, h, w)
+end
+
 -- masks (M, 1, 4h, 4w) low-res logits → dense embeddings (M, C, h, w).
+-- mask_norm = "rows" (one mask, M = 1): layer_norm_rows instead of SAM's
+-- per-pixel channel norm.
 -- ref: transformers/models/sam/modeling_sam.py, SamMaskEmbedding
-function SAM:embed_masks(masks)
+function SAM:embed_masks(masks, mask_norm)
   local me, cfg = self.prompt_encoder.mask_embed, self.config.prompt
+  local norm = nn.layer_norm_channels
+  if mask_norm == "rows" then
+    if masks:size(1) ~= 1 then error("sam: mask_norm = rows takes a single mask prompt", 2) end
+    norm = function(x, w, b, eps) return layer_norm_rows(x, { weight = w, bias = b }, eps) end
+  elseif mask_norm ~= nil and mask_norm ~= "channels" then
+    error(("sam: mask_norm must be channels or rows, got %s"):format(tostring(mask_norm)), 2)
+  end
   local x = nn.conv2d(masks, me.conv1.weight, me.conv1.bias, { stride = 2 })
-  x = nn.layer_norm_channels(x, me.layer_norm1.weight, me.layer_norm1.bias, cfg.layer_norm_eps)
+  x = norm(x, me.layer_norm1.weight, me.layer_norm1.bias, cfg.layer_norm_eps)
   x = nn.activation(x, cfg.hidden_act)
   x = nn.conv2d(x, me.conv2.weight, me.conv2.bias, { stride = 2 })
-  x = nn.layer_norm_channels(x, me.layer_norm2.weight, me.layer_norm2.bias, cfg.layer_norm_eps)
+  x = norm(x, me.layer_norm2.weight, me.layer_norm2.bias, cfg.layer_norm_eps)
   x = nn.activation(x, cfg.hidden_act)
   return nn.conv2d(x, me.conv3.weight, me.conv3.bias)
 end
 
 -- prompt = {points (B, N, P, 2), labels (B, N, P) (default all 1),
--- boxes (B, N, 4), masks (M, 1, 4h, 4w)}, coordinates in input pixels →
+-- boxes (B, N, 4), masks (M, 1, 4h, 4w), mask_norm (see embed_masks)},
+-- coordinates in input pixels →
 -- sparse (B, N, K, C) or nil when there are no points or boxes,
 -- dense (M | 1, C, h, w).
 -- ref: transformers/models/sam/modeling_sam.py, SamPromptEncoder.forward
@@ -510,7 +537,7 @@ function SAM:encode_prompt(prompt)
   end
   local dense
   if prompt.masks then
-    dense = self:embed_masks(prompt.masks)
+    dense = self:embed_masks(prompt.masks, prompt.mask_norm)
   else
     local s, c = self.config.prompt.image_embedding_size, self.config.prompt.hidden_size
     dense = T.zeros({ 1, c, s, s }) + self.prompt_encoder.no_mask_embed:reshape(1, c, 1, 1)
@@ -531,12 +558,31 @@ local function repeat_interleave(x, n)
 end
 
 -- query (B, Tq, C), key (B, Tk, C), value (B, Tk, C) → (B, Tq, C).
--- ref: transformers/models/sam/modeling_sam.py, SamAttention
-local function attention(a, query, key, value, heads)
+-- similarity (B | 1, 1, 1, Tk) or nil: PerSAM's target-guided attention,
+-- added to the softmax probabilities and normalised by a second softmax;
+-- with mode "logits" added to the scores before the one softmax instead.
+-- ref: transformers/models/sam/modeling_sam.py, SamAttention (attention_similarity);
+--      Personalize-SAM per_segment_anything/modeling/transformer.py, Attention (attn_sim)
+local function attention(a, query, key, value, heads, similarity, mode)
   local q = nn.linear(query, a.q_proj.weight, a.q_proj.bias)
   local k = nn.linear(key, a.k_proj.weight, a.k_proj.bias)
   local v = nn.linear(value, a.v_proj.weight, a.v_proj.bias)
-  local o = nn.attention(q, k, v, heads)
+  local o
+  if similarity and mode == "logits" then
+    local mask = similarity + T.zeros({ similarity:size(1), 1, q:size(2), k:size(2) })   -- (B | 1, 1, Tq, Tk)
+    o = nn.attention(q, k, v, heads, { mask = mask })
+    mask:free()
+  elseif similarity then
+    local b, tq, tk, cv = q:size(1), q:size(2), v:size(2), v:size(3)
+    local _, probs = nn.attention(q, k, v, heads, { probs = true })           -- (B, H, Tq, Tk)
+    local guided = nn.softmax(probs + similarity)
+    probs:free()
+    local vh = v:reshape(b, tk, heads, cv / heads):permute(1, 3, 2, 4):contiguous()   -- (B, H, Tk, Dv)
+    o = guided:matmul(vh):permute(1, 3, 2, 4):contiguous():reshape(b, tq, cv)
+    guided:free(); vh:free()
+  else
+    o = nn.attention(q, k, v, heads)
+  end
   q:free(); k:free(); v:free()
   local y = nn.linear(o, a.out_proj.weight, a.out_proj.bias)
   o:free()
@@ -545,9 +591,10 @@ end
 
 local function layer_norm(x, ln, eps) return nn.layer_norm(x, ln.weight, ln.bias, eps) end
 
--- queries (BN, Tq, C), keys (BN, HW, C) → queries, keys.
+-- queries (BN, Tq, C), keys (BN, HW, C) → queries, keys; similarity: see
+-- attention (the tokens-to-image attention only).
 -- ref: transformers/models/sam/modeling_sam.py, SamTwoWayAttentionBlock
-local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg)
+local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg, similarity, mode)
   local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
   if layer.skip_first_layer_pe then
     queries = attention(layer.self_attn, queries, queries, queries, heads)
@@ -558,7 +605,7 @@ local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg)
   queries = layer_norm(queries, layer.layer_norm1, eps)
   -- tokens attending to the image
   local q, k = queries + query_pe, keys + key_pe
-  queries = layer_norm(queries + attention(layer.cross_attn_token_to_image, q, k, keys, heads),
+  queries = layer_norm(queries + attention(layer.cross_attn_token_to_image, q, k, keys, heads, similarity, mode),
                        layer.layer_norm2, eps)
   queries = layer_norm(queries + mlp_block(layer.mlp, queries, cfg.hidden_act), layer.layer_norm3, eps)
   -- the image attending to the tokens (keys + key_pe is unchanged)
@@ -572,15 +619,28 @@ local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg)
   return queries, keys
 end
 
--- ref: transformers/models/sam/modeling_sam.py, SamTwoWayTransformer
-local function two_way_transformer(tr, tokens, src, pos, cfg)
+-- opts: attention_similarity and attention_similarity_mode (see
+-- attention), target_embedding (1, 1, C) and target_embedding_final (see
+-- decode_masks).
+-- ref: transformers/models/sam/modeling_sam.py, SamTwoWayTransformer;
+--      Personalize-SAM per_segment_anything/modeling/transformer.py, TwoWayTransformer
+local function two_way_transformer(tr, tokens, src, pos, cfg, opts)
+  local sim, target = opts.attention_similarity, opts.target_embedding
+  -- Target-semantic prompting: `queries += target_embedding` before every
+  -- layer. Both references add it in place, and before the first layer
+  -- `queries` IS the tokens tensor that also serves as the queries'
+  -- positional embedding: from then on that embedding is tokens + target.
+  local query_pe = target and tokens + target or tokens
   local queries, keys = tokens, src
   for _, layer in ipairs(tr.layers) do
-    local new_queries, new_keys = two_way_block(layer, queries, keys, tokens, pos, cfg)
+    if target then queries = queries + target end
+    local new_queries, new_keys = two_way_block(layer, queries, keys, query_pe, pos, cfg, sim,
+                                                opts.attention_similarity_mode)
     keys:free()   -- src too: the blocks hand back new keys
     queries, keys = new_queries, new_keys
   end
-  local q, k = queries + tokens, keys + pos
+  local q, k = queries + query_pe, keys + pos
+  if target and opts.target_embedding_final ~= false then q:add_(target) end
   local out = attention(tr.final_attn_token_to_image, q, k, keys, cfg.num_attention_heads)
   k:free()
   queries = layer_norm(queries + out, tr.layer_norm_final_attn, TORCH_LAYER_NORM_EPS)
@@ -598,8 +658,27 @@ end
 -- (B*N | B | 1, C, h, w), multimask → low-res mask logits (B, N, M, 4h, 4w)
 -- and IoU predictions (B, N, M): M = num_multimask_outputs (mask tokens
 -- 2..) with multimask, else 1 (mask token 1).
--- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder.forward
-function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
+-- opts (all off by default), PerSAM's two decoder changes as transformers
+-- names them, with Personalize-SAM's semantics (its persam.py is the
+-- method; the two switches give transformers' where it differs):
+--   attention_similarity  h*w values (any shape), or (B*N, h*w): added to
+--     the probabilities of the layers' tokens-to-image attention, which are
+--     then softmaxed again (PerSAM: the sigmoid of its standardised
+--     similarity map; not the final attention);
+--   attention_similarity_mode  "probabilities" (that), or "logits": added
+--     to the scores before the one softmax, what transformers 5's
+--     SamAttention does with it (an additive attention mask; also its 4.x
+--     SDPA path, while its 4.x eager path softmaxes twice);
+--   target_embedding      C values: added to the queries before every
+--     layer and to q of the final attention (PerSAM: the target feature);
+--     both references add it in place, which also adds it to the queries'
+--     positional embedding from the first layer on (reproduced);
+--   target_embedding_final  false leaves it out of the final attention's
+--     q, as transformers' SamTwoWayTransformer does.
+-- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder.forward;
+--      Personalize-SAM per_segment_anything/modeling/mask_decoder.py
+function SAM:decode_masks(image_embeddings, sparse, dense, multimask, opts)
+  opts = opts or {}
   local dec, cfg = self.mask_decoder, self.config.decoder
   local b, c, h, w = unpack(image_embeddings:shape())
   local s = self.config.prompt.image_embedding_size
@@ -609,6 +688,26 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
   end
   local n = sparse and sparse:size(2) or 1
   local bn = b * n
+  local mode = opts.attention_similarity_mode
+  if mode ~= nil and mode ~= "probabilities" and mode ~= "logits" then
+    error(("sam: attention_similarity_mode must be probabilities or logits, got %s"):format(tostring(mode)), 2)
+  end
+  local tr_opts = { target_embedding_final = opts.target_embedding_final, attention_similarity_mode = mode }
+  local sim, target = opts.attention_similarity, opts.target_embedding
+  if sim then
+    local k = sim:numel() / (h * w)
+    if k ~= 1 and k ~= bn then
+      error(("sam: attention_similarity %s, expected %d (= %d x %d) values, or %d per prompt"):format(
+        T.shape_string(sim:shape()), h * w, h, w, h * w), 2)
+    end
+    tr_opts.attention_similarity = sim:float():reshape(k, 1, 1, h * w)
+  end
+  if target then
+    if target:numel() ~= c then
+      error(("sam: target_embedding %s, expected %d values"):format(T.shape_string(target:shape()), c), 2)
+    end
+    tr_opts.target_embedding = target:float():reshape(1, 1, c)
+  end
   -- output tokens (IoU, mask tokens) followed by the prompt's tokens
   local out_tokens = T.cat({ dec.iou_token, dec.mask_tokens }, 1)           -- (1 + Mt, C)
   local ntok = out_tokens:size(1)
@@ -630,7 +729,7 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask)
   with_dense:free()
   local key_pe = pos:reshape(1, c, h * w):transpose(2, 3):contiguous()     -- (1, HW, C), broadcast
   local queries
-  queries, keys = two_way_transformer(dec.transformer, tokens, keys, key_pe, cfg)
+  queries, keys = two_way_transformer(dec.transformer, tokens, keys, key_pe, cfg, tr_opts)
   key_pe:free()
   -- upscale the image tokens and predict a mask per mask token
   local img = keys:transpose(2, 3):contiguous():reshape(bn, c, h, w)
@@ -660,12 +759,12 @@ end
 
 -- forward(pixel_values or nil, prompt, opts) → masks, iou, image_embeddings:
 -- the whole SamModel. opts.image_embeddings reuses an encoding; opts.multimask
--- (default true).
+-- (default true); the decoder options of decode_masks.
 function SAM:forward(pixel_values, prompt, opts)
   opts = opts or {}
   local emb = opts.image_embeddings or self:encode_image(pixel_values)
   local sparse, dense = self:encode_prompt(prompt)
-  local masks, iou = self:decode_masks(emb, sparse, dense, opts.multimask ~= false)
+  local masks, iou = self:decode_masks(emb, sparse, dense, opts.multimask ~= false, opts)
   return masks, iou, emb
 end
 

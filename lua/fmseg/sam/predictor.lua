@@ -18,7 +18,13 @@
 --   -- points (N, P, 2) float32, labels (N, P) (1 fg, 0 bg, -1 ignored),
 --   -- opts.boxes (N, 4), opts.mask_input (N, 1, 256, 256),
 --   -- opts.multimask (true), opts.return_logits (false), opts.masks (true;
---   -- false skips the upsampling: masks is nil, see upsample_logits)
+--   -- false skips the upsampling: masks is nil, see upsample_logits),
+--   -- opts.frame_hw ({h, w}: points and boxes are pixels of an image of
+--   -- this size, e.g. a downsampled map; default the original image),
+--   -- opts.mask_norm ("channels", or "rows": see models/sam.lua embed_masks),
+--   -- opts.attention_similarity, opts.attention_similarity_mode,
+--   -- opts.target_embedding, opts.target_embedding_final (PerSAM's decoder
+--   -- options, see models/sam.lua decode_masks; off by default)
 --   -- → masks (N, M, H, W) uint8 (float32 logits with return_logits),
 --   --   iou (N, M), low_res (N, M, 256, 256)
 --
@@ -92,7 +98,10 @@ end
 -- predict(prompt) → masks (M, H, W), iou (M), low_res (M, h, w) for one
 -- prompt: points {{x, y}, ...} or (P, 2), labels {1, 0, ...} or (P)
 -- (default all foreground), box {x0, y0, x1, y1} or (4), mask_input
--- (1, h, w) or (1, 1, h, w) logits, multimask (true), return_logits (false).
+-- (1, h, w) or (1, 1, h, w) logits, multimask (true), return_logits (false),
+-- attention_similarity, attention_similarity_mode, target_embedding,
+-- target_embedding_final (PerSAM's decoder options, off by default: see
+-- models/sam.lua decode_masks).
 function Predictor:predict(prompt)
   prompt = prompt or {}
   local points = as_tensor(prompt.points, "points")
@@ -119,6 +128,9 @@ function Predictor:predict(prompt)
   local masks, iou, low_res = self:predict_batch(points, labels, {
     boxes = box and box:reshape(1, 4), mask_input = mask_input,
     multimask = prompt.multimask, return_logits = prompt.return_logits,
+    attention_similarity = prompt.attention_similarity, target_embedding = prompt.target_embedding,
+    attention_similarity_mode = prompt.attention_similarity_mode,
+    target_embedding_final = prompt.target_embedding_final,
   })
   return masks:select(1, 1), iou:select(1, 1), low_res:select(1, 1)
 end
@@ -129,7 +141,13 @@ function Predictor:predict_batch(points, labels, opts)
   opts = opts or {}
   if not self.image_embeddings then error("sam predictor: call set_image first", 2) end
   local proc, ohw, rhw = self.processor, self.original_hw, self.resized_hw
-  local prompt = {}
+  -- the frame the prompt's coordinates are in, and its size once resized
+  local fhw, frhw = ohw, rhw
+  if opts.frame_hw then
+    fhw = opts.frame_hw
+    frhw = { processor.preprocess_shape(fhw[1], fhw[2], proc.longest_edge) }
+  end
+  local prompt = { mask_norm = opts.mask_norm }
   if points then
     if points:dim() ~= 3 or points:size(3) ~= 2 then
       error(("sam predictor: points %s, expected (N, P, 2)"):format(T.shape_string(points:shape())), 2)
@@ -140,17 +158,21 @@ function Predictor:predict_batch(points, labels, opts)
       error(("sam predictor: labels %s for points %s"):format(T.shape_string(labels:shape()),
         T.shape_string(points:shape())), 2)
     end
-    prompt.points = proc:map_coords(points:float(), ohw, rhw):unsqueeze(1)   -- (1, N, P, 2)
+    prompt.points = proc:map_coords(points:float(), fhw, frhw):unsqueeze(1)  -- (1, N, P, 2)
     prompt.labels = labels:reshape(1, n, p)
   end
   if opts.boxes then
     local boxes = opts.boxes:float()
-    prompt.boxes = proc:map_boxes(boxes, ohw, rhw):reshape(1, boxes:numel() / 4, 4)
+    prompt.boxes = proc:map_boxes(boxes, fhw, frhw):reshape(1, boxes:numel() / 4, 4)
   end
   prompt.masks = opts.mask_input
   local model = self.model
   local sparse, dense = model:encode_prompt(prompt)
-  local low_res, iou = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false)
+  local low_res, iou = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false, {
+    attention_similarity = opts.attention_similarity, target_embedding = opts.target_embedding,
+    attention_similarity_mode = opts.attention_similarity_mode,
+    target_embedding_final = opts.target_embedding_final,
+  })
   low_res, iou = low_res:select(1, 1), iou:select(1, 1)                  -- (N, M, h, w), (N, M)
   if opts.masks == false then return nil, iou, low_res end               -- see upsample_logits
   local masks = proc:postprocess_masks(low_res, rhw, ohw, { binarize = not opts.return_logits })
