@@ -14,6 +14,9 @@
 -- grey, values = 0-based classes, values >= the class count ignored).
 --
 -- Steps, each a small function below:
+--   0. the coarse map is downsampled by `downsample` (Trident's down_ratio
+--      2: labels nearest, probabilities bilinear); steps 1-3 work there,
+--      min_area counts its pixels (225 there is ~900 at full size)
 --   1. pixels whose best coarse probability is below coarse_thresh are
 --      ignored; a class whose probability never reaches it is skipped
 --   2. per class, the 8-connected components of its pixels, >= min_area
@@ -23,7 +26,9 @@
 --      negatives = "complement" (the deepest background pixel inside the
 --      box) or "others" (the deepest pixel of other classes inside the box);
 --      mask prompt = the class probability in SAM's low-res frame, x
---      mask_coeff where above coarse_thresh
+--      mask_coeff where above coarse_thresh; Trident hands it to SAM
+--      without a batch dimension, so SAM's LayerNorm2d normalises it over
+--      rows (mask_norm = "rows"; "channels" is what SAM intends)
 --   4. select = "predicted_iou": SAM's single-mask output, kept when its
 --      predicted IoU > iou_thresh (Trident); "coarse_iou": of the multimask
 --      outputs the one agreeing best with the component, kept when that
@@ -31,11 +36,11 @@
 --   5. per class, max over its kept masks of sigmoid(SAM logit) x coarse
 --      probability inside the mask (x 1 without probabilities: SAM's own
 --      confidence, so SAM may grow a region a label PNG drew too small);
---      failed components and pixels no kept mask covers keep the coarse
---      probabilities; labels = argmax where a kept mask covers, the coarse
---      label elsewhere.
--- Trident finds the components on a 2x downsampled map for speed; here
--- they are found at full resolution.
+--      labels = argmax of that where a kept mask covers, the coarse label
+--      elsewhere; scores = that, raised to the coarse probabilities inside
+--      failed components (Trident's map_failed_regions: it cannot change a
+--      label, since it compares with the already raised scores). With no
+--      kept mask at all the coarse result is returned as it is.
 local ffi = require("ffi")
 local fs = require("fmseg.fs")
 local image = require("fmseg.image")
@@ -51,12 +56,14 @@ local recipe = {
   -- (VOC) to 0.05 (ADE20K) and sam_iou_thresh 0.8.
   defaults = {
     coarse = false,              -- label PNG (or a folder of <stem>.png), when no recipe runs before
+    downsample = 2,              -- Trident's down_ratio: components found on the map / 2
     coarse_thresh = 0.10,        -- best coarse probability below it: ignored
-    min_area = 225,              -- smallest component prompted, in pixels
+    min_area = 225,              -- smallest component prompted, in pixels of the downsampled map
     point_mode = "logit_max",    -- or "distance"
     negatives = "none",          -- or "complement", "others"
     mask_prompt = true,          -- the class probability as mask_input (needs probabilities)
     mask_coeff = 0.005,          -- Trident's sam_mask_coff
+    mask_norm = "rows",          -- how SAM normalises the mask prompt: Trident's "rows" or "channels"
     select = "predicted_iou",    -- or "coarse_iou"
     iou_thresh = 0.9,            -- predicted_iou: SAM's predicted IoU must exceed it
     min_coarse_iou = 0.5,        -- coarse_iou: agreement needed with the component
@@ -67,6 +74,7 @@ local recipe = {
 local POINT_MODES = { logit_max = true, distance = true }
 local NEGATIVES = { none = true, complement = true, others = true }
 local SELECT = { predicted_iou = true, coarse_iou = true }
+local MASK_NORMS = { rows = true, channels = true }
 
 -- Prompt derivation ----------------------------------------------------------------
 -- Masks are (H, W) float32 0/1; boxes {x0, y0, x1, y1} inclusive pixel
@@ -149,12 +157,14 @@ function recipe.components(class_mask, min_area)
   return out
 end
 
--- prob (H, W) → SAM's mask_input (1, 1, S, S): resized (bilinear) so the
--- longest side is S, zero-padded bottom and right as SAM pads its input,
--- coeff x prob where prob > thresh, 0 elsewhere (Trident)
-function recipe.mask_prompt(prob, size, thresh, coeff)
+-- prob (h, w) → SAM's mask_input (1, 1, S, S): resized (bilinear) to the
+-- size an image of image_hw (default prob's own) takes with its longest
+-- side S, zero-padded bottom and right as SAM pads its input, coeff x prob
+-- where prob > thresh, 0 elsewhere (Trident: the downsampled probability,
+-- sized from the full image)
+function recipe.mask_prompt(prob, size, thresh, coeff, image_hw)
   local h, w = prob:size(1), prob:size(2)
-  local rh, rw = processor.preprocess_shape(h, w, size)
+  local rh, rw = processor.preprocess_shape(image_hw and image_hw[1] or h, image_hw and image_hw[2] or w, size)
   local r = nn.interpolate(prob:reshape(1, 1, h, w), rh, rw, { mode = "bilinear" })
   r:mul_(r:gt(thresh)):mul_(coeff)
   local out = T.zeros({ 1, 1, size, size })
@@ -202,30 +212,59 @@ local function fusion_add(f, class, logits)
   local slot = f.refined:select(1, class + 1)
   slot:copy(slot:maximum(p))
   f.covered:maximum_(inside)
+  f.kept = true
   p:free()
   inside:free()
 end
 
--- failed (H, W) 0/1 or nil → labels (H, W) int32, scores (C, H, W)
+-- failed (H, W) 0/1 or nil → labels (H, W) int32, scores (C, H, W); see
+-- step 5 above. ref: Trident map_refinement_coarse, map_failed_regions
 local function fusion_result(f, failed)
   local coarse, covered = f.coarse, f.covered
-  local fallback = 1 - covered
-  if failed then fallback:maximum_(failed) end
   local base = coarse.probs or one_hot(coarse.labels, coarse.nclasses)
-  local scores = f.refined:maximum_(base * fallback)
-  local labels = masks.argmax_channels(scores):float():mul_(covered)
+  if not f.kept then return coarse.labels, base end
+  local labels = masks.argmax_channels(f.refined):float():mul_(covered)
   labels:add_(coarse.labels:float():mul_(1 - covered))
+  local scores = f.refined
+  if failed then scores:maximum_(base * failed) end
   return labels:int(), scores
 end
 
 -- coarse = {labels (H, W), probs (C, H, W) or nil, nclasses}; kept = {
 -- {class = c (0-based), logits = (H, W) SAM logits}, ... }; failed (H, W)
 -- 0/1 or nil → labels (H, W) int32, scores (C, H, W). See step 5 above.
--- ref: Trident map_refinement_coarse, map_failed_regions
 function recipe.fuse(coarse, kept, failed)
   local f = fusion(coarse)
   for _, k in ipairs(kept) do fusion_add(f, k.class, k.logits) end
   return fusion_result(f, failed)
+end
+
+-- Resolution ---------------------------------------------------------------------------
+
+-- coarse downsampled by factor (Trident's down_ratio): labels nearest,
+-- probabilities bilinear, to (H // factor, W // factor)
+local function downsampled(coarse, factor)
+  if factor == 1 then return coarse end
+  local h, w, nc = coarse.labels:size(1), coarse.labels:size(2), coarse.nclasses
+  local dh, dw = math.floor(h / factor), math.floor(w / factor)
+  local labels = nn.interpolate(coarse.labels:float():reshape(1, 1, h, w), dh, dw, { mode = "nearest" })
+  local probs = coarse.probs and nn.interpolate(coarse.probs:reshape(1, nc, h, w), dh, dw, { mode = "bilinear" })
+  return { labels = labels:reshape(dh, dw):int(), probs = probs and probs:reshape(nc, dh, dw), nclasses = nc }
+end
+
+-- mask (h, w) 0/1 of the downsampled map → (H, W) at full size, nearest
+local function upsampled(mask, h, w)
+  if mask:size(1) == h and mask:size(2) == w then return mask end
+  return nn.interpolate(mask:reshape(1, 1, mask:size(1), mask:size(2)), h, w, { mode = "nearest" }):reshape(h, w)
+end
+
+-- a point or box of the downsampled map in image pixels, as Trident reports
+-- its prompt boxes (x factor)
+local function scaled(list, factor)
+  if not list then return nil end
+  local out = {}
+  for i, v in ipairs(list) do out[i] = type(v) == "table" and scaled(v, factor) or v * factor end
+  return out
 end
 
 -- Prompting ----------------------------------------------------------------------------
@@ -251,10 +290,10 @@ function recipe.prompts(comp, prob, others, params)
   return { points = { point, neg }, labels = { 1, neg and 0 or nil }, box = comp.box }
 end
 
--- One decoder call for prompts {p1, ...}: points (N, P, 2) with label -1
--- (SAM's not-a-point) where a component has fewer points → iou (N, M),
--- low_res (N, M, h, w)
-local function decode(predictor, prompts, mask_input, multimask)
+-- One decoder call for prompts {p1, ...} in pixels of a frame_hw map:
+-- points (N, P, 2) with label -1 (SAM's not-a-point) where a component has
+-- fewer points → iou (N, M), low_res (N, M, h, w)
+local function decode(predictor, prompts, mask_input, multimask, frame_hw, mask_norm)
   local n, np = #prompts, 1
   for _, p in ipairs(prompts) do np = math.max(np, #p.labels) end
   local pts, labs, boxes = T.zeros({ n, np, 2 }), T.full({ n, np }, -1), T.new({ n, 4 })
@@ -265,7 +304,8 @@ local function decode(predictor, prompts, mask_input, multimask)
     for k = 1, 4 do boxes:set(i, k, p.box[k]) end
   end
   local _, iou, low_res = predictor:predict_batch(pts, labs, {
-    boxes = boxes, mask_input = mask_input, multimask = multimask, masks = false })
+    boxes = boxes, mask_input = mask_input, multimask = multimask, masks = false,
+    frame_hw = frame_hw, mask_norm = mask_input and mask_norm or nil })
   return iou, low_res
 end
 
@@ -279,7 +319,7 @@ local function choose(predictor, comp, iou, low_res, params)
     return predictor:upsample_logits(low_res:narrow(1, 1, 1)):select(1, 1), { predicted_iou = score }
   end
   local logits = predictor:upsample_logits(low_res)                -- (M, H, W)
-  local agree = recipe.mask_iou(logits:gt(0), comp.mask)
+  local agree = recipe.mask_iou(logits:gt(0), upsampled(comp.mask, logits:size(2), logits:size(3)))
   local best = 1
   for i = 2, #agree do if agree[i] > agree[best] then best = i end end
   local info = { predicted_iou = iou:get(best), coarse_iou = agree[best] }
@@ -301,14 +341,21 @@ local function check_params(p)
   one_of("point_mode", POINT_MODES)
   one_of("negatives", NEGATIVES)
   one_of("select", SELECT)
+  one_of("mask_norm", MASK_NORMS)
+  if type(p.downsample) ~= "number" or p.downsample < 1 or p.downsample % 1 ~= 0 then
+    error(("sam_refine: downsample must be a whole number >= 1, got %s"):format(tostring(p.downsample)), 0)
+  end
 end
 
 -- predictor with the image set; coarse = {labels, probs?, nclasses} →
 -- the refined semantic result, records = one per prompted component.
 function recipe.refine(predictor, coarse, params)
   check_params(params)
-  local nc, probs = coarse.nclasses, coarse.probs
-  local labels_f = coarse.labels:float()
+  local h, w = coarse.labels:size(1), coarse.labels:size(2)
+  local view = downsampled(coarse, params.downsample)
+  local vh, vw = view.labels:size(1), view.labels:size(2)
+  local nc, probs = view.nclasses, view.probs
+  local labels_f = view.labels:float()
   local valid = labels_f:lt(nc)
   if probs then valid:mul_(probs:max(1):ge(params.coarse_thresh)) end
   local fused, records = fusion(coarse), {}
@@ -324,25 +371,27 @@ function recipe.refine(predictor, coarse, params)
     if #comps > 0 then
       local others = valid - class_mask
       local mask_input = prob and params.mask_prompt
-        and recipe.mask_prompt(prob, low_res_size(predictor), params.coarse_thresh, params.mask_coeff) or nil
+        and recipe.mask_prompt(prob, low_res_size(predictor), params.coarse_thresh, params.mask_coeff, { h, w }) or nil
       for first = 1, #comps, params.batch do
         local chunk, prompts = {}, {}
         for i = first, math.min(first + params.batch - 1, #comps) do
           chunk[#chunk + 1] = comps[i]
           prompts[#prompts + 1] = recipe.prompts(comps[i], prob, others, params)
         end
-        local iou, low_res = decode(predictor, prompts, mask_input, multimask)
+        local iou, low_res = decode(predictor, prompts, mask_input, multimask, { vh, vw }, params.mask_norm)
         for j, comp in ipairs(chunk) do
           local logits, info = choose(predictor, comp, iou:select(1, j), low_res:select(1, j), params)
           if logits then
             fusion_add(fused, c, logits)
             logits:free()
           else
-            failed = failed and failed:maximum_(comp.mask) or comp.mask:clone()
+            local m = upsampled(comp.mask, h, w)
+            failed = failed and failed:maximum_(m) or m:clone()
           end
           local p = prompts[j]
           records[#records + 1] = {
-            class = c, area = comp.area, prompt_box = p.box, point_coords = p.points, point_labels = p.labels,
+            class = c, area = comp.area, prompt_box = scaled(p.box, params.downsample),
+            point_coords = scaled(p.points, params.downsample), point_labels = p.labels,
             predicted_iou = info.predicted_iou, coarse_iou = info.coarse_iou, refined = logits ~= nil,
           }
         end
@@ -351,7 +400,13 @@ function recipe.refine(predictor, coarse, params)
     end
   end
   local labels, scores = fusion_result(fused, failed)
-  return { kind = "semantic", labels = labels, scores = scores, records = records }
+  -- the kept prompts' boxes in image pixels, in prompting order (Trident's
+  -- combined_boxes)
+  local kept_boxes = {}
+  for _, r in ipairs(records) do if r.refined then kept_boxes[#kept_boxes + 1] = r.prompt_box end end
+  local boxes = #kept_boxes > 0 and T.from_table(kept_boxes, "int32") or T.zeros({ 0, 4 }, "int32")
+  return { kind = "semantic", labels = labels, scores = scores, records = records,
+           dump = { prompt_boxes = boxes } }
 end
 
 -- The coarse segmentation: the previous recipe's semantic (or segments)

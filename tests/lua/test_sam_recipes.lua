@@ -123,16 +123,23 @@ do
   local out, scores = refine.fuse(coarse, { { class = 1, logits = sam1 } }, nil)
   tap.ok(equal(out, rect(h, w, 3, 3, 15, 18)), "fuse: a kept mask grows the class; uncovered pixels keep coarse labels")
   tap.ok(scores:shape()[1] == 3 and math.abs(scores:get(2, 5, 5) - 1 / (1 + math.exp(-10))) < 1e-6
-         and scores:get(1, 1, 1) == 1, "fuse: scores = sigmoid(logit) in the mask (no probabilities), coarse elsewhere")
-  -- a failed component keeps its coarse class even where another class's mask covers it
+         and scores:get(1, 1, 1) == 0, "fuse: scores = sigmoid(logit) in the mask (no probabilities), 0 elsewhere (Trident)")
+  -- a failed component raises the scores to its coarse class but, as in
+  -- Trident's map_failed_regions, never changes a label: where another
+  -- class's mask covers it, that class wins
   local l2 = labels:clone()
   l2:narrow(1, 15, 4):narrow(2, 21, 5):fill(2)          -- class 2 at rows 14..17, cols 20..24
   local sam0 = (1 - rect(h, w, 3, 3, 15, 18)) * 20 - 10  -- background mask covers the class-2 region
   local failed = rect(h, w, 14, 20, 17, 24)
-  local out2 = refine.fuse({ labels = l2, nclasses = 3 }, { { class = 1, logits = sam1 }, { class = 0, logits = sam0 } },
-                           failed)
-  local want = rect(h, w, 3, 3, 15, 18):maximum(failed * 2)
-  tap.ok(equal(out2, want), "fuse: a failed component falls back to its coarse class")
+  local out2, scores2 = refine.fuse({ labels = l2, nclasses = 3 },
+                                    { { class = 1, logits = sam1 }, { class = 0, logits = sam0 } }, failed)
+  tap.ok(equal(out2, rect(h, w, 3, 3, 15, 18)) and scores2:get(3, 16, 22) == 1 and scores2:get(3, 1, 1) == 0,
+         "fuse: a failed component raises its coarse class's scores, the covering mask keeps the label")
+  local out2b = refine.fuse({ labels = l2, nclasses = 3 }, { { class = 1, logits = sam1 } }, failed)
+  tap.ok(equal(out2b, rect(h, w, 3, 3, 15, 18):maximum(failed * 2)),
+         "fuse: an uncovered failed component keeps its coarse label")
+  local out2c, scores2c = refine.fuse({ labels = l2, nclasses = 3 }, {}, failed)
+  tap.ok(equal(out2c, l2) and scores2c:get(2, 7, 7) == 1, "fuse: no kept mask: the coarse result as it is")
   -- with probabilities: per-pixel argmax of sigmoid x probability
   local probs = T.full({ 2, h, w }, 0.5)
   probs:select(1, 2):narrow(2, 1, 10):fill(0.9)          -- class 1 confident on the left third
@@ -161,11 +168,15 @@ local function fake_sam(h, w, objects, background)
   function p:reset_image() end
   function p:predict_batch(points, labels, opts)
     self.calls[#self.calls + 1] = { points = points:clone(), labels = labels:clone(), boxes = opts.boxes:clone(),
-                                    mask_input = opts.mask_input, multimask = opts.multimask, masks = opts.masks }
+                                    mask_input = opts.mask_input, multimask = opts.multimask, masks = opts.masks,
+                                    frame_hw = opts.frame_hw, mask_norm = opts.mask_norm }
+    -- prompts come in pixels of opts.frame_hw (a downsampled map)
+    local sx, sy = 1, 1
+    if opts.frame_hw then sy, sx = h / opts.frame_hw[1], w / opts.frame_hw[2] end
     local n, m = points:size(1), opts.multimask and 3 or 1
     local iou, low = T.zeros({ n, m }), T.zeros({ n, m, h, w })
     for i = 1, n do
-      local o = under(points:get(i, 1, 1), points:get(i, 1, 2))
+      local o = under(math.floor(points:get(i, 1, 1) * sx), math.floor(points:get(i, 1, 2) * sy))
       local outs = opts.multimask and { o.part, o.mask, whole } or { o.mask }
       local scores = opts.multimask and { 0.7, 0.8, 0.9 } or { o.iou }
       for k = 1, m do
@@ -202,9 +213,9 @@ local function coarse_labels()
   return l:int()
 end
 
-local P = { coarse = false, coarse_thresh = 0.1, min_area = 50, point_mode = "logit_max", negatives = "none",
-            mask_prompt = true, mask_coeff = 0.005, select = "predicted_iou", iou_thresh = 0.9,
-            min_coarse_iou = 0.5, batch = 16 }
+local P = { coarse = false, downsample = 1, coarse_thresh = 0.1, min_area = 50, point_mode = "logit_max",
+            negatives = "none", mask_prompt = true, mask_coeff = 0.005, mask_norm = "rows",
+            select = "predicted_iou", iou_thresh = 0.9, min_coarse_iou = 0.5, batch = 16 }
 local function with(over)
   local out = {}
   for k, v in pairs(P) do out[k] = v end
@@ -228,6 +239,19 @@ do
   tap.ok(r1.class == 1 and r1.refined and r1.prompt_box[1] == 14 and r1.prompt_box[3] == 30
          and r1.point_coords[1][1] == 22 and r1.point_coords[1][2] == 19,
          "refine: a blob's prompts are its box and its centre", json.encode(r1))
+
+  -- Trident's 2x downsampled map: components, areas and prompts there,
+  -- prompts handed over in that frame, records in image pixels
+  local sam_d = scene_sam()
+  local resd = refine.refine(sam_d, { labels = coarse_labels(), nclasses = 3 }, with({ downsample = 2, min_area = 20 }))
+  local rd = resd.records[2]
+  tap.ok(equal(resd.labels, TRUTH) and #resd.records == 3 and sam_d.calls[2].frame_hw[1] == H / 2
+         and sam_d.calls[2].frame_hw[2] == W / 2 and rd.area < r1.area / 3 and rd.prompt_box[1] % 2 == 0,
+         "refine (downsample 2): components on the half-size map, prompts in its frame, boxes reported x2",
+         json.encode(rd))
+  tap.raises(function() refine.refine(scene_sam(), { labels = coarse_labels(), nclasses = 3 },
+                                      with({ downsample = 1.5 })) end,
+             "downsample must be a whole number", "refine: a fractional downsample is refused")
 
   -- SAM unsure of the second object: its blob falls back to the coarse class
   local res2 = refine.refine(scene_sam(0.5), { labels = coarse_labels(), nclasses = 3 }, with())
@@ -319,7 +343,7 @@ return { defaults = base.defaults,
   segment = base.segment }
 ]])
   local cfg = { recipe = "coarse_blobs", recipe_dir = dir, classes = { "background", "one", "two" },
-                refine = { recipe = "fake_refine", params = { min_area = 50 } } }
+                refine = { recipe = "fake_refine", params = { min_area = 50, downsample = 1 } } }
   local session = segment.session(cfg)
   local img = T.zeros({ H, W, 3 }, "uint8")
   local res = session:segment(img)
@@ -415,6 +439,7 @@ do
   local m = rect(10, 10, 0, 0, 9, 4)
   local c = sam_clip.crop(x, nil, m, { 0, 0, 9, 9 }, 10, "mask")
   tap.ok(c:get(1, 1, 1, 1) == 1 and c:get(1, 1, 1, 10) == 0, "sam_clip: outside the mask → mean colour (0)")
+  tap.ok(x:min() == 1, "sam_clip: cropping a whole-image box leaves the image as it was (the next crops read it)")
   c = sam_clip.crop(x, T.full({ 1, 3, 10, 10 }, 0.25), m, { 0, 0, 9, 9 }, 10, "blur")
   tap.ok(c:get(1, 2, 5, 10) == 0.25 and c:get(1, 2, 5, 1) == 1, "sam_clip: blur mode fills from the blurred image")
   local recs = { { area = 50, segmentation = masks.rle_encode(rect(10, 10, 0, 0, 4, 9):byte()) },
