@@ -77,6 +77,9 @@ function M.run(dir, opts)
   dir = dir:gsub("/+$", "")
   local method = require("fmseg.parity.method")
   if method.is_fixture(dir) then return method.run(dir, opts) end
+  if not hf.exists(dir .. "/ref.json") then
+    error(("%s: not a fixture directory (no ref.json, no method.json)"):format(dir), 0)
+  end
   local meta = hf.read_json(dir .. "/ref.json")
   local family = family_of(dir, meta)
   local modname = FAMILIES[family]

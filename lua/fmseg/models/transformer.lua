@@ -242,7 +242,9 @@ end
 -- opts.antialias: PyTorch's antialiased bicubic (DINOv2 with registers).
 -- opts.offset: the resampling of the SCLIP code base (SCLIP, ClearCLIP,
 -- NACLIP, ProxyCLIP): scale_factor (gh + offset) / g instead of a target
--- size, and no resampling at all when the token count already matches.
+-- size, and no resampling at all when the token count already matches;
+-- with opts.square_only as well (the torch.hub DINO / DINOv2 code), only
+-- the trained square grid is left as it is.
 -- ref: transformers/models/vit/modeling_vit.py, ViTEmbeddings.interpolate_pos_encoding;
 --      wangf3014/SCLIP clip/model.py, VisionTransformer.interpolate_pos_encoding
 function M.interpolate_positions(pos, gh, gw, opts)
@@ -253,7 +255,7 @@ function M.interpolate_positions(pos, gh, gw, opts)
     error(("position embeddings: %d patch positions do not form a square grid"):format(n), 0)
   end
   if gh == g and gw == g then return pos end
-  if opts.offset and gh * gw == n then return pos end
+  if opts.offset and not opts.square_only and gh * gw == n then return pos end
   local grid = pos:narrow(1, 2, n):reshape(1, g, g, c):permute(1, 4, 2, 3):contiguous()
   local scale = opts.offset and { (gh + opts.offset) / g, (gw + opts.offset) / g } or nil
   local up = nn.interpolate(grid, gh, gw, { mode = "bicubic", align_corners = false,

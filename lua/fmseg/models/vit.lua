@@ -151,16 +151,7 @@ function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 -- ref: facebookresearch/dino vision_transformer.py, VisionTransformer.interpolate_pos_encoding;
 --      facebookresearch/dinov2 dinov2/models/vision_transformer.py (interpolate_offset 0.1)
 local function hub_positions(pos, gh, gw, offset)
-  local n, c = pos:size(1) - 1, pos:size(2)
-  local g = math.floor(math.sqrt(n) + 0.5)
-  if g * g ~= n then
-    error(("position embeddings: %d patch positions do not form a square grid"):format(n), 0)
-  end
-  if gh == g and gw == g then return pos end
-  local grid = pos:narrow(1, 2, n):reshape(1, g, g, c):permute(1, 4, 2, 3):contiguous()
-  local up = nn.interpolate(grid, gh, gw, { mode = "bicubic", align_corners = false,
-                                            scale = { (gh + offset) / g, (gw + offset) / g } })
-  return T.cat({ pos:narrow(1, 1, 1), up:permute(1, 3, 4, 2):reshape(gh * gw, c) }, 1)
+  return transformer.interpolate_positions(pos, gh, gw, { offset = offset, square_only = true })
 end
 
 -- The encode_image options that resample positions as the model's torch.hub
