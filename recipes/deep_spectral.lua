@@ -302,11 +302,18 @@ function R.setup(params, models)
   return { params = p, model = models.dino }
 end
 
-function R.segment(state, img)
+-- img → the patch features of extract_features (the image cropped to a
+-- multiple of the patch size), x, frame; deep_spectral_loc shares it.
+function R.features(state, img)
   local p, model = state.params, state.model
-  -- extract_features crops the image to a multiple of the patch size
   local x, frame = patches.input(img, model.patch_size, { fit = "crop", resize = p.resize or nil })
   local feats = patches.features(model, x, p.which_features, { layer = p.which_block, positions = p.positions })
+  return feats, x, frame
+end
+
+function R.segment(state, img)
+  local p, model = state.params, state.model
+  local feats, x, frame = R.features(state, img)
   local vals, vecs, gh, gw = R.eigs(feats, frame.gh, frame.gw, p)
   if gh ~= frame.gh then
     -- eigenvectors on the finer grid of image_downsample_factor cells

@@ -76,10 +76,8 @@ function R.setup(params, models)
 end
 
 function R.segment(state, img)
-  local p, model = state.params, state.model
-  -- extract_features crops the image to a multiple of the patch size
-  local x, frame = patches.input(img, model.patch_size, { fit = "crop", resize = p.resize or nil })
-  local feats = patches.features(model, x, p.which_features, { layer = p.which_block, positions = p.positions })
+  local p = state.params
+  local feats, _, frame = deep_spectral.features(state, img)
   local _, vecs = deep_spectral.eigs(feats, frame.gh, frame.gw, p)
   local y = vecs:select(1, 2):reshape(frame.gh, frame.gw)
   local grid = R.localize(y)
