@@ -61,6 +61,15 @@ local function config_of(dir, meta)
     cfg.models = models
   end
   if type(cfg.classes) == "string" then cfg.classes = at(cfg.classes) end
+  -- params that name files of the fixture (method.json "param_files": [...])
+  if type(meta.param_files) == "table" and type(cfg.params) == "table" then
+    local params = {}
+    for k, v in pairs(cfg.params) do params[k] = v end
+    for _, k in ipairs(meta.param_files) do
+      if type(params[k]) == "string" then params[k] = at(params[k]) end
+    end
+    cfg.params = params
+  end
   if cfg.recipe_dir then cfg.recipe_dir = at(cfg.recipe_dir) end
   return cfg
 end
