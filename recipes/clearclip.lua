@@ -7,12 +7,24 @@
 --      clearclip_segmentor.py and configs/ for the protocol (logit scale
 --      50, short side 448, crop 448 / stride 224, windows zero-padded to a
 --      multiple of the patch size; the single word "background").
+-- As clearclip_segmentor.py: pixels normalised with its 122.771 / 68.501 ...
+-- (not openai's unrounded values); whole-image inference (slide_crop = 0)
+-- pads nothing and upsamples the patch scores once, straight to the
+-- image's size.
+-- Checked end to end against the official code (mc-lan/ClearCLIP ad68a40)
+-- by tests/fixtures/methods/clearclip-* (tests/tools/methods/sclip_family.py):
+-- logits within 1e-6 relative, labels identical but for pixels tied to
+-- 1e-5. One difference is kept: the official code runs CLIP in float16
+-- (create_model(precision = 'fp16'), inputs.half()), we in float32; the
+-- fixtures run it in float32 (fp16 does not run on the CPU), so its size
+-- is not measured here.
 local clipseg = require("fmseg.clipseg")
 
 local recipe = {
   name = "clearclip",
   needs = { "clip" },
   defaults = clipseg.defaults({
+    mean = clipseg.CLIP_MEAN_255, std = clipseg.CLIP_STD_255,
     logit_scale = 50, prob_thd = 0.0, slide_crop = 448, slide_stride = 224, pad_multiple = "patch",
     short_side = 448, ignore_residual = true,
   }),
@@ -31,7 +43,7 @@ end
 
 function recipe.setup(params, models, classes)
   local dense = clipseg.last_block_method(recipe.last_block, clipseg.SCLIP_POSITIONS)
-  return clipseg.setup(params, models.clip, classes, { dense = dense })
+  return clipseg.setup(params, models.clip, classes, { dense = dense, whole_to_image = true })
 end
 
 recipe.segment = clipseg.segment

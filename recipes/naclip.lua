@@ -12,6 +12,14 @@
 --      gaussian_window, get_attention_addition); naclip.py and configs/
 --      for the protocol (logit scale 40, crop 224 / stride 112, short side
 --      336, whole image on VOC).
+-- As naclip.py: pixels normalised with its 122.771 / 68.501 ... (not
+-- openai's unrounded values); the patch scores go to the input's size and
+-- then to the image's (whole image too), PAMR refines the cosine scores at
+-- the image's size with the normalised input resized there as guide, and
+-- the returned class probabilities are renormalised after the synonym max.
+-- Checked end to end against the official code (sinahmr/NACLIP 0cac3a6)
+-- by tests/fixtures/methods/naclip-* (tests/tools/methods/sclip_family.py):
+-- logits within 1e-5 relative with PAMR, labels identical.
 local clipseg = require("fmseg.clipseg")
 local T = require("fmseg.tensor")
 
@@ -19,6 +27,7 @@ local recipe = {
   name = "naclip",
   needs = { "clip" },
   defaults = clipseg.defaults({
+    mean = clipseg.CLIP_MEAN_255, std = clipseg.CLIP_STD_255,
     logit_scale = 40, prob_thd = 0.0, slide_crop = 224, slide_stride = 112, short_side = 336,
     pamr_steps = 10, pamr_dilations = { 8, 16 }, gaussian_std = 5.0, arch = "reduced",
   }),
@@ -65,6 +74,15 @@ function recipe.setup(params, models, classes)
   return state
 end
 
-recipe.segment = clipseg.segment
+-- As naclip.py's postprocess_result: the class probabilities (each the max
+-- over its synonyms' probabilities) are renormalised to sum to 1 per pixel
+-- after the labels are taken from them; the labels do not change.
+function recipe.segment(state, img)
+  local result = clipseg.segment(state, img)
+  local total = result.scores:sum(1, true)
+  result.scores:div_(total)
+  total:free()
+  return result
+end
 
 return recipe

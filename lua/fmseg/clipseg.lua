@@ -43,6 +43,12 @@ M.CLIP_MEAN = { 0.48145466, 0.4578275, 0.40821073 }
 M.CLIP_STD = { 0.26862954, 0.26130258, 0.27577711 }
 M.IMAGENET_MEAN = { 0.485, 0.456, 0.406 }
 M.IMAGENET_STD = { 0.229, 0.224, 0.225 }
+-- CLIP's statistics as the SCLIP code base (SCLIP, ClearCLIP, NACLIP)
+-- states them to its SegDataPreProcessor, on the 0-255 scale rounded to
+-- three decimals (122.771 where 0.48145466 x 255 = 122.77094): what those
+-- recipes' `mean` / `std` default to.
+M.CLIP_MEAN_255 = { 122.771, 116.746, 104.094 }
+M.CLIP_STD_255 = { 68.501, 66.632, 70.323 }
 
 -- The protocol's parameters with SCLIP's defaults (clip_segmentor.py and its
 -- configs); a recipe overrides the ones its paper changes.
@@ -235,8 +241,9 @@ end
 
 -- One window: x (1, 3, h, w) → (Q, h, w) cosine scores, through the
 -- method's dense features; the patch grid's scores are bilinearly upsampled
--- to the (padded) window and the padding cut off again.
-function M.window_scores(state, x, pad_multiple)
+-- to the (padded) window and the padding cut off again. size = {H, W}
+-- (no padding) upsamples the grid's scores straight to that size instead.
+function M.window_scores(state, x, pad_multiple, size)
   local h, w = x:size(3), x:size(4)
   if pad_multiple == "patch" then pad_multiple = state.patch_size end
   local pad = M.pad_size(h, w, pad_multiple)
@@ -246,8 +253,8 @@ function M.window_scores(state, x, pad_multiple)
   local cos = M.patch_logits(feats, state.text, gh, gw)
   state.last_window = { patch_features = feats, patch_logits = cos }
   if state.refine then cos = state.refine(state, cos, extra) end
-  local up = nn.interpolate(cos:reshape(1, cos:size(1), gh, gw), input:size(3), input:size(4),
-                            { mode = "bilinear" })
+  local up = nn.interpolate(cos:reshape(1, cos:size(1), gh, gw), size and size[1] or input:size(3),
+                            size and size[2] or input:size(4), { mode = "bilinear" })
   up = up:select(1, 1)
   if pad then up = up:narrow(2, pad[3] + 1, h):narrow(3, pad[1] + 1, w):contiguous() end
   return up
@@ -408,7 +415,7 @@ end
 -- → feats (gh*gw, P) not yet normalised, gh, gw[, extra]; optional
 -- method.refine(state, cos (Q, gh, gw), extra) → cos at patch level
 -- (MaskCLIP), method.calibrate(state, scores (Q, H, W)) → scores before the
--- softmax (GEM's min-max).
+-- softmax (GEM's min-max), method.whole_to_image (see M.infer).
 function M.setup(params, model, classes, method)
   if not classes then
     error("this recipe needs class names: set `classes` in the config (a file, one class per line)", 0)
@@ -421,18 +428,22 @@ function M.setup(params, model, classes, method)
     text = M.cached_text_classifier(model, tok, classes.queries, params.templates),
     patch_size = model.vision.config.patch_size,
     dense = method.dense, refine = method.refine, calibrate = method.calibrate,
+    whole_to_image = method.whole_to_image,
   }
 end
 
 -- The scores (Q, h, w) of the prepared input x, by sliding window or whole.
-function M.infer(state, x)
+-- Whole-image inference of a method with whole_to_image (SCLIP's and
+-- ClearCLIP's forward_feature(img, logit_size = ori_shape)) upsamples the
+-- patch grid once, straight to size = {H, W}, the image's.
+function M.infer(state, x, size)
   local p = state.params
   if (p.slide_crop or 0) > 0 then
     return M.slide(x, p.slide_crop, p.slide_stride, function(win)
       return M.window_scores(state, win, p.pad_multiple)
     end)
   end
-  return M.window_scores(state, x, 0)
+  return M.window_scores(state, x, 0, state.whole_to_image and size or nil)
 end
 
 -- f(t, ...), freeing t at once when f made a new tensor: full-resolution
@@ -453,7 +464,7 @@ function M.segment(state, img)
   local p = state.params
   local h, w = img:size(1), img:size(2)
   local x = M.prepare(img, p, state.norm)
-  local scores = step(M.infer(state, x), M.resize_scores, h, w)
+  local scores = step(M.infer(state, x, { h, w }), M.resize_scores, h, w)
   if (p.pamr_steps or 0) > 0 then
     scores = step(scores, function(s) return M.pamr(x, s, p.pamr_steps, p.pamr_dilations) end)
   end

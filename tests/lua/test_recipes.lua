@@ -27,6 +27,13 @@ tap.raises(function() recipes.params(R.sclip, { logit_scal = 50 }) end, "unknown
            "a misspelt parameter is refused")
 local p = recipes.params(R.sclip, { logit_scale = 65 })
 tap.ok(p.logit_scale == 65 and p.slide_crop == 224 and p.short_side == 336, "params overlay SCLIP's defaults")
+for _, name in ipairs({ "sclip", "clearclip", "naclip" }) do
+  local d = R[name].defaults
+  tap.ok(d.mean[1] == 122.771 and d.std[3] == 70.323,
+         name .. ": normalised with its code base's rounded mean / std (122.771, ..., 70.323)")
+end
+tap.raises(function() R.sclip.setup(recipes.params(R.sclip, { slide_crop = 0, pamr_steps = 10 }), {}, nil) end,
+           "PAMR only with the sliding window", "sclip: whole-image PAMR (which SCLIP's code skips) is refused")
 
 -- Every shipped config of these methods resolves: known recipe, parameters
 -- the recipe accepts, as many class lines as the dataset has classes.
@@ -70,15 +77,15 @@ tap.ok(mm:get(1, 1, 1) == 0 and mm:get(1, 1, 2) == 1 and mm:get(2, 1, 1) == 0 an
 
 -- MaskCLIP's refinements on a hand-made window: 2 queries, 1 x 3 patches.
 local cos = T.from_table({ { { 0.30, 0.10, 0.20 } }, { { 0.29, 0.28, 0.27 } } })
-local pd = R.maskclip.refine({ params = { logit_scale = 100, pd_thresh = 0.6, ks_thresh = 0 } }, cos)
+local pd = R.maskclip.refine({ params = { refine_scale = 100, pd_thresh = 0.6, ks_thresh = 0 } }, cos)
 -- softmax(100 cos): query 2 peaks at patch 2 with 1/(1 + e^-18) > 0.6; query 1
 -- peaks at 1/(1 + e^-1) = 0.73 > 0.6 too; at 0.9 only query 2 survives.
 tap.near(pd, cos, 0, "prompt denoising keeps queries that reach pd_thresh somewhere")
-pd = R.maskclip.refine({ params = { logit_scale = 100, pd_thresh = 0.9, ks_thresh = 0 } }, cos)
+pd = R.maskclip.refine({ params = { refine_scale = 100, pd_thresh = 0.9, ks_thresh = 0 } }, cos)
 tap.ok(pd:select(1, 1):max() == -100 and pd:select(1, 1):min() == -100 and pd:get(2, 1, 3) == cos:get(2, 1, 3),
        "prompt denoising: a query never above pd_thresh gets -100")
 local keys = T.from_table({ { { 9, 9 }, { 1, 0 }, { 0, 1 }, { 1, 1 } } })          -- (1, 1 + 3, C = 2)
-local ks = R.maskclip.refine({ params = { logit_scale = 100, pd_thresh = 0, ks_thresh = 0.8 } }, cos, keys)
+local ks = R.maskclip.refine({ params = { refine_scale = 100, pd_thresh = 0, ks_thresh = 0.8 } }, cos, keys)
 do
   -- keys over the 3 patches normalised per channel: column 1 (1, 0, 1)/√2, column 2 (0, 1, 1)/√2
   local kn = { { 1 / math.sqrt(2), 0 }, { 0, 1 / math.sqrt(2) }, { 1 / math.sqrt(2), 1 / math.sqrt(2) } }
@@ -323,13 +330,14 @@ if sam_dir then
   tap.ok(i == emb:size(3) and j == emb:size(4), "proxyclip: SAM proxy grid")
 end
 
--- The VFM's input: CLIP's normalisation undone, ImageNet's applied.
-local norm = { mean = { 100, 120, 140 }, std = { 50, 60, 70 } }
+-- The VFM's input: CLIP's normalisation undone with openai's 0-1 constants
+-- (proxyclip_segmentor.py's UnNormalize), ImageNet's applied.
 local xin = T.from_table({ { { { 1.0 } }, { { -1.0 } }, { { 0.5 } } } })          -- (1, 3, 1, 1)
-local xv = R.proxyclip.vfm_input(xin, norm, clipseg.IMAGENET_MEAN, clipseg.IMAGENET_STD)
-local px1 = (1.0 * 50 + 100) / 255
+local xv = R.proxyclip.vfm_input(xin, clipseg.CLIP_MEAN, clipseg.CLIP_STD, clipseg.IMAGENET_MEAN,
+                                 clipseg.IMAGENET_STD)
+local px1 = 1.0 * 0.26862954 + 0.48145466
 tap.ok(math.abs(xv:get(1, 1, 1, 1) - (px1 - 0.485) / 0.229) < 1e-5
-       and math.abs(xv:get(1, 2, 1, 1) - ((-60 + 120) / 255 - 0.456) / 0.224) < 1e-5,
-       "proxyclip: pixels re-normalised for the VFM")
+       and math.abs(xv:get(1, 2, 1, 1) - ((-0.26130258 + 0.4578275) - 0.456) / 0.224) < 1e-5,
+       "proxyclip: pixels re-normalised for the VFM with openai's constants")
 
 os.exit(tap.done())
