@@ -3,13 +3,21 @@
 -- visual projection, compared with the text classifier. The protocol
 -- around it is SCLIP's (fmseg.clipseg), so the comparison isolates the
 -- last block.
--- ref: sinahmr/NACLIP clip/model.py (arch = 'vanilla', attn_strategy = 'vanilla')
+-- ref: wangf3014/SCLIP clip/model.py (VisionTransformer.forward with
+--      csa=False: the plain last block) and clip_segmentor.py (the
+--      protocol, and its SegDataPreProcessor's 0-255 mean/std, which are not
+--      openai's 0-1 constants x 255); also sinahmr/NACLIP clip/model.py
+--      (arch = 'vanilla', attn_strategy = 'vanilla'). Checked end to end:
+--      tests/fixtures/methods/clip_vanilla-* (tests/tools/methods/clip_vanilla.py).
 local clipseg = require("fmseg.clipseg")
 
 local recipe = {
   name = "clip_vanilla",
   needs = { "clip" },
-  defaults = clipseg.defaults({ logit_scale = 40, slide_crop = 224, slide_stride = 112, short_side = 336 }),
+  defaults = clipseg.defaults({
+    logit_scale = 40, slide_crop = 224, slide_stride = 112, short_side = 336,
+    mean = { 122.771, 116.746, 104.094 }, std = { 68.501, 66.632, 70.323 },
+  }),
 }
 
 -- x: (B, T, C) tokens entering the last block → (B, T, C), the reference layer

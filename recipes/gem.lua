@@ -13,9 +13,17 @@
 -- ref: WalBouss/GEM gem/gem_utils.py (SelfSelfAttention, GEMResidualBlock,
 --      modified_vit_forward) and gem/gem_wrapper.py (depth 7: the last 6
 --      blocks; "a photo of a {}."; min_max).
--- GEM publishes no benchmark protocol; around it we use the shared one as
--- ClearCLIP's code runs GEM (short side 448, crop 448 / stride 224, logit
--- scale 50), and softmax(logit_scale x min-max maps) as probabilities.
+-- GEM publishes no benchmark protocol. The configs run it as ClearCLIP's
+-- code does (mc-lan/ClearCLIP clearclip_segmentor.py, model_type 'GEM', its
+-- copy of GEM's code): ignore_residual (residual = false: the last block's
+-- GEM attention alone), 80 ImageNet templates, no min-max, its
+-- SegDataPreProcessor's mean/std, short side 448, crop 448 / stride 224,
+-- logit scale 50, prob_thd per dataset. The defaults here are GEM's own
+-- (GEMWrapper: residual, "a photo of a {}.", min-max); with sliding windows
+-- the min-max is taken over the blended map at the image's size (GEMWrapper
+-- takes it over each forward's output: the same for a whole image).
+-- Checked end to end against both: tests/fixtures/methods/gem-wrapper and
+-- gem-clearclip-* (tests/tools/methods/gem_family.py).
 local clipseg = require("fmseg.clipseg")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")

@@ -15,6 +15,15 @@
 -- CLIP's weights with exact GELU and LayerNorm eps 1e-6 (vit_act, vit_eps),
 -- which is what the published numbers come from; the text embeddings come
 -- from the original CLIP, so the text tower keeps the checkpoint's own.
+-- Their PatchEmbed pads the input with zeros at the bottom and right to a
+-- multiple of the patch (padding='corner'), and the score grid of the padded
+-- input is resized to the unpadded size (EncoderDecoder.encode_decode):
+-- pad_multiple = "corner" in fmseg.clipseg.
+-- mmseg's inference takes the softmax of the head's scores as they are
+-- (logit_scale 1); only the refinements use softmax(100 x cos)
+-- (refine_scale).
+-- Checked end to end against the official code: tests/fixtures/methods/
+-- maskclip-*/ (tests/tools/methods/maskclip.py).
 local clipseg = require("fmseg.clipseg")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
@@ -23,7 +32,8 @@ local recipe = {
   name = "maskclip",
   needs = { "clip" },
   defaults = clipseg.defaults({
-    logit_scale = 100, prob_thd = 0.0, slide_crop = 0, slide_stride = 0, short_side = 512, long_side = 2048,
+    logit_scale = 1, refine_scale = 100, prob_thd = 0.0, slide_crop = 0, slide_stride = 0, pad_multiple = "corner",
+    short_side = 512, long_side = 2048,
     templates = "maskclip", mean = { 123.675, 116.28, 103.53 }, std = { 58.395, 57.12, 57.375 },
     ks_thresh = 0.0, pd_thresh = 0.0, vit_act = "gelu", vit_eps = 1e-6,
   }),
@@ -52,7 +62,7 @@ end
 function recipe.refine(state, cos, keys)
   local p = state.params
   local q, gh, gw = cos:size(1), cos:size(2), cos:size(3)
-  local scale = p.logit_scale
+  local scale = p.refine_scale
   if p.pd_thresh > 0 then
     local best = clipseg.query_probs(cos, scale):reshape(q, gh * gw):max(2)   -- (Q)
     local drop = best:lt(p.pd_thresh):reshape(q, 1, 1)

@@ -12,6 +12,14 @@
 --      multiple of 56) and open_clip/transformer.py (custom_attn);
 --      configs/ for the protocol (logit scale 40, crop 336 / stride 112,
 --      short side 336).
+-- Checked end to end against the official code (DINO ViT-B/8 proxy):
+-- tests/fixtures/methods/proxyclip-dino-* (tests/tools/methods/proxyclip.py).
+-- What remains: proxy similarities within a float32 step of zero fall on
+-- either side of the mask as the rounding of F F^T goes (the tiny fixtures
+-- hold entries of 1.8e-7 and 0.0); a flipped entry moves its row of the
+-- attention. On proxyclip-dino-pad that is 6.3e-5 of the logits' range,
+-- the same as the official code in float32 against itself in float64
+-- (6.27e-5); labels unchanged.
 local clipseg = require("fmseg.clipseg")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
@@ -22,18 +30,26 @@ local recipe = {
   defaults = clipseg.defaults({
     logit_scale = 40, prob_thd = 0.0, slide_crop = 336, slide_stride = 112, pad_multiple = 56,
     short_side = 336, beta = 1.2, gamma = 3.0,
+    -- the segmentor's SegDataPreProcessor (0-255; not openai's 0-1 constants x 255)
+    mean = { 122.771, 116.746, 104.094 }, std = { 68.501, 66.632, 70.323 },
     vfm_mean = clipseg.IMAGENET_MEAN, vfm_std = clipseg.IMAGENET_STD,
+    unnorm_mean = clipseg.CLIP_MEAN, unnorm_std = clipseg.CLIP_STD,
   }),
 }
 
--- x (1, 3, h, w) normalised for CLIP (norm: 0-255 mean/std) → the same
--- pixels normalised for the VFM (0-1 scale mean/std).
-function recipe.vfm_input(x, norm, mean, std)
+-- x (1, 3, h, w) normalised for CLIP → the same pixels normalised for the
+-- VFM. As proxyclip_segmentor.py does it: UnNormalize with openai's 0-1
+-- constants (unnorm_mean / unnorm_std, clip.py's _transform), then
+-- Normalize to the VFM's (mean / std, 0-1 scale). openai's constants are
+-- not exactly the 0-255 normaliser's (122.771 / 68.501 ...) over 255, so
+-- the VFM sees pixels off by up to ~3e-5 of the 0-1 range; the proxy
+-- attention drops every entry below zero, and entries near zero flip with
+-- that, so we take the same constants rather than undo our own normaliser.
+function recipe.vfm_input(x, unnorm_mean, unnorm_std, mean, std)
   local c = x:size(2)
-  local clip_std = T.from_table(norm.std):reshape(1, c, 1, 1) / 255
-  local clip_mean = T.from_table(norm.mean):reshape(1, c, 1, 1) / 255
-  local pixels = x * clip_std + clip_mean                                   -- 0-1
-  return (pixels - T.from_table(mean):reshape(1, c, 1, 1)) / T.from_table(std):reshape(1, c, 1, 1)
+  local function v(t) return T.from_table(t):reshape(1, c, 1, 1) end
+  local pixels = x * v(unnorm_std) + v(unnorm_mean)                          -- 0-1
+  return (pixels - v(mean)) / v(std)
 end
 
 -- The VFM's patch features of its input xv (1, 3, h, w) → F (I*J, D), I, J.
@@ -85,13 +101,13 @@ function recipe.last_block(block, x, attn, grid, proxy_grid)
 end
 
 function recipe.dense(state, x)
-  local model = state.model
-  local xv = recipe.vfm_input(x, state.norm, state.params.vfm_mean, state.params.vfm_std)
+  local model, p = state.model, state.params
+  local xv = recipe.vfm_input(x, p.unnorm_mean, p.unnorm_std, p.vfm_mean, p.vfm_std)
   local feats, i, j = recipe.proxy_features(state.vfm, xv)
-  local attn = recipe.proxy_attention(feats, state.params.beta, state.params.gamma)
+  local attn = recipe.proxy_attention(feats, p.beta, p.gamma)
   local blocks = model.vision.layers
-  local p = model.vision.config.patch_size
-  local grid = { math.floor(x:size(3) / p), math.floor(x:size(4) / p) }
+  local patch = model.vision.config.patch_size
+  local grid = { math.floor(x:size(3) / patch), math.floor(x:size(4) / patch) }
   local tokens = clipseg.tokens_before(model, x, 1, clipseg.SCLIP_POSITIONS)   -- open_clip's resampling
   local y = recipe.last_block(blocks[#blocks], tokens, attn, grid, { i, j })
   attn:free()

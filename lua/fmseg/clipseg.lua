@@ -58,7 +58,10 @@ M.CLIP_STD_255 = { 68.501, 66.632, 70.323 }
 --                   the predicted foreground are dropped (SCLIP, VOC21)
 --   slide_crop, slide_stride   sliding window (slide_crop = 0: whole image)
 --   pad_multiple    0, a number or "patch": zero-pad each window to a multiple
---                   (ClearCLIP: the patch size; ProxyCLIP: 56)
+--                   (ClearCLIP: the patch size; ProxyCLIP: 56); "corner":
+--                   zero-pad bottom/right to the patch size and stretch the
+--                   padded input's grid over the unpadded size, whole images
+--                   too (MaskCLIP's PatchEmbed, padding='corner')
 --   short_side, long_side      mmseg Resize(scale = (long_side, short_side),
 --                   keep_ratio = True); short_side = 0 keeps the image's size
 --   pamr_steps, pamr_dilations PAMR on the upsampled scores (0 = off)
@@ -245,18 +248,22 @@ end
 -- (no padding) upsamples the grid's scores straight to that size instead.
 function M.window_scores(state, x, pad_multiple, size)
   local h, w = x:size(3), x:size(4)
-  if pad_multiple == "patch" then pad_multiple = state.patch_size end
+  local corner = pad_multiple == "corner"
+  if pad_multiple == "patch" or corner then pad_multiple = state.patch_size end
   local pad = M.pad_size(h, w, pad_multiple)
+  if pad and corner then pad = { 0, pad[1] + pad[2], 0, pad[3] + pad[4] } end
   local input = pad and M.pad(x, pad) or x
   local feats, gh, gw, extra = state.dense(state, input)
   feats = nn.normalize(feats)
   local cos = M.patch_logits(feats, state.text, gh, gw)
   state.last_window = { patch_features = feats, patch_logits = cos }
   if state.refine then cos = state.refine(state, cos, extra) end
-  local up = nn.interpolate(cos:reshape(1, cos:size(1), gh, gw), size and size[1] or input:size(3),
-                            size and size[2] or input:size(4), { mode = "bilinear" })
+  local uh, uw = input:size(3), input:size(4)
+  if corner then uh, uw = h, w end                       -- the padded grid over the unpadded window
+  local up = nn.interpolate(cos:reshape(1, cos:size(1), gh, gw), size and size[1] or uh,
+                            size and size[2] or uw, { mode = "bilinear" })
   up = up:select(1, 1)
-  if pad then up = up:narrow(2, pad[3] + 1, h):narrow(3, pad[1] + 1, w):contiguous() end
+  if pad and not corner then up = up:narrow(2, pad[3] + 1, h):narrow(3, pad[1] + 1, w):contiguous() end
   return up
 end
 
@@ -397,8 +404,13 @@ M.SCLIP_POSITIONS = { position_offset = 0.1 }
 -- The dense function of a method that replaces CLIP's last block:
 -- last_block(block, x (B, T, C), state, grid) → tokens (B, T, C)[, extra];
 -- the patch tokens go through the head.
+-- Every dense function made here remembers its last_block and encode_opts
+-- (M.last_block_of), so that a modifier (fmseg.modifiers) can run the same
+-- block again inside its own dense function.
+local LAST_BLOCKS = setmetatable({}, { __mode = "k" })
+
 function M.last_block_method(last_block, encode_opts)
-  return function(state, x)
+  local function dense(state, x)
     local model = state.model
     local blocks = model.vision.layers
     local tokens = M.tokens_before(model, x, 1, encode_opts)
@@ -407,7 +419,12 @@ function M.last_block_method(last_block, encode_opts)
     local y, extra = last_block(blocks[#blocks], tokens, state, { gh, gw })
     return M.head_patches(model, y), gh, gw, extra
   end
+  LAST_BLOCKS[dense] = { last_block = last_block, encode_opts = encode_opts }
+  return dense
 end
+
+-- dense → { last_block, encode_opts } when last_block_method made it, else nil
+function M.last_block_of(dense) return LAST_BLOCKS[dense] end
 
 -- ---- the whole protocol -------------------------------------------------------------
 
@@ -443,7 +460,8 @@ function M.infer(state, x, size)
       return M.window_scores(state, win, p.pad_multiple)
     end)
   end
-  return M.window_scores(state, x, 0, state.whole_to_image and size or nil)
+  local pad = p.pad_multiple == "corner" and "corner" or 0     -- windows' padding only, but MaskCLIP's
+  return M.window_scores(state, x, pad, state.whole_to_image and size or nil)
 end
 
 -- f(t, ...), freeing t at once when f made a new tensor: full-resolution
@@ -475,11 +493,11 @@ function M.segment(state, img)
   if (p.area_thd or 0) > 0 then M.area_filter(classes, p.area_thd) end
   local labels = M.labels(classes, p.prob_thd)
   local last = state.last_window
-  return {
-    kind = "semantic", labels = labels, scores = classes,
-    dump = { patch_features = last.patch_features, patch_logits = last.patch_logits * p.logit_scale,
-             logits = scores:mul_(p.logit_scale) },
-  }
+  local dump = { patch_features = last.patch_features, patch_logits = last.patch_logits * p.logit_scale,
+                 logits = scores:mul_(p.logit_scale) }
+  -- a modifier's own intermediates of the last window (state.window_dump)
+  for name, t in pairs(state.window_dump or {}) do dump[name] = t end
+  return { kind = "semantic", labels = labels, scores = classes, dump = dump }
 end
 
 return M

@@ -163,6 +163,19 @@ local full = require("fmseg.nn").interpolate(cos:reshape(1, 3, 2, 2), 4, 8, { mo
 tap.near(ws, full:narrow(3, 2, 6), 1e-6, "window_scores: features normalised, upsampled over the padded window, cut back")
 tap.near(state.last_window.patch_logits, cos, 1e-6, "the last window's patch scores are kept for the dump")
 
+-- pad_multiple "corner" (MaskCLIP): a 3x3 window padded at the bottom and
+-- right to 4x4 (patch 2), the padded input's 2x2 grid stretched over 3x3.
+local seen
+state.dense = function(_, input)
+  seen = { input:size(3), input:size(4), input:narrow(3, 1, 3):narrow(4, 1, 3):sum(), input:sum() }
+  return feats * 3, 2, 2
+end
+ws = clipseg.window_scores(state, T.ones({ 1, 3, 3, 3 }), "corner")
+tap.ok(seen[1] == 4 and seen[2] == 4 and seen[3] == 27 and seen[4] == 27,
+       "window_scores corner: zeros added at the bottom and right only")
+full = require("fmseg.nn").interpolate(cos:reshape(1, 3, 2, 2), 3, 3, { mode = "bilinear" }):select(1, 1)
+tap.near(ws, full, 1e-6, "window_scores corner: the grid resized to the unpadded 3x3, nothing cut")
+
 -- GEM's min-max calibration lives in its recipe; PAMR through the wrapper:
 -- a flat guide gives uniform affinities, so one step averages the 8
 -- neighbours (replicate padding) — the constant map stays constant.

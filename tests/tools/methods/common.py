@@ -266,3 +266,21 @@ def test_image(h, w, seed=0):
     from PIL import Image
     img = Image.open(os.path.join(ROOT, "tests", "data", "astronaut.jpg")).convert("RGB")
     return np.asarray(img.resize((w, h), Image.BILINEAR))
+
+
+def clear_threshold(best, target, clearance=1e-4):
+    """A background threshold near TARGET that no pixel's best class
+    probability (BEST, any shape) comes within CLEARANCE of, so that
+    rounding cannot move a pixel across it: the midpoint of the gap between
+    sorted probabilities, wider than 2 x CLEARANCE, closest to TARGET
+    (rounded to 6 digits); only gaps inside their range, so that the
+    threshold splits the image. Tiny random models put their probabilities in a
+    narrow band, where a dataset's own threshold would cut through many
+    ties."""
+    v = np.unique(np.asarray(best, dtype=np.float64).ravel())
+    gaps = np.nonzero(np.diff(v) > 2 * clearance)[0]
+    if len(gaps) == 0:
+        raise ValueError("no gap of %g in the probabilities" % (2 * clearance))
+    mids = (v[gaps] + v[gaps + 1]) / 2
+    t = float(mids[np.argmin(np.abs(mids - target))])
+    return round(t, 6)
