@@ -41,30 +41,10 @@ def run_case(cs, ckpt, repos, name, image, classes, params, notes):
     os.unlink(name_path)
     real_encode = seg.net.encode_image
     seg.net.encode_image = lambda img, return_all=False, csa=False: real_encode(img, return_all=return_all, csa=False)
-    bgr = np.ascontiguousarray(image[:, :, ::-1])
-    resized = stubs.mmcv_rescale(bgr, (2048, params["short_side"]))
-    inputs = seg.data_preprocessor(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
-    captured = {}
-    real_slide = seg.forward_slide
-
-    def forward_slide(*a, **k):
-        captured["blended"] = real_slide(*a, **k)
-        return captured["blended"]
-    seg.forward_slide = forward_slide
-    with torch.no_grad():
-        sample = stubs.SegDataSample(image.shape[:2])
-        seg.predict(inputs, [sample])
-        if params["prob_thd"] > 0:
-            # the threshold moved into a gap of the best probabilities (common.clear_threshold),
-            # labels made again by the official postprocess_result
-            best = sample.data["seg_logits"].data.float().numpy().max(0)
-            params = dict(params, prob_thd=common.clear_threshold(best, params["prob_thd"], 1e-5))
-            seg.prob_thd = params["prob_thd"]
-            sample = stubs.SegDataSample(image.shape[:2])
-            seg.postprocess_result(captured["blended"], [sample])
+    params, sample, blended = stubs.predict_segmentor(seg, image, params)
     probs = sample.data["seg_logits"].data.float().numpy()
     labels = sample.data["pred_sem_seg"].data[0].numpy().astype(np.int32)
-    logits = (captured["blended"][0] * params["logit_scale"]).float().numpy()
+    logits = (blended[0] * params["logit_scale"]).float().numpy()
     margin = common.top2_margin(probs)
     method = {
         "recipe": "clip_vanilla", "params": params, "models": {"clip": "../models/clip-b16-tiny"},
@@ -79,7 +59,7 @@ def run_case(cs, ckpt, repos, name, image, classes, params, notes):
     }
     common.write_fixture(name, method, image, {"logits": logits, "labels": labels, "margin": margin},
                          [", ".join(c) for c in classes])
-    print(f"{name}: input {tuple(inputs.shape[2:])}, labels {np.bincount(labels.ravel(), minlength=len(classes))}, "
+    print(f"{name}: scores {tuple(blended.shape[2:])}, labels {np.bincount(labels.ravel(), minlength=len(classes))}, "
           f"below 1e-5: {(margin < 1e-5).sum()}, prob_thd {params['prob_thd']}")
 
 

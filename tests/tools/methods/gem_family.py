@@ -119,31 +119,11 @@ def part_clearclip(args, ckpt):
                                            ignore_residual=not params["residual"],
                                            prob_thd=params["prob_thd"], logit_scale=params["logit_scale"],
                                            slide_stride=params["slide_stride"], slide_crop=params["slide_crop"])
-            bgr = np.ascontiguousarray(image[:, :, ::-1])
-            resized = stubs.mmcv_rescale(bgr, (2048, params["short_side"]))
-            inputs = seg.data_preprocessor(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
-            captured = {}
-            real_slide = seg.forward_slide
-
-            def forward_slide(*a, **k):
-                captured["blended"] = real_slide(*a, **k)
-                return captured["blended"]
-            seg.forward_slide = forward_slide
-            sample = stubs.SegDataSample(image.shape[:2])
-            seg.predict(inputs, [sample])
-            if params["prob_thd"] > 0:
-                # move the threshold into a gap of the best probabilities (common.clear_threshold)
-                # and label again with the official postprocess_result
-                best = sample.data["seg_logits"].data.float().numpy().max(0)
-                params = dict(params, prob_thd=common.clear_threshold(best, params["prob_thd"], 1e-5))
-                seg.prob_thd = params["prob_thd"]
-                sample = stubs.SegDataSample(image.shape[:2])
-                with torch.no_grad():
-                    seg.postprocess_result(captured["blended"], [sample])
+            params, sample, blended = stubs.predict_segmentor(seg, image, params)
         os.unlink(name_path)
         probs = sample.data["seg_logits"].data.float().numpy()
         labels = sample.data["pred_sem_seg"].data[0].numpy().astype(np.int32)
-        logits = (captured["blended"][0] * params["logit_scale"]).float().numpy()
+        logits = (blended[0] * params["logit_scale"]).float().numpy()
         method = {
             "recipe": "gem", "params": params, "models": {"clip": "../models/clip-b16-tiny"},
             "outputs": {"logits": {"compare": "float"}, "labels": {"compare": "labels", "margin": "margin"}},
@@ -157,7 +137,7 @@ def part_clearclip(args, ckpt):
         margin = common.top2_margin(probs)
         common.write_fixture(name, method, image, {"logits": logits, "labels": labels, "margin": margin},
                              [", ".join(c) for c in classes])
-        print(f"{name}: input {tuple(inputs.shape[2:])}, labels "
+        print(f"{name}: scores {tuple(blended.shape[2:])}, labels "
               f"{np.bincount(labels.ravel(), minlength=len(classes))}, below 1e-5: {(margin < 1e-5).sum()}")
 
     base = dict(logit_scale=50, slide_crop=448, slide_stride=224, pad_multiple="patch", short_side=448,

@@ -308,3 +308,38 @@ def mmcv_imnormalize(img, mean, std, to_rgb=True):
     cv2.subtract(img, mean, img)
     cv2.multiply(img, stdinv, img)
     return img
+
+
+def predict_segmentor(seg, image, params, before_predict=None):
+    """mmseg's test pipeline around an official SCLIP-style segmentor, as
+    the generators run it: LoadImageFromFile (BGR), Resize(scale=(2048,
+    short_side), keep_ratio) with cv2, PackSegInputs, the segmentor's
+    SegDataPreProcessor, then seg.predict. forward_slide's output (the
+    blended cosine scores) is kept. With a background threshold, it is
+    moved into a gap of the best probabilities (common.clear_threshold) and
+    the labels are made again by the official postprocess_result.
+    -> params (prob_thd possibly moved), sample, blended scores (1, Q, H, W)."""
+    import numpy as np
+    import common
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+    resized = mmcv_rescale(bgr, (2048, params["short_side"]))
+    inputs = seg.data_preprocessor(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
+    captured = {}
+    real_slide = seg.forward_slide
+
+    def forward_slide(*a, **k):
+        captured["blended"] = real_slide(*a, **k)
+        return captured["blended"]
+    seg.forward_slide = forward_slide
+    if before_predict:
+        before_predict(seg)
+    with torch.no_grad():
+        sample = SegDataSample(image.shape[:2])
+        seg.predict(inputs, [sample])
+        if params["prob_thd"] > 0:
+            best = sample.data["seg_logits"].data.float().numpy().max(0)
+            params = dict(params, prob_thd=common.clear_threshold(best, params["prob_thd"], 1e-5))
+            seg.prob_thd = params["prob_thd"]
+            sample = SegDataSample(image.shape[:2])
+            seg.postprocess_result(captured["blended"], [sample])
+    return params, sample, captured["blended"]

@@ -288,47 +288,26 @@ def run_case(ps, name, image, classes, params, notes, repos, vfm="dino"):
             device=torch.device("cpu"), prob_thd=params["prob_thd"], logit_scale=params["logit_scale"],
             beta=params["beta"], gamma=params["gamma"], slide_stride=params["slide_stride"],
             slide_crop=params["slide_crop"])
-        # mmseg's test pipeline: LoadImageFromFile (BGR), Resize(scale=(2048, short), keep_ratio),
-        # PackSegInputs (CHW), then the segmentor's SegDataPreProcessor
-        bgr = np.ascontiguousarray(image[:, :, ::-1])
-        resized = stubs.mmcv_rescale(bgr, (2048, params["short_side"]))
-        inputs = seg.data_preprocessor(torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
-        captured = {}
-        real_slide = seg.forward_slide
-
-        def forward_slide(*a, **k):
-            captured["blended"] = real_slide(*a, **k)
-            return captured["blended"]
-        seg.forward_slide = forward_slide
         # the proxy similarities S' of every window, to report how many sit near zero
         near = {"n": 0, "total": 0}
-        real_custom = seg.clip.visual.custom_attn
 
-        def custom_attn(attn_layer, x, ex_feats=None, beta=1.2, gamma=3.0, token_size=(16, 16)):
-            q_k = torch.nn.functional.normalize(ex_feats.flatten(2, 3), dim=1)
-            s = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
-            s = (s - torch.mean(s) * beta) * gamma
-            near["n"] += int((s.abs() < 1e-4).sum())
-            near.setdefault("min", []).append(float(s.abs().min()))
-            near["total"] += s.numel()
-            return real_custom(attn_layer, x, ex_feats=ex_feats, beta=beta, gamma=gamma, token_size=token_size)
-        seg.clip.visual.custom_attn = custom_attn
-        sample = stubs.SegDataSample(image.shape[:2])
-        with torch.no_grad():
-            seg.predict(inputs, [sample])
-        if params["prob_thd"] > 0:
-            # move the threshold into a gap of the best probabilities (common.clear_threshold)
-            # and label again with the official postprocess_result
-            best = sample.data["seg_logits"].data.float().numpy().max(0)
-            params = dict(params, prob_thd=common.clear_threshold(best, params["prob_thd"], 1e-5))
-            seg.prob_thd = params["prob_thd"]
-            sample = stubs.SegDataSample(image.shape[:2])
-            with torch.no_grad():
-                seg.postprocess_result(captured["blended"], [sample])
+        def count_near_zero(seg):
+            real_custom = seg.clip.visual.custom_attn
+
+            def custom_attn(attn_layer, x, ex_feats=None, beta=1.2, gamma=3.0, token_size=(16, 16)):
+                q_k = torch.nn.functional.normalize(ex_feats.flatten(2, 3), dim=1)
+                s = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
+                s = (s - torch.mean(s) * beta) * gamma
+                near["n"] += int((s.abs() < 1e-4).sum())
+                near.setdefault("min", []).append(float(s.abs().min()))
+                near["total"] += s.numel()
+                return real_custom(attn_layer, x, ex_feats=ex_feats, beta=beta, gamma=gamma, token_size=token_size)
+            seg.clip.visual.custom_attn = custom_attn
+        params, sample, blended = stubs.predict_segmentor(seg, image, params, count_near_zero)
     os.unlink(name_path)
     probs = sample.data["seg_logits"].data.float().numpy()
     labels = sample.data["pred_sem_seg"].data[0].numpy().astype(np.int32)
-    logits = (captured["blended"][0] * params["logit_scale"]).float().numpy()
+    logits = (blended[0] * params["logit_scale"]).float().numpy()
     margin = common.top2_margin(probs)
     method = {
         "recipe": "proxyclip", "params": {k: v for k, v in params.items()},
@@ -346,7 +325,7 @@ def run_case(ps, name, image, classes, params, notes, repos, vfm="dino"):
     lines = [", ".join(c) for c in classes]
     out = common.write_fixture(name, method, image, {"logits": logits, "labels": labels, "margin": margin}, lines)
     bg = float((labels == 0).mean())
-    print(f"{name}: input {tuple(inputs.shape[2:])}, labels {np.bincount(labels.ravel(), minlength=len(classes))}, "
+    print(f"{name}: scores {tuple(blended.shape[2:])}, labels {np.bincount(labels.ravel(), minlength=len(classes))}, "
           f"background {bg:.3f}, min margin {margin.min():.2e}, near-zero S' {near['n']}/{near['total']}, "
           f"min |S'| per window {near['min']}")
     return out
