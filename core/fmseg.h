@@ -478,6 +478,40 @@ int fm_sam_attention(fm_tensor *out, const fm_tensor *q, const fm_tensor *k,
                      const fm_tensor *rel_pos_h, const fm_tensor *rel_pos_w,
                      int64_t grid_h, int64_t grid_w, fm_tensor *probs);
 
+/* ---- SAM mask decoder (core/sam_decoder.c) ------------------------------ */
+
+/* The decoder's cross-attentions between S prompt tokens and T image
+ * tokens with the projections folded into the tokens (see sam_decoder.c):
+ * image -> tokens: out[n, t] = LN?(resid[n, t] + out_bias + sum over heads
+ * h and tokens j of p[t, (h, j)] values[n, (h, j)]), p the softmax over
+ * each head's S columns of scale * (x'[n, t] . keys[n, (h, j)] + key_bias),
+ * x' = x + x_pe. x (N|1, T, Cx), x_pe (N|1, T, Cx) or NULL,
+ * keys (N, H*S, Cx), key_bias (N, H*S) or NULL,
+ * values (N, H*S, C), out_bias (C) or NULL, resid (N|1, T, C) or NULL,
+ * norm: layer-normalise each row with ln_w, ln_b (C) or NULL and eps;
+ * out (N, T, C). A batch of 1 is shared by every prompt. */
+int fm_sam_image_to_tokens(fm_tensor *out, const fm_tensor *x, const fm_tensor *x_pe,
+                           const fm_tensor *keys,
+                           const fm_tensor *key_bias, const fm_tensor *values,
+                           const fm_tensor *out_bias, int64_t heads, float scale,
+                           const fm_tensor *resid, int32_t norm, const fm_tensor *ln_w,
+                           const fm_tensor *ln_b, float eps);
+/* tokens -> image: out[n] = softmax_rows(scale * q[n] (x[n] + pe)ᵀ) x[n].
+ * q (N, R, C), x (N|1, T, C), pe (N|1, T, C) or NULL; out (N, R, C). */
+int fm_sam_tokens_to_image(fm_tensor *out, const fm_tensor *q, const fm_tensor *x,
+                           const fm_tensor *pe, float scale);
+/* SamMaskDecoder's upscaling and mask products in one pass, nothing full
+ * size held but the masks: two transposed 2x2 stride-2 convolutions (the
+ * first followed by a per-pixel channel norm and GELU, the second by GELU)
+ * and the product with the hypernetworks' outputs.
+ * keys (N, h*w, C) image tokens, token-major; w1 (C, C1, 2, 2), b1, ln_w,
+ * ln_b (C1) or NULL; w2 (C1, C2, 2, 2), b2 (C2) or NULL; hyper (N, M, C2);
+ * out (N, M, 4h, 4w). */
+int fm_sam_upscale_masks(fm_tensor *out, const fm_tensor *keys, int64_t h, int64_t w,
+                         const fm_tensor *w1, const fm_tensor *b1, const fm_tensor *ln_w,
+                         const fm_tensor *ln_b, float eps, const fm_tensor *w2,
+                         const fm_tensor *b2, const fm_tensor *hyper);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,6 +24,8 @@
 --     class_names: ~                   # display names (file or list); default:
 --                                      # each class's first synonym, "background"
 --                                      # for the background class
+--     center_crop: false               # an evaluation protocol's centred square
+--     resize: ~                        # and size (fmseg.data_protocol; DiffSeg's)
 --   classes: configs/_base_/classes/voc21.txt   # what the recipe queries
 --
 --   local ds = data.open(cfg, { root = "/datasets/VOC2012" })
@@ -39,6 +41,7 @@ local classes_mod = require("fmseg.classes")
 local core = require("fmseg.core")
 local fs = require("fmseg.fs")
 local image = require("fmseg.image")
+local protocol = require("fmseg.data_protocol")
 local T = require("fmseg.tensor")
 local ffi, C, check = core.ffi, core.C, core.check
 
@@ -85,7 +88,8 @@ function M.spec(cfg)
   local plain = {}
   for _, k in ipairs({ "name", "title", "task", "root", "split", "images", "image_suffix", "annotations",
                        "annotation_suffix", "num_classes", "reduce_zero_label", "label_map",
-                       "ignore_index", "background", "remove_hards", "class_names" }) do
+                       "ignore_index", "background", "remove_hards", "class_names",
+                       "center_crop", "resize" }) do
     plain[k] = get(k)
   end
   local name = plain.name or "?"
@@ -103,6 +107,8 @@ function M.spec(cfg)
     background = opt(plain, "background", "number", nil, name),
     remove_hards = opt(plain, "remove_hards", "boolean", false, name),
     label_map = plain.label_map,
+    center_crop = opt(plain, "center_crop", "boolean", false, name),
+    resize = opt(plain, "resize", "number", nil, name),
   }
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
@@ -263,6 +269,7 @@ end
 function Dataset:image(i)
   local ok, img = pcall(image.load, self.items[i].image)
   if not ok then error(("%s: %s"):format(self.items[i].image, tostring(img)), 0) end
+  if protocol.active(self.spec) then img = protocol.image(img, self.spec) end
   return img
 end
 
@@ -276,6 +283,7 @@ function Dataset:labels(i)
     if not ok2 then error(("%s: %s"):format(path, tostring(out)), 0) end
     lab = out
   end
+  if protocol.active(self.spec) then lab = protocol.labels(lab, self.spec) end
   return lab
 end
 

@@ -58,6 +58,78 @@ do
          "non-square maps space each axis on its own", table.concat(rect, ","))
 end
 
+-- The official's arithmetic: TF bilinear, the float16 first merge -------------------
+
+do
+  -- tf.image.resize bilinear, half-pixel centres: 2x2 → 4x4 by hand
+  -- (sources -0.25, 0.25, 0.75, 1.25: clamped, lerp 0.25, 0.75, clamped)
+  local x = T.from_table({ { { { 0, 1 }, { 2, 3 } } } })
+  local got = diffseg.resize_tf(x, 4, 4):reshape({ 4, 4 })
+  local row = { 0, 0.25, 0.75, 1 }
+  local want = {}
+  for i, dy in ipairs({ 0, 0.5, 1.5, 2 }) do
+    want[i] = {}
+    for j = 1, 4 do want[i][j] = row[j] + dy end
+  end
+  tap.near(got, want, 0, "TF bilinear 2x2 → 4x4 as computed by hand")
+  local r = T.rand({ 3, 2, 8, 8 }, 11, 0, 1)
+  tap.near(diffseg.resize_tf(r, 64, 64), nn.interpolate(r, 64, 64, { mode = "bilinear" }), 2e-6,
+           "TF bilinear equals torch's align_corners=False up to rounding")
+  tap.near(diffseg.resize_tf(r, 8, 8), r, 0, "TF bilinear to the same size copies")
+
+  -- float16 KL: values of float32 maps within float16 precision; a zero
+  -- entry (or one that underflows, < 2^-25) makes the KL NaN, even with itself
+  local p = distributions(4, 64, 3)
+  local kl16 = diffseg.kl_f16(p, p)
+  tap.near(kl16, diffseg.sym_kl(p, p), 2e-3, "float16 KL ≈ the float32 KL")
+  tap.eq(kl16:get(2, 2), 0, "float16 KL of a map with itself is 0")
+  local z = T.from_table({ { 0.5, 0.5 - 1e-8, 1e-8 }, { 0.25, 0.25, 0.5 } })
+  local kz = diffseg.kl_f16(z, z)
+  local nan = kz:get(1, 1)
+  tap.ok(nan ~= nan and kz:get(1, 2) ~= kz:get(1, 2) and kz:get(2, 1) ~= kz:get(2, 1), "an entry that underflows in float16: NaN KL, with itself too")
+  tap.eq(kz:get(2, 2), 0, "maps without zeros are unaffected")
+  -- the threshold is half(τ): 1.1 → 1.099609375
+  local core = require("fmseg.core")
+  tap.eq(core.C.fm_round_half(1.1), 1.099609375, "float16 τ")
+
+  -- an anchor whose map underflows is dropped; the others merge as before
+  local maps = distributions(6, 16, 5):contiguous()
+  local rows = maps:totable()
+  rows[1][1] = 0
+  local withzero = T.from_table(rows)
+  withzero:div_(withzero:sum(2, true))
+  local m = diffseg.merge(withzero, { 0, 1, 2 }, { 100, 100 })
+  tap.eq(m:size(1), 1, "anchor 0 dropped (NaN), anchors 1 and 2 merge under a huge τ")
+  local only = diffseg.merge(withzero, { 0, 3 }, { 1e-3 })
+  tap.eq(only:size(1), 1, "a single merge keeps the anchors that met something")
+
+  -- the protocol's centred square
+  local y0, x0, c = diffseg.center_square(1024, 2048)
+  tap.ok(y0 == 1 and x0 == 513 and c == 1024, "centre square of 2048x1024", ("%d %d %d"):format(y0, x0, c))
+  y0, x0, c = diffseg.center_square(375, 500)
+  tap.ok(y0 == 1 and x0 == 63 and c == 375, "centre square of 500x375 (offset (500 - 375) // 2)")
+end
+
+-- Evaluation protocol (fmseg.data_protocol): crop, resize, nearest labels ---------------
+
+do
+  local protocol = require("fmseg.data_protocol")
+  local lab = T.new({ 4, 8 }, "int32")
+  local lp = lab:ptr()
+  for i = 0, 31 do lp[i] = i end
+  local sq = protocol.labels(lab, { center_crop = true })
+  tap.ok(sq:size(1) == 4 and sq:size(2) == 4 and sq:get(1, 1) == 2 and sq:get(4, 4) == 29,
+         "labels: the centred 4x4 of 8x4 (columns 2..5)")
+  local up = protocol.labels(lab, { center_crop = true, resize = 2 })
+  -- TF nearest, half-pixel: source floor((i + 0.5) * 2) = 1, 3
+  tap.ok(up:size(1) == 2 and up:get(1, 1) == 1 * 8 + 3 and up:get(2, 2) == 3 * 8 + 5,
+         "labels: nearest as TF (floor((i + 0.5) · in / out))")
+  local img = T.rand({ 6, 10, 3 }, 2, 0, 255)
+  local out = protocol.image(img, { center_crop = true, resize = 12 })
+  tap.ok(out:dtype() == "float32" and out:size(1) == 12 and out:size(2) == 12 and out:size(3) == 3,
+         "image: the square resized in float, (S, S, 3)")
+end
+
 -- Merging planted groups ------------------------------------------------------------
 
 -- A 16x16 latent in three regions; pixel q's map over the 256 key pixels is
@@ -124,8 +196,12 @@ do
   tap.ok(consistent and map_of[1] ~= map_of[2] and map_of[2] ~= map_of[3] and map_of[1] ~= map_of[3],
          "argmax over the merged maps recovers the three regions")
   tap.near(merged:sum(2), T.ones({ 3 }), 1e-5, "merged maps stay distributions")
-  tap.eq(diffseg.merge(attns, anchors, { 1e-9, 1e-9 }):size(1), #anchors,
+  tap.eq(diffseg.merge(attns, anchors, { 1e-3, 1e-3 }):size(1), #anchors,
          "a tiny τ merges nothing: one map per anchor")
+  -- the first merge compares in float16, where 1e-9 is 0: not even an
+  -- anchor meets itself, and the official would be left with no map
+  tap.raises(function() diffseg.merge(attns, anchors, { 1e-9 }) end, "every anchor was dropped",
+             "a τ that is 0 in float16 drops every anchor")
   tap.eq(diffseg.merge(attns, anchors, { 100 }):size(1), #anchors,
          "one iteration keeps one map per anchor, whatever τ")
   tap.eq(diffseg.merge(attns, anchors, { 100, 100 }):size(1), 1, "a huge τ merges everything in iteration 2")
@@ -347,9 +423,11 @@ if dir then
   tap.ok(ok and read_json(tmp .. "/diffseg_refine/input.json") ~= nil, "diffseg: refinement and a 4x4 grid run")
 
   -- Cross-attention on VOC21 (20 classes named, background 0)
+  -- (every class prompted: the config's CLIP step is tests/lua/test_diffusion_crossattn.lua's)
   local cfg = "configs/diffusion_crossattn/diffusion_crossattn_sd15_voc21.yaml"
+  local all = "--set params.present_classes=all "
   out = tmp .. "/cross"
-  ok, log = segment(cfg, out)
+  ok, log = segment(cfg, out, all)
   tap.ok(ok, "diffusion_crossattn: fmseg segment runs on the tiny pipeline", log)
   summary = read_json(out .. "/input.json")
   tap.ok(summary and summary.kind == "semantic" and #summary.classes == 21, "diffusion_crossattn: summary JSON")
@@ -358,17 +436,17 @@ if dir then
   tap.ok(labels:size(1) == H and labels:size(2) == W and labels:float():max() <= 20,
          "diffusion_crossattn: labels at the image's size, classes 0..20")
   tap.eq(T.shape_string(maps:shape()), "[20, 8, 8]", "diffusion_crossattn: one map per named class")
-  ok = segment(cfg, tmp .. "/all_bg", "--set params.bg_threshold=1.5")
+  ok = segment(cfg, tmp .. "/all_bg", all .. "--set params.bg_threshold=1.5")
   local all_bg = image.load_indices(tmp .. "/all_bg/input.png")
   tap.ok(ok and all_bg:float():max() == 0, "background above every normalised score: all background")
-  ok = segment(cfg, tmp .. "/no_bg", "--set params.bg_threshold=-1")
+  ok = segment(cfg, tmp .. "/no_bg", all .. "--set params.bg_threshold=-1")
   local no_bg = image.load_indices(tmp .. "/no_bg/input.png")
   tap.ok(ok and no_bg:float():min() >= 1, "background below every score: no background")
-  ok = segment(cfg, tmp .. "/per_class", "--set params.per_class=true --set params.background=false")
+  ok = segment(cfg, tmp .. "/per_class", all .. "--set params.background=false")
   summary = read_json(tmp .. "/per_class/input.json")
   local per = require("fmseg.safetensors").open(tmp .. "/per_class/dump.safetensors"):get("maps")
   tap.ok(ok and T.shape_string(per:shape()) == "[21, 8, 8]",
-         "per_class with background=false: 21 passes, one map per class")
+         "background=false: 21 passes (one per class), one map per class")
   os.execute("rm -rf " .. tmp)
 end
 
