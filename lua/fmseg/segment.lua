@@ -15,11 +15,14 @@
 -- Composition: `refine: {recipe: sam_refine, params: {...}}` next to
 -- `recipe: sclip` runs a second recipe after the first, whose segment
 -- gets the first one's result: segment(state, img, previous_result).
+-- `modifiers: [{name: resclip, params: {...}}]` changes the recipe itself
+-- (its state, after setup): see fmseg.modifiers.
 local classes_mod = require("fmseg.classes")
 local config = require("fmseg.config")
 local image = require("fmseg.image")
 local json = require("fmseg.json")
 local models = require("fmseg.models")
+local modifiers = require("fmseg.modifiers")
 local recipes = require("fmseg.recipes")
 local viz = require("fmseg.viz")
 
@@ -58,7 +61,8 @@ function M.session(cfg)
   local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
   local loaded = {}
   load_models(recipe, cfg, loaded)
-  local state = recipe.setup(params, loaded, classes, cfg)
+  local mods = modifiers.from_config(cfg)        -- names and params checked first
+  local state = modifiers.apply(mods, recipe, recipe.setup(params, loaded, classes, cfg), loaded)
   local refine = refine_step(cfg, classes, loaded)
   return setmetatable({ recipe = recipe, params = params, classes = classes, models = loaded,
                         state = state, refine = refine, cfg = cfg }, Session)

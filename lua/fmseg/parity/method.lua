@@ -19,7 +19,7 @@ local T = require("fmseg.tensor")
 local M = {}
 M.MARGIN = 1e-5
 local COMPARES = { float = true, float_sign = true, exact = true, labels = true }
-local CONFIG_KEYS = { "recipe", "params", "models", "classes", "refine", "recipe_dir" }
+local CONFIG_KEYS = { "recipe", "params", "models", "classes", "refine", "modifiers", "recipe_dir" }
 
 function M.is_fixture(dir) return fs.exists(dir .. "/method.json") end
 
