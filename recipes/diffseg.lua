@@ -82,45 +82,6 @@ local recipe = {
 
 -- Attention maps ------------------------------------------------------------------
 
--- The captured maps of one kind grouped by resolution, finest first: each
--- { height, width, layers, map = (queries, keys) } of batch row `row`, heads
--- averaged, then Σ map / layers over the layers in the order they ran (as
--- diffusion_model.py adds temp / 5 into 0.0; the mid block's one layer / 1).
-function recipe.resolution_means(cap, kind, row)
-  local groups, by_size = {}, {}
-  for _, name in ipairs(cap.names) do
-    local info = cap.info[name]
-    if info.kind == kind then
-      local key = info.height .. "x" .. info.width
-      local g = by_size[key]
-      if not g then
-        g = { height = info.height, width = info.width, layers = 0, names = {} }
-        by_size[key] = g
-        groups[#groups + 1] = g
-      end
-      g.layers = g.layers + 1
-      g.names[#g.names + 1] = name
-    end
-  end
-  if #groups == 0 then error("diffusion attention: no " .. kind .. " maps were captured", 2) end
-  for _, g in ipairs(groups) do
-    for _, name in ipairs(g.names) do
-      local mean = cap:head_mean(name)                      -- (N, q, k)
-      local one = mean:select(1, row or 1):contiguous()      -- (q, k)
-      mean:free()
-      one:div_(g.layers)
-      if g.map then
-        g.map:add_(one)
-        one:free()
-      else
-        g.map = one
-      end
-    end
-    g.names = nil
-  end
-  table.sort(groups, function(a, b) return a.height * a.width > b.height * b.width end)
-  return groups
-end
 
 -- x (N, C, H, W) → (N, C, oh, ow), tf.image.resize bilinear as TF computes it
 local function resize_tf(x, oh, ow)
@@ -151,7 +112,7 @@ end
 -- times its resolution's weight (as float32), queries repeated (nearest),
 -- resolutions added finest first in float32. Returns the map and h, w.
 function recipe.aggregate(cap, weight_ratio, row)
-  local groups = recipe.resolution_means(cap, "attn1", row)
+  local groups = cap:resolution_means("attn1", row)
   local ratio = weight_ratio or proportional(groups)
   if #ratio ~= #groups then
     error(("diffseg: weight_ratio has %d entries for %d resolutions"):format(#ratio, #groups), 2)

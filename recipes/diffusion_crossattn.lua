@@ -293,7 +293,7 @@ end
 -- opts.weights, opts.latent = {lh, lw}, opts.self_refine, opts.row (batch
 -- row, default 1). Returns (C, h, w) at the finest attention resolution.
 function recipe.class_maps(cap, positions, opts)
-  local groups = recipe.resolution_means(cap, "attn2", opts.row)
+  local groups = cap:resolution_means("attn2", opts.row)
   local oh, ow = groups[1].height, groups[1].width
   local lh = opts.latent and opts.latent[1] or oh
   local nc = #positions
@@ -321,7 +321,7 @@ function recipe.class_maps(cap, positions, opts)
   end
   if not sum then error("diffusion_crossattn: no captured resolution has a weight", 2) end
   if opts.self_refine then
-    local selfs = recipe.resolution_means(cap, "attn1", opts.row)
+    local selfs = cap:resolution_means("attn1", opts.row)
     local s = selfs[1]
     if s.height ~= oh or s.width ~= ow then
       error(("diffusion_crossattn: finest self-attention is %dx%d, cross-attention %dx%d"):format(
@@ -335,41 +335,6 @@ function recipe.class_maps(cap, positions, opts)
   return sum:reshape({ nc, oh, ow })
 end
 
--- The captured maps of one kind grouped by resolution, finest first: each
--- { height, width, layers, map = (queries, keys) } of batch row `row`, heads
--- averaged, then Σ map / layers over the layers in the order they ran
--- (aggregate_all_attention: the mean over layers × heads; SD's layers of one
--- resolution have the same head count).
-function recipe.resolution_means(cap, kind, row)
-  local groups, by_size = {}, {}
-  for _, name in ipairs(cap.names) do
-    local info = cap.info[name]
-    if info.kind == kind then
-      local key = info.height .. "x" .. info.width
-      local g = by_size[key]
-      if not g then
-        g = { height = info.height, width = info.width, layers = 0, names = {} }
-        by_size[key] = g
-        groups[#groups + 1] = g
-      end
-      g.layers = g.layers + 1
-      g.names[#g.names + 1] = name
-    end
-  end
-  if #groups == 0 then error("diffusion_crossattn: no " .. kind .. " maps were captured", 2) end
-  for _, g in ipairs(groups) do
-    for _, name in ipairs(g.names) do
-      local mean = cap:head_mean(name)                      -- (N, q, k)
-      local one = mean:select(1, row or 1):contiguous()      -- (q, k)
-      mean:free()
-      one:div_(g.layers)
-      if g.map then g.map:add_(one); one:free() else g.map = one end
-    end
-    g.names = nil
-  end
-  table.sort(groups, function(a, b) return a.height * a.width > b.height * b.width end)
-  return groups
-end
 
 -- Classes present ----------------------------------------------------------------------
 

@@ -140,6 +140,48 @@ function Capture:head_mean(name)
   return M.mean_heads(map, info.heads)
 end
 
+-- The captured maps of one kind ("attn1" self, "attn2" cross) grouped by
+-- resolution, finest first: each { height, width, layers, names, map =
+-- (queries, keys) } of batch row `row`, heads averaged, then Σ map / layers
+-- over the layers in the order they ran (DiffSeg's diffusion_model.py adds
+-- temp / 5 into 0.0; DiffSegmenter's aggregate_all_attention takes the mean
+-- over layers x heads, and SD's layers of one resolution share a head count).
+function Capture:resolution_means(kind, row)
+  local groups, by_size = {}, {}
+  for _, name in ipairs(self.names) do
+    local info = self.info[name]
+    if info.kind == kind then
+      local key = info.height .. "x" .. info.width
+      local g = by_size[key]
+      if not g then
+        g = { height = info.height, width = info.width, layers = 0, names = {} }
+        by_size[key] = g
+        groups[#groups + 1] = g
+      end
+      g.layers = g.layers + 1
+      g.names[#g.names + 1] = name
+    end
+  end
+  if #groups == 0 then error("diffusion attention: no " .. kind .. " maps were captured", 2) end
+  for _, g in ipairs(groups) do
+    for _, name in ipairs(g.names) do
+      local mean = self:head_mean(name)                      -- (N, q, k)
+      local one = mean:select(1, row or 1):contiguous()      -- (q, k)
+      mean:free()
+      one:div_(g.layers)
+      if g.map then
+        g.map:add_(one)
+        one:free()
+      else
+        g.map = one
+      end
+    end
+    g.names = nil
+  end
+  table.sort(groups, function(a, b) return a.height * a.width > b.height * b.width end)
+  return groups
+end
+
 -- Cross-attention map [N, h*w, K] of an h x w layer → [N, K, oh, ow]: one
 -- image per key (text token), resized (bilinear unless opts.mode says).
 function M.cross_to_images(map, h, w, oh, ow, opts)
