@@ -1,6 +1,6 @@
 -- fmseg.fs — the few things the Lua side asks of the filesystem: does a
 -- path exist, is it a directory, read a whole file, make a directory with
--- its parents. Reading returns nil and the reason; each caller raises its
+-- its parents, which Lua modules a folder holds. Reading returns nil and the reason; each caller raises its
 -- own message naming the file.
 local M = {}
 
@@ -32,6 +32,22 @@ end
 function M.mkdir_p(dir)
   local ok = os.execute("mkdir -p " .. M.quote(dir))
   if not (ok == 0 or ok == true) then error(("cannot create directory %s"):format(dir), 0) end
+end
+
+-- The names NAME of the files NAME.lua in dir (NAME of letters, digits and
+-- _), sorted; {} when dir cannot be listed. Recipes and modifiers are found so.
+function M.lua_names(dir)
+  local names = {}
+  local p = io.popen(("ls %s 2>/dev/null"):format(M.quote(dir)))
+  if p then
+    for file in p:lines() do
+      local name = file:match("^([%w_]+)%.lua$")
+      if name then names[#names + 1] = name end
+    end
+    p:close()
+  end
+  table.sort(names)
+  return names
 end
 
 return M

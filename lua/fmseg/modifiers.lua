@@ -24,25 +24,14 @@
 local clipseg = require("fmseg.clipseg")
 local config = require("fmseg.config")
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 local recipes = require("fmseg.recipes")
 
 local M = {}
 
 function M.dir() return core.root .. "/recipes/modifiers" end
 
-function M.available()
-  local names = {}
-  local p = io.popen(("ls '%s' 2>/dev/null"):format(M.dir()))
-  if p then
-    for file in p:lines() do
-      local name = file:match("^([%w_]+)%.lua$")
-      if name then names[#names + 1] = name end
-    end
-    p:close()
-  end
-  table.sort(names)
-  return names
-end
+function M.available() return fs.lua_names(M.dir()) end
 
 local CAPABILITIES = {
   clipseg = function(state) return type(state) == "table" and type(state.dense) == "function" and state.text ~= nil end,

@@ -8,24 +8,13 @@
 -- it came from one. See README.md ("Writing a recipe") and fmseg.segment
 -- for the result kinds.
 local core = require("fmseg.core")
+local fs = require("fmseg.fs")
 
 local M = {}
 
 function M.dir() return core.root .. "/recipes" end
 
-function M.available()
-  local names = {}
-  local p = io.popen(("ls '%s' 2>/dev/null"):format(M.dir()))
-  if p then
-    for file in p:lines() do
-      local name = file:match("^([%w_]+)%.lua$")
-      if name then names[#names + 1] = name end
-    end
-    p:close()
-  end
-  table.sort(names)
-  return names
-end
+function M.available() return fs.lua_names(M.dir()) end
 
 local function check_contract(recipe, name)
   if type(recipe) ~= "table" then error(("recipes/%s.lua must return a table"):format(name), 0) end
