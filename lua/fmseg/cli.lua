@@ -54,10 +54,14 @@ command("run", "run SCRIPT.lua [args...]", "run a Lua script with fmseg loaded",
   return type(rc) == "number" and rc or 0
 end)
 
-command("info", "info PATH", "tensors of a safetensors file or model directory; image size", function(args)
-  local path = args[1]
-  if not path then error("info: no path given (fmseg info PATH)", 0) end
-  return require("fmseg.info").run(path)
+local INFO = args.parser("info", "info PATH [--check]", {
+  { "--check", type = "flag", help = "scan every tensor for NaN, Inf and all zeros; exit 1 on NaN or Inf" },
+}, { { "path", label = "path", required = true } })
+
+command("info", INFO.usage, "tensors of a safetensors file or model directory; image size", function(argv)
+  local opts = INFO:parse(argv)
+  if not opts then return 0 end
+  return require("fmseg.info").run(opts.path, { check = opts.check })
 end)
 
 local PARITY = args.parser("parity", "parity DIR [--dump FILE]", {

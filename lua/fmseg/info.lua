@@ -1,5 +1,9 @@
 -- fmseg.info — `fmseg info PATH`: what a safetensors file, a model
--- directory (a diffusers pipeline included) or an image holds.
+-- directory (a diffusers pipeline included) or an image holds. With
+-- --check every tensor's values are read: NaN, Inf and all-zero tensors
+-- are listed (half-precision exports go wrong that way); the exit status is
+-- 1 when a tensor is not finite. All zeros is only reported: some tensors
+-- are zero by design (DINOv2's untrained mask_token).
 local fs = require("fmseg.fs")
 local safetensors = require("fmseg.safetensors")
 local hf = require("fmseg.hf")
@@ -17,33 +21,61 @@ local function human(bytes)
   return ("%.1f %s"):format(bytes, units[i])
 end
 
-local function describe_file(path, prefix)
+-- What is wrong with tensor t's values: nil, or "3 NaN, 1 Inf of N values"
+-- (second result true: not finite) / "all zeros" (false)
+function M.value_problem(t)
+  local x = t:float()
+  local n = x:numel()
+  if n == 0 then return nil end
+  local nan = n - x:eq(x):sum()
+  local inf = x:abs():eq(math.huge):sum()
+  local parts = {}
+  if nan > 0 then parts[#parts + 1] = ("%d NaN"):format(nan) end
+  if inf > 0 then parts[#parts + 1] = ("%d Inf"):format(inf) end
+  if #parts > 0 then return table.concat(parts, ", ") .. (" of %d values"):format(n), true end
+  if x:abs():max() == 0 then return "all zeros", false end
+  return nil
+end
+
+-- Lists path's tensors; with check, also their value problems.
+-- → tensors, bytes, problems = {bad = not finite, zero = all zeros} counts
+local function describe_file(path, prefix, check)
   local f = safetensors.open(path)
-  local total, count = 0, 0
+  local total, count, problems = 0, 0, { bad = 0, zero = 0 }
   for _, name in ipairs(f:names()) do
     local shape, dtype = f:shape(name), f:dtype(name)
     local numel = 1
     for _, s in ipairs(shape) do numel = numel * s end
     total = total + numel * (DTYPE_BYTES[dtype] or 0)
     count = count + 1
-    print(("%s%-60s %-5s %s"):format(prefix or "", name, dtype, T.shape_string(shape)))
+    local note = ""
+    if check then
+      local problem, bad = M.value_problem(f:get(name))
+      if problem then
+        local k = bad and "bad" or "zero"
+        problems[k], note = problems[k] + 1, "  <- " .. problem
+      end
+      collectgarbage()
+    end
+    print(("%s%-60s %-5s %s%s"):format(prefix or "", name, dtype, T.shape_string(shape), note))
   end
   f:close()
-  return count, total
+  return count, total, problems
 end
 
 
-local function describe_dir(path)
+local function describe_dir(path, check)
   local dir = hf.open(path)
   local cfg = dir.config
   local kind = cfg.model_type or cfg._class_name or (cfg.architectures and cfg.architectures[1]) or "?"
   print(("%s: %s"):format(path, kind))
-  local count, total = 0, 0
+  local count, total, problems = 0, 0, { bad = 0, zero = 0 }
   local function add(sub)
     local w = hf.open_weights(sub)
     for file in pairs(w.files) do
-      local c, t = describe_file(file, "  ")
+      local c, t, p = describe_file(file, "  ", check)
       count, total = count + c, total + t
+      problems.bad, problems.zero = problems.bad + p.bad, problems.zero + p.zero
     end
   end
   if hf.exists(path .. "/model_index.json") and not hf.exists(path .. "/config.json") then
@@ -60,7 +92,14 @@ local function describe_dir(path)
   else
     add(path)
   end
+  return count, total, problems
+end
+
+local function summary(count, total, problems, check)
   print(("%d tensors, %s"):format(count, human(total)))
+  if not check then return 0 end
+  print(("check: %d tensor(s) with NaN or Inf, %d all zeros"):format(problems.bad, problems.zero))
+  return problems.bad == 0 and 0 or 1
 end
 
 local function describe_image(path)
@@ -79,13 +118,17 @@ function M.looks_like_safetensors(path)
   return head ~= nil and #head == 9 and head:sub(9, 9) == "{" and head:byte(8) == 0
 end
 
-function M.run(path)
+-- run(path, opts): opts.check scans the values too (see the top)
+function M.run(path, opts)
+  local check = opts and opts.check
   if fs.is_dir(path) then
-    describe_dir(path)
+    local count, total, problems = describe_dir(path, check)
+    return summary(count, total, problems, check)
   elseif path:match("%.safetensors$") or M.looks_like_safetensors(path) then
-    local count, total = describe_file(path)
-    print(("%d tensors, %s"):format(count, human(total)))
+    local count, total, problems = describe_file(path, nil, check)
+    return summary(count, total, problems, check)
   else
+    if check then error(path .. ": --check reads safetensors files and model directories", 0) end
     local f = io.open(path, "rb")
     if not f then error(path .. ": no such file or directory", 0) end
     f:close()
