@@ -1,8 +1,10 @@
 -- bench_sam.lua — SAM ViT-B (facebook/sam-vit-base's config, random
 -- weights): the image encoder at 1024x1024 (set_image) against its GEMM
 -- floor and bench/torch_sam.py, then the prompt path, one point with three
--- masks and a batch of points as the automatic mask generator sends them.
--- Skipped with FMSEG_BENCH_QUICK=1.
+-- masks and a batch of points as the automatic mask generator sends them,
+-- the decoder on 64 points against its floor, and the automatic mask
+-- generator on the bundled photo (beside the original's, see
+-- bench/torch_sam.py and FMSEG_SAM_SRC). Skipped with FMSEG_BENCH_QUICK=1.
 --
 --   ./fmseg run bench/bench_sam.lua [encoder repeats (1)] [prompt batch (16)]
 local bench = require("benchlib")
@@ -14,6 +16,24 @@ local restore = bench.hook_c("fm_sam_attention", "attention", function(_, q, _, 
   local n, t, c = unpack(q:shape())
   bench.note("attention", n * heads, t, t, c / heads, 0, 1)
   bench.note("attention", n * heads, t, c / heads, t, 0, 0)
+end)
+-- The decoder's cross-attentions (core/sam_decoder.c), also called directly.
+bench.hook_c("fm_sam_tokens_to_image", "attention", function(_, q, x)
+  local n, r, c = unpack(q:shape())
+  bench.note("attention", n, r, x:size(2), c, 0, 1)
+  bench.note("attention", n, r, c, x:size(2), 0, 0)
+end)
+bench.hook_c("fm_sam_upscale_masks", "conv_transpose", function(out, keys, _, _, w1, _, _, _, _, w2)
+  local n, t, c = unpack(keys:shape())
+  local c1, c2, m = w1:size(2), w2:size(2), out:size(2)
+  bench.note("conv_transpose", n, t, 4 * c1, c, 0, 0)
+  bench.note("conv_transpose", n, 4 * t, 4 * c2, c1, 0, 0)
+  bench.note("matmul", n, 16 * t, m, c2, 0, 1)
+end)
+bench.hook_c("fm_sam_image_to_tokens", "attention", function(out, x, _, keys)
+  local n, hs, cx = unpack(keys:shape())
+  bench.note("attention", n, x:size(2), hs, cx, 0, 1)
+  bench.note("attention", n, x:size(2), out:size(3), hs, 0, 0)
 end)
 local sam = require("fmseg.models.sam")
 restore()
@@ -58,4 +78,39 @@ local pts, labels = T.rand({ batch, 1, 2 }, 5, 0, 768), T.ones({ batch, 1 })
 local t0 = bench.now()
 predictor:predict_batch(pts, labels)
 suite:add({ name = ("sam prompt, batch of %d points"):format(batch), ms = (bench.now() - t0) * 1e3 })
-suite:finish()
+
+-- The mask decoder on a batch of 64 point prompts against its floor
+-- (bench/bench_sam_decoder.lua has it op by op)
+do
+  local pts64 = T.rand({ 1, 64, 1, 2 }, 9, 0, 1024)
+  local sparse, dense = model:encode_prompt({ points = pts64, labels = T.ones({ 1, 64, 1 }) })
+  local emb = predictor.image_embeddings
+  suite:model("sam-vit-b decoder, 64 points", function()
+    local m, iou = model:decode_masks(emb, sparse, dense, true)
+    m:free(); iou:free()
+  end, { warmup = 1, repeats = 1 })
+end
+
+-- The automatic mask generator on the bundled photo, encoder included: 32x32
+-- points in batches of 64 with segment-anything's default thresholds, and
+-- with the predicted-IoU and stability filters off (every mask upsampled,
+-- scored and encoded: the worst case). One run each; PyTorch's are the
+-- original SamAutomaticMaskGenerator (bench/torch_sam.py, FMSEG_SAM_SRC).
+-- With random weights the filters keep what the random IoU head says:
+-- the masks found are printed beside each.
+local amg = require("fmseg.sam.amg")
+local image = require("fmseg.image")
+local photo = image.load("tests/data/astronaut.jpg")
+for _, row in ipairs({ { "sam-vit-b amg 32x32, defaults", {} },
+                       { "sam-vit-b amg 32x32, filters off", { pred_iou_thresh = 0, stability_score_thresh = 0 } } }) do
+  local opts = { progress = false }
+  for k, v in pairs(row[2]) do opts[k] = v end
+  local gen = amg.new(predictor, opts)
+  collectgarbage()
+  local t1 = bench.now()
+  local records = gen:generate(photo)
+  suite:add({ name = row[1], ms = (bench.now() - t1) * 1e3 })
+  print(("|   %d masks, load average %s"):format(#records, bench.loadavg()))
+end
+suite:finish(suite.torch["sam-vit-b amg 32x32, defaults"] and "" or
+  "PyTorch rows: install python3-torch and set FMSEG_SAM_SRC to a segment-anything checkout (README)")

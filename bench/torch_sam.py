@@ -4,10 +4,13 @@ blocks with 14x14 windows and global attention at 2, 5, 8, 11, decomposed
 relative positions added to the full score matrix as transformers' eager
 SamVisionAttention does, the neck), random weights. Writes
 build/bench/torch_sam.json (see torchlib.py); skipped with
-FMSEG_BENCH_QUICK=1.
+FMSEG_BENCH_QUICK=1. With FMSEG_SAM_SRC pointing at a checkout of the
+original segment-anything, also its automatic mask generator (the amg rows
+of bench_sam.lua).
 
-    /usr/bin/python3 bench/torch_sam.py [repeats (1)]
+    FMSEG_SAM_SRC=/path/to/segment-anything /usr/bin/python3 bench/torch_sam.py [repeats (1)]
 """
+import os
 import sys
 
 from torchlib import Results, quick, torch
@@ -96,6 +99,35 @@ class Encoder(nn.Module):
         return channel_norm(self.conv2(x))
 
 
+AMG_ROWS = (("sam-vit-b amg 32x32, defaults", {}),
+            ("sam-vit-b amg 32x32, filters off", {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}))
+PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "astronaut.jpg")
+
+
+def amg_rows(res):
+    """The original segment-anything SamAutomaticMaskGenerator (ViT-B,
+    PyTorch's default random initialisation, 32x32 points, batches of 64)
+    on tests/data/astronaut.jpg, encoder included, from the checkout that
+    FMSEG_SAM_SRC points at."""
+    src = os.environ.get("FMSEG_SAM_SRC", "")
+    if not src or not os.path.isdir(os.path.join(src, "segment_anything")):
+        print("torch_sam: amg rows skipped (set FMSEG_SAM_SRC to a segment-anything checkout)")
+        return
+    sys.path.insert(0, src)
+    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+    import numpy as np
+    from PIL import Image
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]().eval()
+    img = np.array(Image.open(PHOTO).convert("RGB"))
+    for name, opts in AMG_ROWS:
+        gen = SamAutomaticMaskGenerator(sam, output_mode="uncompressed_rle", **opts)
+        found = []
+        res.model(name, lambda: found.append(len(gen.generate(img))), warmup=0, repeats=1)
+        print(f"  {found[-1]} masks")
+
+
 def main():
     if quick():
         print("torch_sam: skipped (FMSEG_BENCH_QUICK)")
@@ -107,6 +139,7 @@ def main():
     x = torch.randn(1, 3, SIZE, SIZE)
     res.model(f"sam-vit-b encoder {SIZE}", lambda: model(x), warmup=1 if repeats > 1 else 0,
               repeats=repeats)
+    amg_rows(res)
     res.finish()
 
 

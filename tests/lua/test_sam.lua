@@ -254,7 +254,9 @@ do
   tap.eq(max_abs_diff(again_low, first["points.multi"].low), 0, "embed once: identical to the first call")
 end
 
--- Batched prompts give what one-at-a-time prompts give.
+-- Batched prompts give what one-at-a-time prompts give (to 1e-6 relative:
+-- the decoder keeps each prompt's products the same shape in a batch).
+local BATCH_TOL = 1e-6
 do
   local pts = T.from_table({ { { 100, 120 } }, { { 300, 200 } }, { { 550, 380 } } })   -- (3, 1, 2)
   local labs = T.from_table({ { 1 }, { 1 }, { 0 } })
@@ -263,17 +265,35 @@ do
   tap.eq(T.shape_string(blow:shape()), "[3, 3, 32, 32]", "predict_batch: low-res logits (N, 3, 32, 32)")
   for i = 1, 3 do
     local m, iou, low = p:predict({ points = pts:select(1, i), labels = labs:select(1, i) })
-    tap.near(blow:select(1, i), low, 1e-6, ("predict_batch: prompt %d low-res logits as alone"):format(i))
-    tap.near(biou:select(1, i), iou, 1e-6, ("predict_batch: prompt %d IoU as alone"):format(i))
+    tap.near(blow:select(1, i), low, BATCH_TOL, ("predict_batch: prompt %d low-res logits as alone"):format(i))
+    tap.near(biou:select(1, i), iou, BATCH_TOL, ("predict_batch: prompt %d IoU as alone"):format(i))
   end
   local boxes = T.from_table({ { 50, 60, 300, 250 }, { 200, 100, 580, 390 } })
   local _, iou2 = p:predict_batch(nil, nil, { boxes = boxes, multimask = false })
   local _, iou_one = p:predict({ box = boxes:select(1, 2), multimask = false })
-  tap.near(iou2:select(1, 2), iou_one, 1e-6, "predict_batch: boxes only, as alone")
+  tap.near(iou2:select(1, 2), iou_one, BATCH_TOL, "predict_batch: boxes only, as alone")
   -- a previous low-res mask as the dense prompt changes the answer
   local low = first["points.multi"].low
   local _, iou_m = p:predict({ points = points, labels = labels, mask_input = low:narrow(1, 3, 1) })
   tap.ok(max_abs_diff(iou_m, first["points.multi"].iou) > 0, "mask_input: the dense prompt is used")
+end
+
+-- mask_filter: the IoU head runs first and only the picked prompts' masks
+-- are made (the automatic mask generator's predicted-IoU filter)
+do
+  local pts = T.from_table({ { { 100, 120 } }, { { 300, 200 } }, { { 550, 380 } } })   -- (3, 1, 2)
+  local _, iou_all, low_all = p:predict_batch(pts, nil, { masks = false })
+  local seen
+  local none, iou_f, low_f, picked = p:predict_batch(pts, nil, {
+    mask_filter = function(iou) seen = iou:clone(); return { 1, 3 } end })
+  tap.ok(none == nil and picked and #picked == 2, "mask_filter: no full-size masks, the picked prompts back")
+  tap.eq(T.shape_string(low_f:shape()), "[2, 3, 32, 32]", "mask_filter: low-res logits of the picked prompts only")
+  tap.near(seen, iou_all, BATCH_TOL, "mask_filter: sees every prompt's IoU")
+  tap.near(iou_f, iou_all, BATCH_TOL, "mask_filter: IoU of every prompt")
+  tap.near(low_f:select(1, 1), low_all:select(1, 1), BATCH_TOL, "mask_filter: picked prompt 1's logits")
+  tap.near(low_f:select(1, 2), low_all:select(1, 3), BATCH_TOL, "mask_filter: picked prompt 3's logits")
+  local _, _, low0, picked0 = p:predict_batch(pts, nil, { mask_filter = function() return {} end })
+  tap.ok(#picked0 == 0 and low0:size(1) == 0, "mask_filter: nothing picked, no masks")
 end
 
 -- The command line: the best mask as a 0/255 PNG at the image's size.

@@ -619,13 +619,170 @@ local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg, simila
   return queries, keys
 end
 
+-- The decoder's cross-attentions as tall products (core/sam_decoder.c): the
+-- q / k / v / out projections on the image side are folded into the few
+-- prompt tokens, head by head (see sam_decoder.c for the algebra). The same
+-- numbers as `attention` up to the order of float additions.
+
+-- Per-head slices of an attention's weights, each (D, C): q[h], k[h], v[h]
+-- rows h of q_proj / k_proj / v_proj, o[h] = out_proj's columns h,
+-- transposed. Cut once per model and kept beside the weights.
+local function head_weights(a, heads)
+  if a.per_head then return a.per_head end
+  local ci = a.q_proj.weight:size(1)
+  local d = ci / heads
+  local hw = { d = d, ci = ci, q = {}, k = {}, v = {}, o = {} }
+  for h = 1, heads do
+    local first = (h - 1) * d + 1
+    hw.q[h] = a.q_proj.weight:narrow(1, first, d)
+    hw.k[h] = a.k_proj.weight:narrow(1, first, d)
+    hw.v[h] = a.v_proj.weight:narrow(1, first, d)
+    hw.o[h] = a.out_proj.weight:narrow(2, first, d):t():contiguous()
+  end
+  a.per_head = hw
+  return hw
+end
+
+-- a (M, H*D), ws[h] (D, C) → (M, H, C): row block h of a times ws[h].
+local function fold_heads(a, ws)
+  local m, heads = a:size(1), #ws
+  local d, c = ws[1]:size(1), ws[1]:size(2)
+  local out = T.empty({ m, heads, c })
+  for h = 1, heads do
+    local p = a:narrow(2, (h - 1) * d + 1, d):matmul(ws[h])
+    out:select(2, h):copy(p)
+    p:free()
+  end
+  return out
+end
+
+-- (BN, S, H, ...) → (BN, H*S, ...): rows grouped by head
+local function heads_first(x, bn, s, heads, c)
+  if c then return x:reshape(bn, s, heads, c):permute(1, 3, 2, 4):contiguous():reshape(bn, heads * s, c) end
+  return x:reshape(bn, s, heads):permute(1, 3, 2):contiguous():reshape(bn, heads * s)
+end
+
+-- Tokens attending to the image: query (BN, S, C) with its positional
+-- encoding, image (BN | 1, T, C), image_pe (1, T, C) → (BN, S, C), as
+-- attention(a, query, image + image_pe, image).
+local function tokens_to_image(a, query, image, image_pe, heads)
+  local bn, s, c = unpack(query:shape())
+  local hw = head_weights(a, heads)
+  local d, ci = hw.d, hw.ci
+  local qp = nn.linear(query, a.q_proj.weight, a.q_proj.bias)                 -- (BN, S, Ci)
+  local qf = fold_heads(qp:reshape(bn * s, ci), hw.k)                          -- (BN*S, H, C)
+  qp:free()
+  local z = T.empty({ bn, s * heads, c })
+  check(C.fm_sam_tokens_to_image(z, qf:reshape(bn, s * heads, c), image, image_pe, 1 / math.sqrt(d)))
+  qf:free()
+  -- o[:, head h] = Wv_h z_h + bv_h (the probabilities sum to 1)
+  local zr, o = z:reshape(bn * s, heads, c), T.empty({ bn * s, ci })
+  for h = 1, heads do
+    local p = zr:select(2, h):matmul(hw.v[h], false, true)
+    o:narrow(2, (h - 1) * d + 1, d):copy(p)
+    p:free()
+  end
+  z:free()
+  o:add_(a.v_proj.bias:reshape(1, ci))
+  local y = nn.linear(o:reshape(bn, s, ci), a.out_proj.weight, a.out_proj.bias)
+  o:free()
+  return y
+end
+
+-- The same against one image shared by all BN prompts (the first layer
+-- without mask inputs): image (1, T, C), image_k = image + image_pe. Its
+-- k and v are projected once; each prompt's tokens then attend with the
+-- same shapes whatever the batch, so a prompt in a batch rounds as it
+-- does alone (one tall query of all prompts was no faster, and sgemm's
+-- edge tiles rounded its rows by their position in it).
+local function tokens_to_shared_image(a, query, image, image_k, heads)
+  local bn, s = query:size(1), query:size(2)
+  local k = nn.linear(image_k, a.k_proj.weight, a.k_proj.bias)               -- (1, T, Ci)
+  local v = nn.linear(image, a.v_proj.weight, a.v_proj.bias)
+  local ci = a.q_proj.weight:size(1)
+  local o = T.empty({ bn, s, ci })
+  for i = 1, bn do
+    local qp = nn.linear(query:narrow(1, i, 1), a.q_proj.weight, a.q_proj.bias)
+    local oi = nn.attention(qp, k, v, heads)
+    o:narrow(1, i, 1):copy(oi)
+    qp:free(); oi:free()
+  end
+  k:free(); v:free()
+  local y = nn.linear(o:reshape(bn, s, ci), a.out_proj.weight, a.out_proj.bias)
+  o:free()
+  return y
+end
+
+-- The image attending to the tokens, then the block's residual and
+-- layer_norm4: image_q + image_q_pe (BN | 1, T, C) (image tokens + their
+-- encoding; image_q_pe may be nil), key (BN, S, C) (tokens + theirs),
+-- value (BN, S, C), image (BN | 1, T, C)
+-- → LN(image + attention(a, image_q + image_q_pe, key, value)) (BN, T, C).
+local function image_to_tokens(a, image_q, image_q_pe, key, value, image, heads, ln, eps)
+  local bn, s, c = unpack(key:shape())
+  local hw = head_weights(a, heads)
+  local d, ci = hw.d, hw.ci
+  local k = nn.linear(key, a.k_proj.weight, a.k_proj.bias):reshape(bn * s, ci)
+  local v = nn.linear(value, a.v_proj.weight, a.v_proj.bias):reshape(bn * s, ci)
+  -- scores x . (Wq_hᵀ k_hj) + bq_h . k_hj; values Wo_h v_hj
+  local kf = fold_heads(k, hw.q)                                               -- (BN*S, H, C)
+  local keys = heads_first(kf, bn, s, heads, c)
+  local kb = (k * a.q_proj.bias:reshape(1, ci)):reshape(bn * s, heads, d):sum(3)
+  local key_bias = heads_first(kb, bn, s, heads)
+  local vf = fold_heads(v, hw.o)
+  local values = heads_first(vf, bn, s, heads, c)
+  kf:free(); kb:free(); vf:free(); k:free(); v:free()
+  local out = T.empty({ bn, image:size(2), c })
+  check(C.fm_sam_image_to_tokens(out, image_q, image_q_pe, keys, key_bias, values, a.out_proj.bias, heads,
+                                 1 / math.sqrt(d), image, 1, ln.weight, ln.bias, eps))
+  keys:free(); key_bias:free(); values:free()
+  return out
+end
+
+-- SamTwoWayAttentionBlock over the tall products: keys (BN | 1, T, C) (1:
+-- shared by the prompts), key_pe (1, T, C) → queries, keys (BN, T, C).
+local function two_way_block_fast(layer, queries, keys, query_pe, key_pe, cfg)
+  local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+  if layer.skip_first_layer_pe then
+    queries = attention(layer.self_attn, queries, queries, queries, heads)
+  else
+    local q = queries + query_pe
+    queries = queries + attention(layer.self_attn, q, q, queries, heads)
+  end
+  queries = layer_norm(queries, layer.layer_norm1, eps)
+  -- keys + key_pe: made once when shared, else added block by block (a
+  -- single prompt takes the shared path too, so that it gives what it
+  -- gives in a batch to the last bit of the products' order)
+  local shared = keys:size(1) == 1
+  local image_k = shared and keys + key_pe or nil                 -- (1, T, C)
+  local q = queries + query_pe
+  local a = shared and tokens_to_shared_image(layer.cross_attn_token_to_image, q, keys, image_k, heads)
+    or tokens_to_image(layer.cross_attn_token_to_image, q, keys, key_pe, heads)
+  queries = layer_norm(queries + a, layer.layer_norm2, eps)
+  queries = layer_norm(queries + mlp_block(layer.mlp, queries, cfg.hidden_act), layer.layer_norm3, eps)
+  q = queries + query_pe
+  local new_keys = image_to_tokens(layer.cross_attn_image_to_token, image_k or keys, not shared and key_pe or nil,
+                                   q, queries, keys, heads, layer.layer_norm4, eps)
+  if image_k then image_k:free() end
+  return queries, new_keys
+end
+
 -- opts: attention_similarity and attention_similarity_mode (see
 -- attention), target_embedding (1, 1, C) and target_embedding_final (see
--- decode_masks).
+-- decode_masks), out_tokens (the queries returned: the first ones, all
+-- by default). src (BN | 1, T, C): 1 when every prompt sees the same
+-- image tokens (then the first layer's image-side work is done once).
+-- Without attention_similarity the blocks run over the tall products.
 -- ref: transformers/models/sam/modeling_sam.py, SamTwoWayTransformer;
 --      Personalize-SAM per_segment_anything/modeling/transformer.py, TwoWayTransformer
 local function two_way_transformer(tr, tokens, src, pos, cfg, opts)
   local sim, target = opts.attention_similarity, opts.target_embedding
+  local bn = tokens:size(1)
+  if sim and src:size(1) ~= bn then   -- the per-prompt path wants its own copies
+    local parts = {}
+    for i = 1, bn do parts[i] = src end
+    src = T.cat(parts, 1)
+  end
   -- Target-semantic prompting: `queries += target_embedding` before every
   -- layer. Both references add it in place, and before the first layer
   -- `queries` IS the tokens tensor that also serves as the queries'
@@ -634,15 +791,25 @@ local function two_way_transformer(tr, tokens, src, pos, cfg, opts)
   local queries, keys = tokens, src
   for _, layer in ipairs(tr.layers) do
     if target then queries = queries + target end
-    local new_queries, new_keys = two_way_block(layer, queries, keys, query_pe, pos, cfg, sim,
-                                                opts.attention_similarity_mode)
+    local new_queries, new_keys
+    if sim then
+      new_queries, new_keys = two_way_block(layer, queries, keys, query_pe, pos, cfg, sim,
+                                            opts.attention_similarity_mode)
+    else
+      new_queries, new_keys = two_way_block_fast(layer, queries, keys, query_pe, pos, cfg)
+    end
     keys:free()   -- src too: the blocks hand back new keys
     queries, keys = new_queries, new_keys
   end
-  local q, k = queries + query_pe, keys + pos
+  -- the final attention for the output tokens only (opts.out_tokens, the
+  -- first ones): nothing reads the prompt tokens' rows after it
+  local nout = opts.out_tokens or queries:size(2)
+  if nout < queries:size(2) then
+    queries, query_pe = queries:narrow(2, 1, nout):contiguous(), query_pe:narrow(2, 1, nout):contiguous()
+  end
+  local q = queries + query_pe
   if target and opts.target_embedding_final ~= false then q:add_(target) end
-  local out = attention(tr.final_attn_token_to_image, q, k, keys, cfg.num_attention_heads)
-  k:free()
+  local out = tokens_to_image(tr.final_attn_token_to_image, q, keys, pos, cfg.num_attention_heads)
   queries = layer_norm(queries + out, tr.layer_norm_final_attn, TORCH_LAYER_NORM_EPS)
   return queries, keys
 end
@@ -654,10 +821,22 @@ local function feed_forward_forward(ff, x)
   return nn.linear(h, ff.proj_out.weight, ff.proj_out.bias)
 end
 
+-- rows `idx` (1-based, ascending) of x (BN, ...), or x itself when all
+local function pick_rows(x, idx)
+  if #idx == x:size(1) then return x end
+  local parts = {}
+  for i, k in ipairs(idx) do parts[i] = x:narrow(1, k, 1) end
+  return T.cat(parts, 1)
+end
+
 -- image_embeddings (B, C, h, w), sparse (B, N, K, C) or nil, dense
 -- (B*N | B | 1, C, h, w), multimask → low-res mask logits (B, N, M, 4h, 4w)
 -- and IoU predictions (B, N, M): M = num_multimask_outputs (mask tokens
 -- 2..) with multimask, else 1 (mask token 1).
+-- opts.mask_filter = function(iou (B*N, M)) → ascending list of prompts
+-- (1-based over B*N): the IoU head runs first and only those prompts'
+-- masks are upscaled; masks is then (#list, M, 4h, 4w) and the list comes
+-- third (the automatic mask generator's predicted-IoU filter).
 -- opts (all off by default), PerSAM's two decoder changes as transformers
 -- names them, with Personalize-SAM's semantics (its persam.py is the
 -- method; the two switches give transformers' where it differs):
@@ -675,6 +854,8 @@ end
 --     positional embedding from the first layer on (reproduced);
 --   target_embedding_final  false leaves it out of the final attention's
 --     q, as transformers' SamTwoWayTransformer does.
+-- Without a mask input per prompt (and one image), the first layer's
+-- image-side projections are computed once for all N prompts.
 -- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder.forward;
 --      Personalize-SAM per_segment_anything/modeling/mask_decoder.py
 function SAM:decode_masks(image_embeddings, sparse, dense, multimask, opts)
@@ -692,7 +873,8 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask, opts)
   if mode ~= nil and mode ~= "probabilities" and mode ~= "logits" then
     error(("sam: attention_similarity_mode must be probabilities or logits, got %s"):format(tostring(mode)), 2)
   end
-  local tr_opts = { target_embedding_final = opts.target_embedding_final, attention_similarity_mode = mode }
+  local tr_opts = { target_embedding_final = opts.target_embedding_final, attention_similarity_mode = mode,
+                    out_tokens = 1 + dec.mask_tokens:size(1) }
   local sim, target = opts.attention_similarity, opts.target_embedding
   if sim then
     local k = sim:numel() / (h * w)
@@ -713,48 +895,56 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask, opts)
   local ntok = out_tokens:size(1)
   local tokens = T.zeros({ bn, ntok, c }) + out_tokens
   if sparse then tokens = T.cat({ tokens, sparse:reshape(bn, sparse:size(3), c) }, 2) end
-  -- per-image data repeated for each prompt of its point batch
-  local src = repeat_interleave(image_embeddings, n)
   local nd = dense:size(1)
-  if nd ~= bn and nd ~= 1 then
-    if nd ~= b then
-      error(("sam: dense embeddings for %d prompts, expected %d, %d or 1"):format(nd, bn, b), 2)
-    end
-    dense = repeat_interleave(dense, n)
+  if nd ~= bn and nd ~= 1 and nd ~= b then
+    error(("sam: dense embeddings for %d prompts, expected %d, %d or 1"):format(nd, bn, b), 2)
   end
+  -- the image tokens (B*N | 1, HW, C): once when every prompt sees the same
+  local shared = b == 1 and nd == 1
+  local src = shared and image_embeddings or repeat_interleave(image_embeddings, n)
+  if not shared and nd == b then dense = repeat_interleave(dense, n) end
   local with_dense = src + dense
-  if n > 1 then src:free() end
+  if not shared and n > 1 then src:free() end
+  local nk = with_dense:size(1)
   local pos = self.image_positional_embeddings
-  local keys = with_dense:reshape(bn, c, h * w):transpose(2, 3):contiguous()   -- (BN, HW, C)
+  local keys = with_dense:reshape(nk, c, h * w):transpose(2, 3):contiguous()   -- (BN | 1, HW, C)
   with_dense:free()
   local key_pe = pos:reshape(1, c, h * w):transpose(2, 3):contiguous()     -- (1, HW, C), broadcast
   local queries
   queries, keys = two_way_transformer(dec.transformer, tokens, keys, key_pe, cfg, tr_opts)
   key_pe:free()
-  -- upscale the image tokens and predict a mask per mask token
-  local img = keys:transpose(2, 3):contiguous():reshape(bn, c, h, w)
-  keys:free()
-  local up = nn.conv_transpose2d(img, dec.upscale_conv1.weight, dec.upscale_conv1.bias, 2)
-  img:free()
-  up = nn.layer_norm_channels(up, dec.upscale_layer_norm.weight, dec.upscale_layer_norm.bias,
-                              SAM_LAYER_NORM_EPS):gelu_()
-  up = nn.conv_transpose2d(up, dec.upscale_conv2.weight, dec.upscale_conv2.bias, 2):gelu_()
-  local uc, uh, uw = up:size(2), up:size(3), up:size(4)
   local mtok = dec.mask_tokens:size(1)
-  local hyper = {}
-  for i = 1, mtok do
-    hyper[i] = feed_forward_forward(dec.output_hypernetworks_mlps[i], queries:select(2, 1 + i))
-  end
-  local hyper_in = T.stack(hyper, 2)                                        -- (BN, Mt, C/8)
-  local masks = hyper_in:matmul(up:reshape(bn, uc, uh * uw))                -- (BN, Mt, 4h*4w)
-  up:free()
-  local iou = feed_forward_forward(dec.iou_prediction_head, queries:select(2, 1))   -- (BN, Mt)
   local first, count = 2, mtok - 1
   if not multimask then first, count = 1, 1 end
-  masks = masks:narrow(2, first, count):contiguous():reshape(b, n, count, uh, uw)
-  iou = iou:narrow(2, first, count):contiguous():reshape(b, n, count)
+  local iou = feed_forward_forward(dec.iou_prediction_head, queries:select(2, 1))   -- (BN, Mt)
+  iou = iou:narrow(2, first, count):contiguous()
+  local picked
+  if opts.mask_filter then
+    picked = opts.mask_filter(iou)
+    if #picked < bn and #picked > 0 then
+      local k2, q2 = pick_rows(keys, picked), pick_rows(queries, picked)
+      keys:free()
+      keys, queries = k2, q2
+    end
+  end
+  local nm = picked and #picked or keys:size(1)
+  -- upscale the image tokens and predict a mask per mask token, in one
+  -- pass (core/sam_decoder.c: nothing full size but the masks)
+  local hyper = {}
+  for i = first, first + count - 1 do
+    hyper[#hyper + 1] = feed_forward_forward(dec.output_hypernetworks_mlps[i], queries:select(2, 1 + i))
+  end
+  local hyper_in = T.stack(hyper, 2)                                        -- (BN, M, C/8)
+  local masks = T.empty({ nm, count, 4 * h, 4 * w })
+  if nm > 0 then
+    local u1, u2, ln = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
+    check(C.fm_sam_upscale_masks(masks, keys, h, w, u1.weight, u1.bias, ln.weight, ln.bias,
+                                 SAM_LAYER_NORM_EPS, u2.weight, u2.bias, hyper_in))
+  end
+  keys:free()
   collect()
-  return masks, iou
+  if picked then return masks, iou, picked end
+  return masks:reshape(b, n, count, 4 * h, 4 * w), iou:reshape(b, n, count)
 end
 
 -- forward(pixel_values or nil, prompt, opts) → masks, iou, image_embeddings:

@@ -94,6 +94,9 @@ function M.generate_crop_boxes(h, w, n_layers, overlap_ratio)
   return boxes, layers
 end
 
+-- Masks upsampled to the image's size at a time in process_batch.
+local UPSAMPLE_CHUNK = 16
+
 local function to_f32(v) return tonumber(ffi.new("float", v)) end
 
 local function xyxy_to_xywh(b) return { b[1], b[2], b[3] - b[1], b[4] - b[2] } end
@@ -160,13 +163,23 @@ function Generator:progress(msg)
 end
 
 -- Logits (K, H, W) of the masks at flat indices `idx` (1-based over N x M)
--- of one predictor call.
-local function kept_logits(self, logits, low_res, idx)
+-- of one predictor call; `rows` maps a prompt to its row of low_res when
+-- the predictor made masks for some prompts only (predict_batch's
+-- mask_filter).
+local function kept_logits(self, logits, low_res, idx, rows)
   if logits then
     local n, m = logits:size(1), logits:size(2)
     return masks.index_select(logits:reshape(n * m, logits:size(3), logits:size(4)), idx)
   end
   local n, m = low_res:size(1), low_res:size(2)
+  if rows then
+    local mapped = {}
+    for i, k in ipairs(idx) do
+      local p, j = math.floor((k - 1) / m) + 1, (k - 1) % m
+      mapped[i] = (rows[p] - 1) * m + j + 1
+    end
+    idx = mapped
+  end
   local picked = masks.index_select(low_res:reshape(n * m, low_res:size(3), low_res:size(4)), idx)
   local up = self.predictor:upsample_logits(picked)
   picked:free()
@@ -182,30 +195,56 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
   local pts = T.new({ n, 1, 2 })
   local pp = pts:ptr()
   for i, p in ipairs(points) do pp[2 * i - 2], pp[2 * i - 1] = p[1], p[2] end
-  local lazy = pred.upsample_logits ~= nil
-  local logits, iou, low_res = pred:predict_batch(pts, T.ones({ n, 1 }), {
-    multimask = true, return_logits = true, masks = not lazy })
-  if lazy then logits = nil end
-  local m = iou:size(2)
-
   -- filter by predicted IoU (torch compares float32 scores with the
   -- threshold rounded to float32; so do we, for the same masks at the edge)
-  local iou_v, idx = iou:contiguous():values(), {}
   local iou_thresh, stability_thresh = to_f32(o.pred_iou_thresh), to_f32(o.stability_score_thresh)
+  local function passes(v) return o.pred_iou_thresh <= 0 or v > iou_thresh end
+  -- fmseg's predictor runs the IoU head first and makes masks only for
+  -- the prompts with a mask that passes
+  local function prompts_passing(iou_t)
+    local v, mm, keep = iou_t:contiguous():values(), iou_t:size(2), {}
+    for p = 1, iou_t:size(1) do
+      for j = 1, mm do
+        if passes(v[(p - 1) * mm + j]) then keep[#keep + 1] = p; break end
+      end
+    end
+    return keep
+  end
+  local lazy = pred.upsample_logits ~= nil
+  local logits, iou, low_res, picked = pred:predict_batch(pts, T.ones({ n, 1 }), {
+    multimask = true, return_logits = true, masks = not lazy, mask_filter = lazy and prompts_passing or nil })
+  if lazy then logits = nil end
+  local m = iou:size(2)
+  local rows
+  if picked then
+    rows = {}
+    for r, p in ipairs(picked) do rows[p] = r end
+  end
+
+  local iou_v, idx = iou:contiguous():values(), {}
   for k = 1, n * m do
-    if o.pred_iou_thresh <= 0 or iou_v[k] > iou_thresh then idx[#idx + 1] = k end
+    if passes(iou_v[k]) then idx[#idx + 1] = k end
   end
   if #idx == 0 then
     if logits then logits:free() end
     return {}
   end
-  local kept = kept_logits(self, logits, low_res, idx)
+  -- stability score and threshold, UPSAMPLE_CHUNK masks at a time: the
+  -- full-size float logits of a chunk exist, never those of the batch
+  -- (with the filters off that would be 192 x H x W floats)
+  local stability, bins = {}, {}
+  for c0 = 1, #idx, UPSAMPLE_CHUNK do
+    local part = {}
+    for j = c0, math.min(c0 + UPSAMPLE_CHUNK - 1, #idx) do part[#part + 1] = idx[j] end
+    local kept = kept_logits(self, logits, low_res, part, rows)
+    for _, v in ipairs(masks.stability_score(kept, o.mask_threshold, o.stability_score_offset):values()) do
+      stability[#stability + 1] = v
+    end
+    bins[#bins + 1] = masks.threshold(kept, o.mask_threshold)
+    kept:free()
+  end
   if logits then logits:free() end
-
-  -- stability score, then threshold and boxes
-  local stability = masks.stability_score(kept, o.mask_threshold, o.stability_score_offset):values()
-  local bin = masks.threshold(kept, o.mask_threshold)
-  kept:free()
+  local bin = #bins == 1 and bins[1] or T.cat(bins, 1)
   local boxes = masks.masks_to_boxes(bin)
   local near = masks.near_crop_edge(boxes, crop_box, { 0, 0, orig_w, orig_h }):values()
   local bv = boxes:values()

@@ -27,6 +27,9 @@
 --   -- options, see models/sam.lua decode_masks; off by default)
 --   -- → masks (N, M, H, W) uint8 (float32 logits with return_logits),
 --   --   iou (N, M), low_res (N, M, 256, 256)
+--   -- opts.mask_filter = function(iou (N, M)) → ascending prompt indices:
+--   -- only their masks are made (decode_masks' mask_filter); then
+--   -- → nil, iou (N, M), low_res (K, M, 256, 256) of those K, the list
 --
 -- Coordinates are original-image pixels (x, y). Memory: the decoder holds
 -- N copies of the image tokens (N x 4096 x 256 floats, 4 MB each at 1024)
@@ -168,11 +171,12 @@ function Predictor:predict_batch(points, labels, opts)
   prompt.masks = opts.mask_input
   local model = self.model
   local sparse, dense = model:encode_prompt(prompt)
-  local low_res, iou = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false, {
+  local low_res, iou, picked = model:decode_masks(self.image_embeddings, sparse, dense, opts.multimask ~= false, {
     attention_similarity = opts.attention_similarity, target_embedding = opts.target_embedding,
     attention_similarity_mode = opts.attention_similarity_mode,
-    target_embedding_final = opts.target_embedding_final,
+    target_embedding_final = opts.target_embedding_final, mask_filter = opts.mask_filter,
   })
+  if picked then return nil, iou, low_res, picked end                   -- (K, M, h, w), (N, M)
   low_res, iou = low_res:select(1, 1), iou:select(1, 1)                  -- (N, M, h, w), (N, M)
   if opts.masks == false then return nil, iou, low_res end               -- see upsample_logits
   local masks = proc:postprocess_masks(low_res, rhw, ohw, { binarize = not opts.return_logits })
