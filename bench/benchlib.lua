@@ -241,6 +241,30 @@ function M.hook_c(name, kind, shapes)
 end
 M.note = note
 
+-- The products of SAM's decoder kernels (core/sam_decoder.c), which
+-- models/sam.lua calls directly; as hook_c, before the model is required.
+-- Returns the function that undoes the hooks.
+function M.hook_sam_decoder()
+  local undo = M.hook_c("fm_sam_tokens_to_image", "attention", function(_, q, x)
+    local n, r, c = unpack(q:shape())
+    note("attention", n, r, x:size(2), c, 0, 1)
+    note("attention", n, r, c, x:size(2), 0, 0)
+  end)
+  M.hook_c("fm_sam_upscale_masks", "conv_transpose", function(out, keys, _, _, w1, _, _, _, _, w2)
+    local n, t, c = unpack(keys:shape())
+    local c1, c2, m = w1:size(2), w2:size(2), out:size(2)
+    note("conv_transpose", n, t, 4 * c1, c, 0, 0)
+    note("conv_transpose", n, 4 * t, 4 * c2, c1, 0, 0)
+    note("matmul", n, 16 * t, m, c2, 0, 1)
+  end)
+  M.hook_c("fm_sam_image_to_tokens", "attention", function(out, x, _, keys)
+    local n, hs, cx = unpack(keys:shape())
+    note("attention", n, x:size(2), hs, cx, 0, 1)
+    note("attention", n, x:size(2), out:size(3), hs, 0, 0)
+  end)
+  return undo
+end
+
 -- Runs fn once, recording; returns its seconds and the record:
 -- { gemms = {{batch, m, n, k, ta, tb, count}...}, flops, ops = {kind = {calls, time, flops}} }
 function M.record(fn)
