@@ -591,18 +591,24 @@ end
 
 local function layer_norm(x, ln, eps) return nn.layer_norm(x, ln.weight, ln.bias, eps) end
 
--- queries (BN, Tq, C), keys (BN, HW, C) → queries, keys; similarity: see
--- attention (the tokens-to-image attention only).
--- ref: transformers/models/sam/modeling_sam.py, SamTwoWayAttentionBlock
-local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg, similarity, mode)
-  local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+-- The block's first step, the prompt tokens attending to themselves (the
+-- first layer without positional encodings), then layer_norm1.
+local function tokens_self_attention(layer, queries, query_pe, heads, eps)
   if layer.skip_first_layer_pe then
     queries = attention(layer.self_attn, queries, queries, queries, heads)
   else
     local q = queries + query_pe
     queries = queries + attention(layer.self_attn, q, q, queries, heads)
   end
-  queries = layer_norm(queries, layer.layer_norm1, eps)
+  return layer_norm(queries, layer.layer_norm1, eps)
+end
+
+-- queries (BN, Tq, C), keys (BN, HW, C) → queries, keys; similarity: see
+-- attention (the tokens-to-image attention only).
+-- ref: transformers/models/sam/modeling_sam.py, SamTwoWayAttentionBlock
+local function two_way_block(layer, queries, keys, query_pe, key_pe, cfg, similarity, mode)
+  local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
+  queries = tokens_self_attention(layer, queries, query_pe, heads, eps)
   -- tokens attending to the image
   local q, k = queries + query_pe, keys + key_pe
   queries = layer_norm(queries + attention(layer.cross_attn_token_to_image, q, k, keys, heads, similarity, mode),
@@ -743,13 +749,7 @@ end
 -- shared by the prompts), key_pe (1, T, C) → queries, keys (BN, T, C).
 local function two_way_block_fast(layer, queries, keys, query_pe, key_pe, cfg)
   local heads, eps = cfg.num_attention_heads, cfg.layer_norm_eps
-  if layer.skip_first_layer_pe then
-    queries = attention(layer.self_attn, queries, queries, queries, heads)
-  else
-    local q = queries + query_pe
-    queries = queries + attention(layer.self_attn, q, q, queries, heads)
-  end
-  queries = layer_norm(queries, layer.layer_norm1, eps)
+  queries = tokens_self_attention(layer, queries, query_pe, heads, eps)
   -- keys + key_pe: made once when shared, else added block by block (a
   -- single prompt takes the shared path too, so that it gives what it
   -- gives in a batch to the last bit of the products' order)
