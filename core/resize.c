@@ -413,12 +413,9 @@ static int fm__pil_vertical(uint8_t *dst, const uint8_t *src, int64_t n, const f
   return failed ? fm__error("image resize: out of memory") : 0;
 }
 
-// img: (H, W, C) U8 -> out: (OH, OW, C) U8
-/* Bit-exact with PIL for L (C=1) and RGB (C=3). PIL resizes LA and RGBA
- * with premultiplied alpha; here (as in torch) every channel is resampled
- * alike. */
-static int fm__resize_u8(fm_tensor *out, const fm_tensor *img, int32_t mode, bool torch_bits,
-                         const char *what) {
+// The checks both 8-bit image resizers make: img and out non-empty
+// (H, W, C) uint8 with the same C.
+static int fm__check_u8_resize(const fm_tensor *out, const fm_tensor *img, const char *what) {
   char a[128], b[128];
   if (!img || !out) return fm__error("%s: NULL tensor", what);
   if (img->type != FM_U8 || out->type != FM_U8)
@@ -428,6 +425,16 @@ static int fm__resize_u8(fm_tensor *out, const fm_tensor *img, int32_t mode, boo
       img->dims[1] < 1 || out->dims[0] < 1 || out->dims[1] < 1)
     return fm__error("%s: img %s and out %s must be non-empty (H, W, C) with the same C", what,
                      fm__shape_str(img, a, sizeof a), fm__shape_str(out, b, sizeof b));
+  return 0;
+}
+
+// img: (H, W, C) U8 -> out: (OH, OW, C) U8
+/* Bit-exact with PIL for L (C=1) and RGB (C=3). PIL resizes LA and RGBA
+ * with premultiplied alpha; here (as in torch) every channel is resampled
+ * alike. */
+static int fm__resize_u8(fm_tensor *out, const fm_tensor *img, int32_t mode, bool torch_bits,
+                         const char *what) {
+  if (fm__check_u8_resize(out, img, what)) return -1;
   if (mode != FM_BILINEAR && mode != FM_BICUBIC)
     return fm__error("%s: mode %d: only FM_BILINEAR and FM_BICUBIC", what, (int)mode);
   if (!fm__check_contiguous(out, what) || !fm__check_writable(out, what)) return -1;
@@ -632,14 +639,7 @@ static void fm__cv2_area2(uint8_t *dst, const uint8_t *src, int64_t oh, int64_t 
 int fm_image_resize_cv2_linear(fm_tensor *out, const fm_tensor *img) {
   const char *what = "fm_image_resize_cv2_linear";
   char a[128], b[128];
-  if (!img || !out) return fm__error("%s: NULL tensor", what);
-  if (img->type != FM_U8 || out->type != FM_U8)
-    return fm__error("%s: img and out must be uint8, got %s and %s", what, fm_dtype_name(img->type),
-                     fm_dtype_name(out->type));
-  if (img->ndim != 3 || out->ndim != 3 || img->dims[2] != out->dims[2] || img->dims[0] < 1 ||
-      img->dims[1] < 1 || out->dims[0] < 1 || out->dims[1] < 1)
-    return fm__error("%s: img %s and out %s must be non-empty (H, W, C) with the same C", what,
-                     fm__shape_str(img, a, sizeof a), fm__shape_str(out, b, sizeof b));
+  if (fm__check_u8_resize(out, img, what)) return -1;
   if (img->dims[2] < 1 || img->dims[2] > 4)
     return fm__error("%s: img %s: C must be 1..4", what, fm__shape_str(img, a, sizeof a));
   int64_t h = img->dims[0], w = img->dims[1], c = img->dims[2], oh = out->dims[0], ow = out->dims[1];
