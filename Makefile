@@ -2,6 +2,8 @@
 #   make          libfmseg (build/libfmseg.so) and ./fmseg
 #   make deps     install the Debian packages (as root), or print the command
 #   make test     everything: C unit tests, Lua tests, fixture parity
+#   make lint     luacheck over the Lua, every C file with -Werror
+#   make docs     the Lua API reference in docs/api/
 #   make bench    benchmarks (never part of the tests)
 #   make demo     segment a bundled image
 
@@ -27,6 +29,8 @@ LUAJIT  := -lluajit-5.1
 DEPS_DEB := build-essential luajit libluajit-5.1-dev libopenblas-openmp-dev libopenblas-dev \
             liblapacke-dev libstb-dev libyaml-dev libcjson-dev
 DEPS_OPT :=
+# for make lint, make fuzz and make test-asan (CI installs them: make deps-dev)
+DEPS_DEV := lua-check clang
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=build/obj/%.o)
@@ -40,7 +44,7 @@ export FMSEG_FIXTURES
 # Tests leave no text-classifier cache in the user's home.
 test test-lua: export FMSEG_CACHE = off
 
-.PHONY: all deps test test-c test-lua bench demo clean
+.PHONY: all deps deps-dev test test-c test-lua lint docs bench demo clean
 
 all: build/libfmseg.so fmseg
 
@@ -68,6 +72,12 @@ deps:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEPS_DEB) $(DEPS_OPT); \
 	else echo "fmseg needs: sudo apt-get install $(DEPS_DEB)"; exit 1; fi
+
+deps-dev: deps
+	@if dpkg -s $(DEPS_DEV) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEPS_DEV); \
+	else echo "make lint / fuzz / test-asan need: sudo apt-get install $(DEPS_DEV)"; exit 1; fi
 
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BIN)
@@ -98,9 +108,25 @@ bench: deps
 	done
 	@./fmseg run bench/summary.lua
 
+# Lint: luacheck with .luacheckrc, and the C as the build compiles it plus
+# -Werror (objects discarded), so a new warning fails CI.
+LINT_C := $(CORE_SRC) lua/main.c $(TEST_SRC) $(BENCH_SRC)
+lint:
+	@command -v luacheck >/dev/null || { echo "lint: luacheck missing (make deps-dev)"; exit 1; }
+	@luacheck -qq --no-color lua recipes bench tests docs
+	@for f in $(LINT_C); do $(CC) $(CFLAGS) -Itests/c -Werror -c $$f -o /dev/null || exit 1; done
+	@echo "lint: Lua clean (luacheck), $(words $(LINT_C)) C files clean with -Werror"
+
+# The Lua API reference, from the modules' comments (tests/lua/test_docs.lua
+# fails when the committed pages are stale).
+docs: all
+	@./fmseg run docs/apidoc.lua
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	./fmseg demo
 
 clean:
 	rm -rf build fmseg
+
+-include mk/*.mk

@@ -38,7 +38,7 @@ local CONFIG = {
 
 local suite = bench.suite("sam")
 local model = sam.new(CONFIG, bench.random_weights(0.02, 1))
-local predictor = sam.predictor(model)
+local predictor = require("fmseg.sam.predictor").new(model)
 local size = model.config.vision.image_size
 local x = T.randn({ 1, 3, size, size }, 3)
 -- a 1024x1024 encoder pass is ~0.9 TFLOP: one run unless asked

@@ -15,12 +15,11 @@ local what = args[2] or "both"
 
 -- Per-op timing: wrap the nn kernels the decoder calls (after benchlib's
 -- own wrappers, so the floor still records them).
-local ops, wrapped = {}, {}
+local ops = {}
 local profiling = false
 local function shape_key(t) return T.is_tensor(t) and T.shape_string(t:shape()) or "-" end
 local function wrap(name, key_args)
   local fn = nn[name]
-  wrapped[name] = fn
   nn[name] = function(...)
     if not profiling then return fn(...) end
     local a = { ... }

@@ -21,7 +21,7 @@
 -- the model's can, which only lowers the floor.
 local ffi = require("ffi")
 local core = require("fmseg.core")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 
@@ -105,7 +105,7 @@ end
 -- Random weights -------------------------------------------------------------------
 
 -- Weights of whatever shape a loader asks for (the w:has / w:get / w:maybe
--- of fmseg.hf), each in its own memory like a checkpoint's, so that a pass
+-- of fmseg.io.hf), each in its own memory like a checkpoint's, so that a pass
 -- streams as many bytes as with real weights. Values are copied from a
 -- pool of uniform noise with standard deviation `std` (making 860M normal
 -- numbers one by one in Lua would take longer than the benchmark); norms'
@@ -460,8 +460,8 @@ function Suite:add(row)
   print(M.format_row(row))
 end
 
-function Suite:finish(note)
-  if note then print(note) end
+function Suite:finish(footnote)
+  if footnote then print(footnote) end
   write_json(("%s/%s.json"):format(M.OUT, self.name), { suite = self.name, threads = M.threads(), rows = self.rows })
   print()
 end

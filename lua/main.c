@@ -1,5 +1,5 @@
 /* main.c — the fmseg executable: LuaJIT with libfmseg, running
- * lua/fmseg/cli.lua. Lua calls C; C only starts Lua and reports errors. */
+ * lua/fmseg/cli/init.lua. Lua calls C; C only starts Lua and reports errors. */
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>

@@ -18,7 +18,7 @@
 -- (create_model(precision = 'fp16'), inputs.half()), we in float32; the
 -- fixtures run it in float32 (fp16 does not run on the CPU), so its size
 -- is not measured here.
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 
 local recipe = {
   name = "clearclip",

@@ -1,7 +1,7 @@
 -- CLIP, unchanged — the baseline every training-free method improves on:
 -- patch tokens of the ordinary last block through post_layernorm and the
 -- visual projection, compared with the text classifier. The protocol
--- around it is SCLIP's (fmseg.clipseg), so the comparison isolates the
+-- around it is SCLIP's (fmseg.method.clipseg), so the comparison isolates the
 -- last block.
 -- ref: wangf3014/SCLIP clip/model.py (VisionTransformer.forward with
 --      csa=False: the plain last block) and clip_segmentor.py (the
@@ -9,7 +9,7 @@
 --      openai's 0-1 constants x 255); also sinahmr/NACLIP clip/model.py
 --      (arch = 'vanilla', attn_strategy = 'vanilla'). Checked end to end:
 --      tests/fixtures/methods/clip_vanilla-* (tests/tools/methods/clip_vanilla.py).
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 
 local recipe = {
   name = "clip_vanilla",

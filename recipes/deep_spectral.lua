@@ -54,7 +54,7 @@
 -- R.background_first(grid), R.to_image(grid, frame).
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
-local patches = require("fmseg.patches")
+local patches = require("fmseg.method.patches")
 local T = require("fmseg.tensor")
 
 local R = {

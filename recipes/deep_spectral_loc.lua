@@ -17,8 +17,8 @@
 -- Result: kind "instances", one mask and its box; dump.eigenvector (gh, gw),
 -- dump.mask (gh, gw) the component.
 local masks = require("fmseg.masks")
-local patches = require("fmseg.patches")
-local deep_spectral = require("fmseg.recipes").load("deep_spectral")
+local patches = require("fmseg.method.patches")
+local deep_spectral = require("fmseg.method.recipes").load("deep_spectral")
 
 local R = {
   name = "deep_spectral_loc",

@@ -420,9 +420,9 @@ end
 
 function recipe.segment(state, img)
   local p, pipe = state.params, state.pipe
-  local x = recipe.prepare(img, p.image_size, p.crop)
-  local latents = pipe:encode_image(x)
-  x:free()
+  local pixels = recipe.prepare(img, p.image_size, p.crop)
+  local latents = pipe:encode_image(pixels)
+  pixels:free()
   local cap = A.capture({ kinds = { "attn1" }, mean_heads = true })
   local eps = pipe.unet:forward(latents, p.timestep, state.text, { capture = cap })
   eps:free(); latents:free()

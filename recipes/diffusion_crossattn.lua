@@ -80,9 +80,9 @@
 -- loop looks up data[3][0][-15:], the file name; we match by file name.
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
-local config = require("fmseg.config")
+local config = require("fmseg.io.config")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 local A = require("fmseg.models.sd_attention")
 
 local recipe = {
@@ -120,7 +120,7 @@ local recipe = {
   -- present_classes "clip" (models.clip, image-level zero-shot), "file"
   --                 (class_predictions, the official JSON) or "all"
   -- present_threshold  cosine / best cosine a class needs (clip)
-  -- present_templates  text templates for the clip step (fmseg.templates name or list)
+  -- present_templates  text templates for the clip step (fmseg.method.templates name or list)
   -- class_predictions  the official predict_*.json (present_classes: file)
   -- class_predictions_keys  its lists whose union is taken
   defaults = {
@@ -434,8 +434,8 @@ function recipe.setup(params, models, classes, cfg)
     local path = cfg and config.get(cfg, "models.clip")
     if not path then error("diffusion_crossattn: present_classes: clip needs models.clip (a CLIP model directory)", 0) end
     local model = (models.clip) or require("fmseg.models").load("clip", path)
-    local clipseg = require("fmseg.clipseg")
-    local tokenizer = require("fmseg.tokenizer")
+    local clipseg = require("fmseg.method.clipseg")
+    local tokenizer = require("fmseg.text.tokenizer")
     state.clip = {
       model = model, threshold = p.present_threshold,
       processor = require("fmseg.models.clip_processor").load(model.path or path),

@@ -36,9 +36,9 @@
 -- function of a (gh*gw, C) matrix.
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
-local patches = require("fmseg.patches")
+local patches = require("fmseg.method.patches")
 local T = require("fmseg.tensor")
-local deep_spectral = require("fmseg.recipes").load("deep_spectral")
+local deep_spectral = require("fmseg.method.recipes").load("deep_spectral")
 
 local R = {
   name = "dino_kmeans",

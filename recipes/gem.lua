@@ -24,7 +24,7 @@
 -- takes it over each forward's output: the same for a whole image).
 -- Checked end to end against both: tests/fixtures/methods/gem-wrapper and
 -- gem-clearclip-* (tests/tools/methods/gem_family.py).
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 

@@ -23,7 +23,7 @@
 -- The feature → mask step is R.lost(feats, gh, gw, params), a pure
 -- function of a (gh*gw, C) matrix.
 local T = require("fmseg.tensor")
-local patches = require("fmseg.patches")
+local patches = require("fmseg.method.patches")
 
 local R = {
   name = "lost",

@@ -18,15 +18,14 @@
 -- Their PatchEmbed pads the input with zeros at the bottom and right to a
 -- multiple of the patch (padding='corner'), and the score grid of the padded
 -- input is resized to the unpadded size (EncoderDecoder.encode_decode):
--- pad_multiple = "corner" in fmseg.clipseg.
+-- pad_multiple = "corner" in fmseg.method.clipseg.
 -- mmseg's inference takes the softmax of the head's scores as they are
 -- (logit_scale 1); only the refinements use softmax(100 x cos)
 -- (refine_scale).
 -- Checked end to end against the official code: tests/fixtures/methods/
 -- maskclip-*/ (tests/tools/methods/maskclip.py).
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local nn = require("fmseg.nn")
-local T = require("fmseg.tensor")
 
 local recipe = {
   name = "maskclip",

@@ -20,7 +20,7 @@
 -- Checked end to end against the official code (sinahmr/NACLIP 0cac3a6)
 -- by tests/fixtures/methods/naclip-* (tests/tools/methods/sclip_family.py):
 -- logits within 1e-5 relative with PAMR, labels identical.
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local T = require("fmseg.tensor")
 
 local recipe = {

@@ -148,7 +148,7 @@ function recipe.reference(params, models, name)
   if params.output ~= "instances" and params.output ~= "semantic" then
     error(("%s: output must be instances or semantic, got %s"):format(name, tostring(params.output)), 0)
   end
-  local predictor = require("fmseg.models.sam").predictor(models.sam)
+  local predictor = require("fmseg.sam.predictor").new(models.sam)
   local ok, ref = pcall(image.load, params.ref_image)
   if not ok then error(("%s: cannot read the reference image %s: %s"):format(name, params.ref_image, ref), 0) end
   local mask_img = recipe.load_mask(params.ref_mask)

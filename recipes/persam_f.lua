@@ -34,7 +34,7 @@ local ffi = require("ffi")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
-local persam = require("fmseg.recipes").load("persam")
+local persam = require("fmseg.method.recipes").load("persam")
 
 local recipe = {
   name = "persam_f",

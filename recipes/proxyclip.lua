@@ -20,7 +20,7 @@
 -- attention. On proxyclip-dino-pad that is 6.3e-5 of the logits' range,
 -- the same as the official code in float32 against itself in float64
 -- (6.27e-5); labels unchanged.
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 

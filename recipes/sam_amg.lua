@@ -39,7 +39,7 @@ function recipe.generator_options(params)
 end
 
 function recipe.setup(params, models)
-  local predictor = require("fmseg.models.sam").predictor(models.sam)
+  local predictor = require("fmseg.sam.predictor").new(models.sam)
   return { generator = amg.new(predictor, recipe.generator_options(params)) }
 end
 

@@ -13,12 +13,12 @@
 -- ref: MendelXu/zsseg.baseline mask_former/modeling/clip_adapter/utils.py
 --      (expand_box, crop_with_mask) and adapter.py (_preprocess_image);
 --      facebookresearch/ov-seg open_vocab_seg/modeling/clip_adapter (same).
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
-local recipes = require("fmseg.recipes")
+local recipes = require("fmseg.method.recipes")
 local T = require("fmseg.tensor")
-local tokenizer = require("fmseg.tokenizer")
+local tokenizer = require("fmseg.text.tokenizer")
 
 local sam_amg = recipes.load("sam_amg")
 

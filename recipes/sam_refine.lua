@@ -42,7 +42,7 @@
 --      label, since it compares with the already raised scores). With no
 --      kept mask at all the coarse result is returned as it is.
 local ffi = require("ffi")
-local fs = require("fmseg.fs")
+local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")
@@ -315,8 +315,10 @@ local function choose(predictor, comp, iou, low_res, params)
   if params.select == "predicted_iou" then
     -- torch compares the float32 scores with the threshold rounded to float32
     local score = iou:get(1)
-    if not (score > tonumber(ffi.new("float", params.iou_thresh))) then return nil, { predicted_iou = score } end
-    return predictor:upsample_logits(low_res:narrow(1, 1, 1)):select(1, 1), { predicted_iou = score }
+    if score > tonumber(ffi.new("float", params.iou_thresh)) then
+      return predictor:upsample_logits(low_res:narrow(1, 1, 1)):select(1, 1), { predicted_iou = score }
+    end
+    return nil, { predicted_iou = score }   -- NaN too, as in the official comparison
   end
   local logits = predictor:upsample_logits(low_res)                -- (M, H, W)
   local agree = recipe.mask_iou(logits:gt(0), upsampled(comp.mask, logits:size(2), logits:size(3)))
@@ -450,11 +452,11 @@ end
 
 function recipe.setup(params, models, classes)
   check_params(params)
-  return { params = params, classes = classes, predictor = require("fmseg.models.sam").predictor(models.sam) }
+  return { params = params, classes = classes, predictor = require("fmseg.sam.predictor").new(models.sam) }
 end
 
 -- segment(state, img, previous): previous = the result of the recipe this
--- one refines (fmseg.segment passes it), or nil (params.coarse).
+-- one refines (fmseg.method.segment passes it), or nil (params.coarse).
 function recipe.segment(state, img, previous, source)
   local coarse = coarse_of(state, img, previous, source)
   state.predictor:set_image(img)

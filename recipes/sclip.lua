@@ -13,7 +13,7 @@
 -- Checked end to end against the official code (wangf3014/SCLIP b56bd30)
 -- by tests/fixtures/methods/sclip-* (tests/tools/methods/sclip_family.py):
 -- logits within 3e-6 relative (2e-5 with PAMR), labels identical.
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 
 local recipe = {
   name = "sclip",

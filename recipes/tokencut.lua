@@ -24,7 +24,7 @@
 -- function of a (gh*gw, C) matrix; R.split(y, gh, gw) its last part.
 local cluster = require("fmseg.cluster")
 local nn = require("fmseg.nn")
-local patches = require("fmseg.patches")
+local patches = require("fmseg.method.patches")
 local T = require("fmseg.tensor")
 
 local R = {

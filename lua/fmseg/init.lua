@@ -10,8 +10,8 @@ local M = {}
 
 local SUBMODULES = {
   tensor = "fmseg.tensor", nn = "fmseg.nn", image = "fmseg.image",
-  safetensors = "fmseg.safetensors", hf = "fmseg.hf", json = "fmseg.json",
-  config = "fmseg.config", tokenizer = "fmseg.tokenizer", core = "fmseg.core",
+  safetensors = "fmseg.io.safetensors", hf = "fmseg.io.hf", json = "fmseg.io.json",
+  config = "fmseg.io.config", tokenizer = "fmseg.text.tokenizer", core = "fmseg.core",
   util = "fmseg.util",
 }
 

@@ -169,11 +169,9 @@ function M.rle_to_json(rle)
   return M.rle_compress(rle)
 end
 
--- A COCO segmentation (a decoded JSON object or JSON text, counts
--- compressed or not) -> uncompressed rle. Sizes are checked against the
--- counts.
+-- A COCO segmentation (a decoded JSON object, counts compressed or not)
+-- -> uncompressed rle. Sizes are checked against the counts.
 function M.json_to_rle(obj)
-  if type(obj) == "string" then obj = require("fmseg.json").decode(obj, "rle") end
   check_rle(obj)
   local rle = M.rle_decompress(obj)
   local h, w, total = rle.size[1], rle.size[2], 0

@@ -153,8 +153,8 @@ function T.borrow(ptr, shape, dtype, owner)
   local n, arr = to_c_shape(shape)
   local t = wrap(C.fm_tensor_borrow(dtype_code(dtype), n, arr, ptr))
   if owner then
-    local keep = owner
-    return ffi.gc(t, function(h) keep = nil; C.fm_tensor_release(h) end)
+    -- the finalizer holds owner, so the memory lives as long as the tensor
+    return ffi.gc(t, function(h) C.fm_tensor_release(h); return owner end)
   end
   return t
 end

@@ -50,7 +50,7 @@
 -- GPU (clip.load on CUDA keeps the checkpoint's half weights), we and the
 -- fixtures in float32; and rcs / sfr = false (ablations) cannot be set
 -- there (`self.use_rcs=use_rcs,` makes a tuple, always true).
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local core = require("fmseg.core")
 local masks = require("fmseg.masks")
 local nn = require("fmseg.nn")

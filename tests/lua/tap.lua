@@ -70,14 +70,14 @@ end
 -- cfg_edit(cfg) and its weights (name -> tensor) by edit(tensors), both
 -- optional. Returns the path; M.remove_model deletes it.
 function M.scratch_model(dir, edit, cfg_edit)
-  local hf, safetensors = require("fmseg.hf"), require("fmseg.safetensors")
+  local hf, safetensors = require("fmseg.io.hf"), require("fmseg.io.safetensors")
   local tmp = os.tmpname()
   os.remove(tmp)
   os.execute("mkdir -p '" .. tmp .. "'")
   local cfg = hf.read_json(dir .. "/config.json")
   if cfg_edit then cfg_edit(cfg) end
   local out = assert(io.open(tmp .. "/config.json", "wb"))
-  out:write(require("fmseg.json").encode(cfg))
+  out:write(require("fmseg.io.json").encode(cfg))
   out:close()
   local tensors = safetensors.open(dir .. "/model.safetensors"):load_all()
   if edit then edit(tensors) end

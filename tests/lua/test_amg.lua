@@ -6,7 +6,7 @@ local tap = require("tap")
 local T = require("fmseg.tensor")
 local masks = require("fmseg.masks")
 local amg = require("fmseg.sam.amg")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 
 local function f32(v) return T.from_table({ v }):get(1) end   -- v rounded to float32
 
@@ -166,7 +166,7 @@ end
 -- NMS by predicted IoU ------------------------------------------------------------------
 do
   local k = 0
-  local function same_rect(x, y)
+  local function same_rect(_x, _y)
     k = k + 1
     return {
       { fn = rect(5, 5, 25, 20), iou = 0.9 + 0.01 * k },
@@ -183,7 +183,7 @@ end
 -- logits 2 on a 4x4 square, 0 on the ring out to 5x5, -5 elsewhere:
 -- stability = #(> 1) / #(> -1) = 16 / 25; the mask (> 0) is the 4x4 square
 do
-  local function ring(x, y)
+  local function ring(_x, _y)
     local f = function(px, py)
       if px >= 10 and px <= 13 and py >= 10 and py <= 13 then return 2 end
       if px >= 10 and px <= 14 and py >= 10 and py <= 14 then return 0 end
@@ -204,7 +204,7 @@ end
 -- stability 19/20 is float32(0.95), just below the double 0.95: torch keeps
 -- it (it compares with the threshold rounded to float32), and so must we
 do
-  local function nineteen(x, y)
+  local function nineteen(_x, _y)
     local f = function(px, py)
       if py == 10 and px >= 10 and px <= 28 then return 2 end
       if py == 10 and px == 29 then return 0 end
@@ -225,7 +225,7 @@ end
 -- edge; the band touches the inner edge x = 67 of the two left crops and
 -- is dropped there, while at x = 100 the crop edge is the image edge.
 do
-  local function square_and_band(x, y, h, w)
+  local function square_and_band(x, y, _h, w)
     local cx, cy = math.floor(x), math.floor(y)
     return {
       { fn = rect(cx - 3, cy - 3, cx + 3, cy + 3), iou = 0.95 },
@@ -267,7 +267,7 @@ end
 -- score 0, B unchanged: 1) and the second NMS keeps B.
 do
   local S = rect(17, 12, 23, 18)
-  local function a_and_b(x, y)
+  local function a_and_b(x, _y)
     local fn = S
     if x < 20 then fn = function(px, py) if px == 0 and py == 0 then return 5 end return S(px, py) end end
     local v = x < 20 and 0.95 or 0.9
@@ -311,7 +311,7 @@ if dir then
   local image = require("fmseg.image")
   local img = image.load(dir .. "/input.png")
   local h, w = img:size(1), img:size(2)
-  local predictor = sam.predictor(sam.load(dir))
+  local predictor = require("fmseg.sam.predictor").new(sam.load(dir))
   -- random weights: predicted IoUs mean nothing, so the filters are off
   local gen = amg.new(predictor, with({ points_per_side = 4, pred_iou_thresh = 0, stability_score_thresh = 0 }))
   local recs = gen:generate(img)
@@ -359,9 +359,9 @@ end
 -- images and settings (tests/fixtures/methods/sam_amg-*, made by
 -- tests/tools/methods/sam_amg.py from SamAutomaticMaskGenerator) writes
 -- the official records: count, order, RLE, area, bbox, scores, points, crops
-local fs = require("fmseg.fs")
-local hf = require("fmseg.hf")
-local safetensors = require("fmseg.safetensors")
+local fs = require("fmseg.io.fs")
+local hf = require("fmseg.io.hf")
+local safetensors = require("fmseg.io.safetensors")
 local METHODS = "tests/fixtures/methods"
 local image = require("fmseg.image")
 
@@ -463,7 +463,9 @@ do
         for v in got[i]:gmatch("[^,]+") do a[#a + 1] = tonumber(v) end
         for v in want[i]:gmatch("[^,]+") do b[#b + 1] = tonumber(v) end
         for k = 1, #b do
-          if not a[k] or math.abs(a[k] - b[k]) > 1e-4 then why = ("row %d, column %d: %s, the official %s"):format(i - 1, k, got[i], want[i]) end
+          if not a[k] or math.abs(a[k] - b[k]) > 1e-4 then
+            why = ("row %d, column %d: %s, the official %s"):format(i - 1, k, got[i], want[i])
+          end
         end
         local png = image.load(("%s/%d.png"):format(out, i - 2))
         if not why and not same(png:select(3, 1):float():gt(0):values(), seg:select(1, i - 1):float():gt(0):values()) then
@@ -512,7 +514,7 @@ do
   local alt = sam.load(alt_dir)
   local img = image.load(METHODS .. "/sam_amg-crops-rle/image.png")
   local function ious(m)
-    local p = sam.predictor(m)
+    local p = require("fmseg.sam.predictor").new(m)
     p:set_image(img)
     local _, iou = p:predict({ points = { { 40, 30 } }, multimask = true })
     return iou

@@ -1,7 +1,7 @@
--- fmseg.args: the sub-commands' option parser — types, defaults, lists,
+-- fmseg.cli.args: the sub-commands' option parser — types, defaults, lists,
 -- positionals, and one clear error per kind of bad input.
 local tap = require("tap")
-local args = require("fmseg.args")
+local args = require("fmseg.cli.args")
 
 local function pair(s)
   local a, b = s:match("^(%d+)/(%d+)$")

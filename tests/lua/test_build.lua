@@ -4,7 +4,7 @@
 -- ./fmseg and libfmseg.so resolve exactly one OpenBLAS, the OpenMP one,
 -- wherever that build is installed.
 local tap = require("tap")
-local fs = require("fmseg.fs")
+local fs = require("fmseg.io.fs")
 
 local function ldd(path)
   local p = io.popen("ldd " .. fs.quote(path) .. " 2>&1")

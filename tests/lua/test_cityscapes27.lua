@@ -7,9 +7,9 @@
 -- does (source floor((i + 0.5) * in / out)), images bilinear in float.
 local tap = require("tap")
 local tiny = require("tiny_data")
-local config = require("fmseg.config")
+local config = require("fmseg.io.config")
 local core = require("fmseg.core")
-local data = require("fmseg.data")
+local data = require("fmseg.eval.data")
 
 local ROOT = core.root
 local DEF = ROOT .. "/configs/_base_/datasets/cityscapes27.yaml"

@@ -1,7 +1,7 @@
 -- The command line as a user meets it: help, version, info, run, and one
 -- clear line with exit status 1 for every bad input (never a signal).
 local tap = require("tap")
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
 
 local tmp = os.tmpname()
@@ -27,7 +27,7 @@ local rc, out = fmseg("--help")
 tap.ok(rc == 0 and out:find("usage: fmseg") and out:find("parity") and out:find("segment"), "--help lists the commands")
 rc, out = fmseg("--version")
 tap.ok(rc == 0 and out:match("^fmseg %d+%.%d+%.%d+"), "--version")
-local err
+local err, _
 rc, _, err = fmseg("no-such-command")
 tap.ok(rc == 1 and err:find("unknown command 'no%-such%-command'"), "unknown command: exit 1 and a message")
 
@@ -70,7 +70,7 @@ local cases = {
 for _, c in ipairs(cases) do
   local path = tmp .. "/" .. c[1]
   write(path, c[2])
-  rc, out, err = fmseg("info " .. path)
+  rc, _, err = fmseg("info " .. path)
   local lines = select(2, err:gsub("\n", ""))
   tap.ok(rc == 1 and lines == 1 and err:find(c[1], 1, true), "info " .. c[1] .. ": exit 1, one line naming the file", err)
 end

@@ -4,11 +4,11 @@
 local tap = require("tap")
 local clip = require("fmseg.models.clip")
 local clip_processor = require("fmseg.models.clip_processor")
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local image = require("fmseg.image")
 local nn = require("fmseg.nn")
 local parity = require("fmseg.parity")
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
 
 -- Processor geometry (no fixtures needed) ----------------------------------------
@@ -118,7 +118,7 @@ for _, pre in ipairs({ "text_model.", "" }) do
     for name, v in pairs(kept) do t[name] = v end
   end)
   local out = assert(io.open(tdir .. "/config.json", "wb"))
-  out:write(require("fmseg.json").encode(tcfg))
+  out:write(require("fmseg.io.json").encode(tcfg))
   out:close()
   local te = clip.load_text(tdir)
   local got = te:encode(ref:get("input_ids"))
@@ -180,9 +180,9 @@ tap.ok(big.grid[1] == 2 and big.grid[2] == 5, "out.grid is (gh, gw)")
 
 -- Zero-shot classification ------------------------------------------------------------
 
-local ok_tok = pcall(require, "fmseg.tokenizer")
+local ok_tok = pcall(require, "fmseg.text.tokenizer")
 if ok_tok then
-  local classify = require("fmseg.commands.classify")
+  local classify = require("fmseg.cli.classify")
   local labels = { "a photo of a cat.", "road", "sky" }
   local res = classify.classify(dir, dir .. "/input.png", labels)
   local sum = 0
@@ -196,24 +196,26 @@ if ok_tok then
   tap.ok(math.abs(res[1].prob - p[1]) < 1e-5 and math.abs(res[2].prob - p[2]) < 1e-5,
          "classify matches logits_per_image's softmax", ("%g vs %g"):format(res[1].prob, p[1]))
 else
-  tap.skip("classify", "fmseg.tokenizer not available")
+  tap.skip("classify", "fmseg.text.tokenizer not available")
 end
 
 -- with_vision: the same weights under other settings, the model unchanged
 do
   local m = clip.load(dir)
-  local px = ref:get("pixel_values")
-  local base = m:encode_image(px).last
-  local same = m:with_vision({ act = vcfg.hidden_act or "quick_gelu", eps = vcfg.layer_norm_eps }):encode_image(px).last
+  local pixels = ref:get("pixel_values")
+  local base = m:encode_image(pixels).last
+  local own = m:with_vision({ act = vcfg.hidden_act or "quick_gelu", eps = vcfg.layer_norm_eps })
+  local same = own:encode_image(pixels).last
   tap.eq((base - same):abs():max(), 0, "with_vision with the checkpoint's own settings changes nothing")
   local other = m:with_vision({ act = "gelu", eps = 1e-6 })
-  local blk = other.vision.layers[1]
-  local h = T.randn({ 1, 3, vcfg.hidden_size }, 3)
-  tap.near(blk:mlp(h), nn.linear(nn.linear(h, blk.fc1.weight, blk.fc1.bias):gelu(), blk.fc2.weight, blk.fc2.bias),
-           1e-6, "with_vision: the block's MLP runs the given activation")
-  tap.near(blk:ln1(h), nn.layer_norm(h, blk.norm1.weight, blk.norm1.bias, 1e-6), 1e-6, "with_vision: and the given eps")
-  tap.ok((other:encode_image(px).last - base):abs():max() > 0, "with_vision: the tower's output changes")
-  tap.eq((m:encode_image(px).last - base):abs():max(), 0, "with_vision leaves the model itself alone")
+  local block = other.vision.layers[1]
+  local hidden = T.randn({ 1, 3, vcfg.hidden_size }, 3)
+  local mlp = nn.linear(nn.linear(hidden, block.fc1.weight, block.fc1.bias):gelu(), block.fc2.weight, block.fc2.bias)
+  tap.near(block:mlp(hidden), mlp, 1e-6, "with_vision: the block's MLP runs the given activation")
+  tap.near(block:ln1(hidden), nn.layer_norm(hidden, block.norm1.weight, block.norm1.bias, 1e-6), 1e-6,
+           "with_vision: and the given eps")
+  tap.ok((other:encode_image(pixels).last - base):abs():max() > 0, "with_vision: the tower's output changes")
+  tap.eq((m:encode_image(pixels).last - base):abs():max(), 0, "with_vision leaves the model itself alone")
   tap.raises(function() m:with_vision({ act = "swishy" }) end, "swishy", "an unknown activation is refused")
 end
 

@@ -1,7 +1,7 @@
--- The shared protocol of training-free CLIP segmentation (fmseg.clipseg),
+-- The shared protocol of training-free CLIP segmentation (fmseg.method.clipseg),
 -- step by step, on inputs whose right answer is computed by hand here.
 local tap = require("tap")
-local clipseg = require("fmseg.clipseg")
+local clipseg = require("fmseg.method.clipseg")
 local T = require("fmseg.tensor")
 
 local function close(a, b, tol) return math.abs(a - b) <= (tol or 1e-6) end
@@ -188,8 +188,8 @@ local dir = tap.fixtures("clip-tiny")
 if not dir then os.exit(tap.done()) end
 local clip = require("fmseg.models.clip")
 local nn = require("fmseg.nn")
-local safetensors = require("fmseg.safetensors")
-local tokenizer = require("fmseg.tokenizer")
+local safetensors = require("fmseg.io.safetensors")
+local tokenizer = require("fmseg.text.tokenizer")
 local model = clip.load(dir)
 local tok = tokenizer.load(dir)
 local ref = safetensors.open(dir .. "/ref.safetensors")

@@ -9,9 +9,9 @@
 -- ids per coarse class in STEGO's src/data.py Coco.fine_to_coarse.
 local tap = require("tap")
 local tiny = require("tiny_data")
-local config = require("fmseg.config")
+local config = require("fmseg.io.config")
 local core = require("fmseg.core")
-local data = require("fmseg.data")
+local data = require("fmseg.eval.data")
 
 local ROOT = core.root
 local DEF = ROOT .. "/configs/_base_/datasets/coco_stuff27.yaml"
@@ -91,7 +91,9 @@ for i = 0, 181 do
 end
 local bad = {}
 for c = 0, 26 do
-  if tally[c] ~= COUNTS[c] then bad[#bad + 1] = ("%s: %s, want %d"):format(ds.class_names[c + 1], tostring(tally[c]), COUNTS[c]) end
+  if tally[c] ~= COUNTS[c] then
+    bad[#bad + 1] = ("%s: %s, want %d"):format(ds.class_names[c + 1], tostring(tally[c]), COUNTS[c])
+  end
 end
 tap.ok(outside == 0 and #bad == 0, "every fine id 0..181 has a coarse class, as many per class as the official table",
   (outside > 0 and (outside .. " fine ids unmapped; ") or "") .. table.concat(bad, "; "))

@@ -1,8 +1,8 @@
 -- Configs: _base_ inheritance, deep merge, list replacement, _delete_,
 -- typed overrides, errors naming files and keys, dump round trip.
 local tap = require("tap")
-local config = require("fmseg.config")
-local json = require("fmseg.json")
+local config = require("fmseg.io.config")
+local json = require("fmseg.io.json")
 
 local null = json.null
 
@@ -24,12 +24,6 @@ local function same(a, b)
   for k, v in pairs(a) do if not same(v, b[k]) then return false end end
   for k in pairs(b) do if a[k] == nil then return false end end
   return true
-end
-
-local function count(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
 end
 
 local function raises(fn, patterns, name)
@@ -204,10 +198,10 @@ local tricky = {
   maybe = null, t = true, f = false,
   deep = { one = { two = { three = "four" } }, ["key with space"] = 1, ["1"] = "num key" },
 }
-for _, c in ipairs({ { "loaded config", cfg }, { "overridden config", o }, { "tricky values", tricky } }) do
-  local text = config.dump(c[2])
+for _, case in ipairs({ { "loaded config", cfg }, { "overridden config", o }, { "tricky values", tricky } }) do
+  local text = config.dump(case[2])
   local back = config.parse_yaml(text, "dump")
-  tap.ok(same(back, c[2]), "dump reads back as the same table: " .. c[1], text)
+  tap.ok(same(back, case[2]), "dump reads back as the same table: " .. case[1], text)
 end
 local text = config.dump(cfg)
 tap.ok(text:find("\nmodel:\n", 1, true) and text:find("\n  name: clip\n", 1, true),

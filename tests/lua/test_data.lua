@@ -4,10 +4,9 @@
 -- VOC XML boxes, and the errors a missing or malformed dataset gives.
 local tap = require("tap")
 local tiny = require("tiny_data")
-local config = require("fmseg.config")
+local config = require("fmseg.io.config")
 local core = require("fmseg.core")
-local data = require("fmseg.data")
-local T = require("fmseg.tensor")
+local data = require("fmseg.eval.data")
 
 local ROOT = core.root
 local tmp = tiny.tmpdir("data")

@@ -1,18 +1,18 @@
 -- recipes/diffusion_crossattn.lua as DiffSegmenter: the official prompts
 -- and token choice, compel's weighting, the classes-present step (the
--- official JSON and our CLIP), the background sweep through fmseg.runs.
+-- official JSON and our CLIP), the background sweep through fmseg.eval.runs.
 -- Whole runs against the official code: tests/fixtures/methods/
 -- diffusion_crossattn-*/ (tests/tools/methods/diffsegmenter.py).
 local tap = require("tap")
 local T = require("fmseg.tensor")
 local nn = require("fmseg.nn")
-local json = require("fmseg.json")
-local recipes = require("fmseg.recipes")
+local json = require("fmseg.io.json")
+local recipes = require("fmseg.method.recipes")
 
 local R = recipes.load("diffusion_crossattn")
 local SD = "tests/fixtures/methods/models/sd-diffsegmenter-tiny"
 local CLIP = "tests/fixtures/methods/models/clip-b16-tiny"
-local tok = require("fmseg.tokenizer").load(SD .. "/tokenizer")
+local tok = require("fmseg.text.tokenizer").load(SD .. "/tokenizer")
 
 local function params(over)
   local p = {}
@@ -109,7 +109,7 @@ end
 
 local clip_dir = io.open(CLIP .. "/config.json") and CLIP
 if clip_dir then
-  local classes = require("fmseg.classes")
+  local classes = require("fmseg.method.classes")
   local cls = classes.load and classes.load("tests/fixtures/methods/diffusion_crossattn-voc/classes.txt")
   local image = require("fmseg.image")
   local img = image.load("tests/fixtures/methods/diffusion_crossattn-voc/2007_000123.png")
@@ -121,10 +121,8 @@ if clip_dir then
   local clip = require("fmseg.models").load("clip", clip_dir)
   local proc = require("fmseg.models.clip_processor").load(clip_dir)
   local f = nn.normalize(clip:get_image_features(proc:preprocess(img)))
-  local ctok = require("fmseg.tokenizer").load(clip_dir)
-  local rows = {}
-  for i, n in ipairs(state.names) do rows[i] = ctok:encode("a photo of a " .. n .. ".") end
-  local rows_p, lengths = ctok:encode_batch((function()
+  local ctok = require("fmseg.text.tokenizer").load(clip_dir)
+  local rows_p = ctok:encode_batch((function()
     local t = {}
     for i, n in ipairs(state.names) do t[i] = "a photo of a " .. n .. "." end
     return t
@@ -161,7 +159,7 @@ end
 -- Background sweep ------------------------------------------------------------------------
 
 do
-  local classes = require("fmseg.classes")
+  local classes = require("fmseg.method.classes")
   local cls = classes.load("tests/fixtures/methods/diffusion_crossattn-voc/classes.txt")
   local image = require("fmseg.image")
   local img = image.load("tests/fixtures/methods/diffusion_crossattn-voc/2007_000123.png")
@@ -179,7 +177,7 @@ do
   end
 
   -- totals: each value's mIoU, the best as the official picks it
-  local runs = require("fmseg.runs")
+  local runs = require("fmseg.eval.runs")
   local ev = require("fmseg.eval")
   local gt = res.sweep.labels(0.5)
   local k = res.scores:size(1)
@@ -217,8 +215,8 @@ end
 -- have them) resolve: parameters the recipe takes, one class line per
 -- dataset class, the official class names, the official sweep.
 do
-  local config = require("fmseg.config")
-  local classes_mod = require("fmseg.classes")
+  local config = require("fmseg.io.config")
+  local classes_mod = require("fmseg.method.classes")
   local want = {
     voc21 = { n = 21, prompt = "a photograph of {}", style = "append", token = "first", ing = 1, pick = "first",
               probe = { [7] = "buses", [16] = "people" } },

@@ -5,8 +5,8 @@
 local tap = require("tap")
 local T = require("fmseg.tensor")
 local nn = require("fmseg.nn")
-local recipes = require("fmseg.recipes")
-local json = require("fmseg.json")
+local recipes = require("fmseg.method.recipes")
+local json = require("fmseg.io.json")
 
 local diffseg = recipes.load("diffseg")
 local crossattn = recipes.load("diffusion_crossattn")
@@ -86,7 +86,8 @@ do
   local z = T.from_table({ { 0.5, 0.5 - 1e-8, 1e-8 }, { 0.25, 0.25, 0.5 } })
   local kz = diffseg.kl_f16(z, z)
   local nan = kz:get(1, 1)
-  tap.ok(nan ~= nan and kz:get(1, 2) ~= kz:get(1, 2) and kz:get(2, 1) ~= kz:get(2, 1), "an entry that underflows in float16: NaN KL, with itself too")
+  tap.ok(nan ~= nan and kz:get(1, 2) ~= kz:get(1, 2) and kz:get(2, 1) ~= kz:get(2, 1),
+         "an entry that underflows in float16: NaN KL, with itself too")
   tap.eq(kz:get(2, 2), 0, "maps without zeros are unaffected")
   -- the threshold is half(τ): 1.1 → 1.099609375
   local core = require("fmseg.core")
@@ -110,10 +111,10 @@ do
   tap.ok(y0 == 1 and x0 == 63 and c == 375, "centre square of 500x375 (offset (500 - 375) // 2)")
 end
 
--- Evaluation protocol (fmseg.data_protocol): crop, resize, nearest labels ---------------
+-- Evaluation protocol (fmseg.eval.protocol): crop, resize, nearest labels ---------------
 
 do
-  local protocol = require("fmseg.data_protocol")
+  local protocol = require("fmseg.eval.protocol")
   local lab = T.new({ 4, 8 }, "int32")
   local lp = lab:ptr()
   for i = 0, 31 do lp[i] = i end
@@ -221,8 +222,8 @@ local function ref_means(ref, meta, kind, b)
     if name:match("^attn%.") and name:sub(-5) == kind then
       local m = ref:get(name)
       local heads = m:size(1) / 2
-      local rows = m:narrow(1, (b - 1) * heads + 1, heads):mean(1)       -- (q, k)
-      sums[m:size(2)] = sums[m:size(2)] and sums[m:size(2)] + rows or rows
+      local mean = m:narrow(1, (b - 1) * heads + 1, heads):mean(1)       -- (q, k)
+      sums[m:size(2)] = sums[m:size(2)] and sums[m:size(2)] + mean or mean
       counts[m:size(2)] = (counts[m:size(2)] or 0) + 1
     end
   end
@@ -289,7 +290,7 @@ end
 
 local function check_fixture(dir, label)
   local sd = require("fmseg.models.sd")
-  local ref = require("fmseg.safetensors").open(dir .. "/ref.safetensors")
+  local ref = require("fmseg.io.safetensors").open(dir .. "/ref.safetensors")
   local meta = json.decode(io.open(dir .. "/ref.json"):read("*a"))
   local noisy, text = ref:get("noisy_latents"), ref:get("text_embeddings")
   local lh, lw = noisy:size(3), noisy:size(4)
@@ -355,7 +356,7 @@ local dir = tap.fixtures("sd-tiny")
 if dir then
   local ref, meta = check_fixture(dir, "sd-tiny")
   -- the prompt's class tokens: "a photo of a cat." has "cat" at token 5
-  local tok = require("fmseg.tokenizer").load(dir .. "/tokenizer")
+  local tok = require("fmseg.text.tokenizer").load(dir .. "/tokenizer")
   local text_ids, positions = crossattn.prompt_tokens(tok, "a photo of a {}.", { "cat" }, " and ")
   local ids = ref:get("input_ids"):select(1, 1):values()
   local same = text_ids == meta.texts[1]
@@ -388,7 +389,8 @@ if dir then
   local H, W = img:size(1), img:size(2)
 
   local function segment(config, out, sets)
-    local cmd = ("./fmseg segment %s %s --set models.sd=%s --set params.image_size=16 %s -o %s --dump %s/dump.safetensors >%s/log 2>&1")
+    local cmd = ("./fmseg segment %s %s --set models.sd=%s --set params.image_size=16 %s -o %s"
+                 .. " --dump %s/dump.safetensors >%s/log 2>&1")
       :format(config, input, dir, sets or "", out, out, tmp)
     local ok = os.execute(cmd)
     local f = io.open(tmp .. "/log")
@@ -411,7 +413,7 @@ if dir then
   local summary = read_json(out .. "/input.json")
   tap.ok(summary and summary.kind == "segments" and summary.recipe == "diffseg", "diffseg: summary JSON written")
   local labels = image.load_indices(out .. "/input.png")
-  local maps = require("fmseg.safetensors").open(out .. "/dump.safetensors"):get("maps")
+  local maps = require("fmseg.io.safetensors").open(out .. "/dump.safetensors"):get("maps")
   local k = maps:size(1)
   tap.ok(labels:size(1) == H and labels:size(2) == W, "diffseg: label map at the image's size")
   tap.ok(maps:size(2) == 8 and maps:size(3) == 8 and k >= 1, "diffseg: merged maps at the 8x8 latent",
@@ -432,7 +434,7 @@ if dir then
   summary = read_json(out .. "/input.json")
   tap.ok(summary and summary.kind == "semantic" and #summary.classes == 21, "diffusion_crossattn: summary JSON")
   labels = image.load_indices(out .. "/input.png")
-  maps = require("fmseg.safetensors").open(out .. "/dump.safetensors"):get("maps")
+  maps = require("fmseg.io.safetensors").open(out .. "/dump.safetensors"):get("maps")
   tap.ok(labels:size(1) == H and labels:size(2) == W and labels:float():max() <= 20,
          "diffusion_crossattn: labels at the image's size, classes 0..20")
   tap.eq(T.shape_string(maps:shape()), "[20, 8, 8]", "diffusion_crossattn: one map per named class")
@@ -443,8 +445,7 @@ if dir then
   local no_bg = image.load_indices(tmp .. "/no_bg/input.png")
   tap.ok(ok and no_bg:float():min() >= 1, "background below every score: no background")
   ok = segment(cfg, tmp .. "/per_class", all .. "--set params.background=false")
-  summary = read_json(tmp .. "/per_class/input.json")
-  local per = require("fmseg.safetensors").open(tmp .. "/per_class/dump.safetensors"):get("maps")
+  local per = require("fmseg.io.safetensors").open(tmp .. "/per_class/dump.safetensors"):get("maps")
   tap.ok(ok and T.shape_string(per:shape()) == "[21, 8, 8]",
          "background=false: 21 passes (one per class), one map per class")
   os.execute("rm -rf " .. tmp)

@@ -1,6 +1,6 @@
 -- test_dino_recipes.lua — the DINO clustering recipes (TokenCut, LOST, Deep
 -- Spectral Methods and its localisation, k-means) and their tools (fmseg.cluster,
--- fmseg.patches): each recipe's feature → mask step on synthetic patch
+-- fmseg.method.patches): each recipe's feature → mask step on synthetic patch
 -- grids with planted objects and regions, where the right answer is
 -- known exactly; then every recipe end to end through `fmseg segment` on
 -- the tiny DINO / DINOv2 fixtures (random weights: only the shape of the
@@ -8,10 +8,10 @@
 local tap = require("tap")
 local T = require("fmseg.tensor")
 local cluster = require("fmseg.cluster")
-local patches = require("fmseg.patches")
-local recipes = require("fmseg.recipes")
+local patches = require("fmseg.method.patches")
+local recipes = require("fmseg.method.recipes")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 
 local GH, GW, D = 12, 16, 32
 
@@ -104,7 +104,7 @@ do
   tap.ok(math.abs(dy - 1) < 1e-4, "laplacian_eigs: vectors are D-orthonormal (scipy's normalisation)")
 end
 
--- fmseg.patches ------------------------------------------------------------------------
+-- fmseg.method.patches ------------------------------------------------------------------------
 do
   local img = T.new({ 37, 50, 3 }, "uint8")
   local x, frame = patches.input(img, 16, { fit = "pad" })
@@ -116,7 +116,8 @@ do
   local xc, fc = patches.input(img, 16, { fit = "crop" })
   tap.ok(xc:size(3) == 32 and xc:size(4) == 48 and fc.gh == 2 and fc.gw == 3, "patches.input crop: 32x48")
   local _, fr = patches.input(img, 16, { resize = 20 })
-  tap.ok(fr.rh == 20 and fr.rw == 27 and fr.gh == 2 and fr.gw == 2, "patches.input resize: shorter side 20 (27 = int(20 * 50 / 37))")
+  tap.ok(fr.rh == 20 and fr.rw == 27 and fr.gh == 2 and fr.gw == 2,
+         "patches.input resize: shorter side 20 (27 = int(20 * 50 / 37))")
 
   -- to_image: each pixel takes its patch's label; cut to the image (pad) or
   -- extended by the last patch (crop)
@@ -275,7 +276,8 @@ do
   local pa = params_of(dsm, { K = 8, patch = 16, adaptive = true, num_eigenvectors = 3 })
   local va, ea = dsm.eigs(f4, GH, GW, pa)
   local ga, na = dsm.multi_region(va, ea, GH, GW, pa, f4)
-  tap.ok(na == 4 and same_partition(ga, truth), "deep_spectral adaptive (K = 8, num_eigenvectors = 3): the eigengap finds the 4 regions")
+  tap.ok(na == 4 and same_partition(ga, truth),
+         "deep_spectral adaptive (K = 8, num_eigenvectors = 3): the eigengap finds the 4 regions")
   local gb = dsm.multi_region(v4, e4, GH, GW, params_of(dsm, { kmeans_baseline = true }), f4)
   tap.ok(same_partition(gb, truth), "deep_spectral kmeans_baseline: k-means on the features")
 
@@ -325,7 +327,8 @@ do
   tap.ok(x:size(2) == D + 2 and math.abs(x:get(GW + 3, D + 1) - 1.5 / GH * 2) < 1e-6
     and math.abs(x:get(GW + 3, D + 2) - 2.5 / GW * 2) < 1e-6,
     "dino_kmeans.prepare: (row, column) centres times pos_weight appended")
-  tap.raises(function() km.setup(params_of(km, { feature = "attn" }), {}) end, "feature must be", "dino_kmeans: unknown feature refused")
+  tap.raises(function() km.setup(params_of(km, { feature = "attn" }), {}) end, "feature must be",
+             "dino_kmeans: unknown feature refused")
 end
 
 -- LOST's tie order: torch.argsort(-degree, descending=True) on the CPU (torch 1.13.1)
@@ -418,7 +421,7 @@ local CONFIGS = {
   { "configs/deep_spectral/deep_spectral_loc_dino-s16_voc07.yaml", "instances" },
 }
 
-local read_all = require("fmseg.fs").read
+local read_all = require("fmseg.io.fs").read
 
 local tmp = os.tmpname()
 os.remove(tmp)

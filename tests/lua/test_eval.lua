@@ -7,11 +7,10 @@
 local tap = require("tap")
 local tiny = require("tiny_data")
 local core = require("fmseg.core")
-local data = require("fmseg.data")
+local data = require("fmseg.eval.data")
 local ev = require("fmseg.eval")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
-local T = require("fmseg.tensor")
+local json = require("fmseg.io.json")
 
 local ROOT = core.root
 local FMSEG = ROOT .. "/fmseg"
@@ -43,7 +42,8 @@ do
   local m2 = ev.metrics(s2)
   tap.ok(m2.IoU[3] == 0 and m2.Acc[3] ~= m2.Acc[3], "a class only predicted: IoU 0, Acc NaN")
   tap.ok(near(m2.mIoU, (4 / 6 + 0) / 2), "and its IoU 0 enters the mean")
-  tap.raises(function() ev.add(ev.stats(3), { { 3, 0, 1 } }) end, "outside a 3-class table", "entries outside the table are refused")
+  tap.raises(function() ev.add(ev.stats(3), { { 3, 0, 1 } }) end, "outside a 3-class table",
+             "entries outside the table are refused")
 end
 
 -- ---- per-image entries from tensors ----------------------------------------------
@@ -261,7 +261,8 @@ local function same_numbers(got, want, what)
     local g = got.IoU[c] == json.null and 0 / 0 or got.IoU[c]
     local a = got.Acc[c] == json.null and 0 / 0 or got.Acc[c]
     if not near(g, want.IoU[c]) or not near(a, want.Acc[c]) then
-      bad = ("class %d: IoU %s want %s, Acc %s want %s"):format(c - 1, tostring(g), tostring(want.IoU[c]), tostring(a), tostring(want.Acc[c]))
+      bad = ("class %d: IoU %s want %s, Acc %s want %s"):format(c - 1, tostring(g), tostring(want.IoU[c]),
+                                                                tostring(a), tostring(want.Acc[c]))
     end
   end
   return tap.ok(bad == nil, what, bad)
@@ -306,6 +307,7 @@ tap.ok(rc == 0 and identical(metrics_of(FULL), full) and tiny.read(FULL .. "/ite
 -- --limit
 local LIM = tmp .. "/run_limit"
 rc = run(eval_cmd(CFG, VOC, LIM, "--limit 7 --quiet"))
+tap.eq(rc, 0, "--limit 7: exit 0")
 same_numbers(metrics_of(LIM), expected_metrics(range(1, 7), 21), "--limit 7 scores the first 7 images of the split")
 
 -- ---- killed mid-run with SIGKILL, then resumed ------------------------------------------
@@ -359,7 +361,8 @@ do
   run(eval_cmd(CFG, VOC, d1, "--limit 7 --shard 1/2 --quiet"))
   run(eval_cmd(CFG, VOC, d2, "--limit 7 --shard 2/2 --quiet"))
   rc, out = run(("%s merge %s %s -o %s"):format(FMSEG, q(d1), q(d2), q(dm)))
-  tap.ok(rc == 0 and identical(metrics_of(dm), metrics_of(LIM)), "merged shards (separate directories, --limit 7) = the single run", out)
+  tap.ok(rc == 0 and identical(metrics_of(dm), metrics_of(LIM)),
+         "merged shards (separate directories, --limit 7) = the single run", out)
   rc, out = run(("%s merge %s %s -o %s"):format(FMSEG, q(d1), q(d1), q(tmp .. "/dup")))
   tap.ok(rc ~= 0 and out:find("appears twice", 1, true) ~= nil, "a shard given twice is refused")
   rc, out = run(("%s merge %s %s -o %s"):format(FMSEG, q(d1), q(FULL), q(tmp .. "/mixed")))
@@ -399,6 +402,7 @@ end
 local INST = tmp .. "/run_instances"
 do
   rc, out = run(eval_cmd(CFG, VOC, INST, "--set params.mode=instances --set method=test_colors_instances --quiet"))
+  tap.ok(rc == 0, "instances: exit 0", out)
   same_numbers(metrics_of(INST), expected_metrics(range(1, N), 21, 0),
     "instances painted over the background class, scored as semantic labels")
 end
@@ -479,6 +483,7 @@ do
   end
   seg_miou = ev.nanmean(iou)
   rc, out = run(("%s eval %s -o %s --quiet"):format(FMSEG, q(cfg), q(SEG)))
+  tap.ok(rc == 0, "unsupervised segments: exit 0", out)
   same_numbers(metrics_of(SEG), { IoU = iou, Acc = acc, aAcc = sum_tp / ALL, mIoU = ev.nanmean(iou), mAcc = ev.nanmean(acc) },
     "unsupervised segments: per-image Hungarian matching, DiffSeg's tp / fp / fn, inline class list")
 end

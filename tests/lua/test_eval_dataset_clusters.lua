@@ -11,10 +11,10 @@ local tiny = require("tiny_data")
 local cluster = require("fmseg.cluster")
 local core = require("fmseg.core")
 local ev = require("fmseg.eval")
-local fs = require("fmseg.fs")
+local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
-local safetensors = require("fmseg.safetensors")
+local json = require("fmseg.io.json")
+local safetensors = require("fmseg.io.safetensors")
 
 local ROOT = core.root
 local FMSEG = ROOT .. "/fmseg"

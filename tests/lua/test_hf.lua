@@ -2,10 +2,9 @@
 -- index.json naming several files) and BF16 weights load to the same model.
 local tap = require("tap")
 local clip = require("fmseg.models.clip")
-local hf = require("fmseg.hf")
-local json = require("fmseg.json")
-local safetensors = require("fmseg.safetensors")
-local T = require("fmseg.tensor")
+local hf = require("fmseg.io.hf")
+local json = require("fmseg.io.json")
+local safetensors = require("fmseg.io.safetensors")
 local ffi = require("ffi")
 
 local dir = tap.fixtures("clip-tiny")

@@ -2,8 +2,8 @@
 -- (exit 1, each tensor named with its counts), all-zero tensors are
 -- reported without failing (some are zero by design), clean files pass.
 local tap = require("tap")
-local fs = require("fmseg.fs")
-local safetensors = require("fmseg.safetensors")
+local fs = require("fmseg.io.fs")
+local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
 
 local tmp = os.tmpname()
@@ -22,7 +22,8 @@ tap.ok(ok and log:find("check: 0 tensor(s) with NaN or Inf, 0 all zeros", 1, tru
 
 safetensors.save(tmp .. "/zero.safetensors", { mask_token = T.zeros({ 1, 4 }), w = T.ones({ 2 }) })
 ok, log = info(tmp .. "/zero.safetensors")
-tap.ok(ok and log:find("mask_token%s+F32%s+%[1, 4%]%s+<%- all zeros") and log:find("0 tensor(s) with NaN or Inf, 1 all zeros", 1, true),
+tap.ok(ok and log:find("mask_token%s+F32%s+%[1, 4%]%s+<%- all zeros")
+       and log:find("0 tensor(s) with NaN or Inf, 1 all zeros", 1, true),
        "an all-zero tensor is named but does not fail", log)
 
 local bad = T.from_table({ 1, 0 / 0, 2, 1 / 0, -1 / 0 })

@@ -1,7 +1,7 @@
--- fmseg.json: decoding (escapes, numbers, errors with line/col), encoding
+-- fmseg.io.json: decoding (escapes, numbers, errors with line/col), encoding
 -- (sorted keys, shortest round-trip numbers, pretty printing), round trips.
 local tap = require("tap")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 
 local function deep_eq(a, b)
   if a == b then return true end

@@ -4,11 +4,11 @@
 -- scratch fixture: a changed label or logit fails, ties below the margin
 -- do not, a wrong layout names the file and key.
 local tap = require("tap")
-local fs = require("fmseg.fs")
-local hf = require("fmseg.hf")
+local fs = require("fmseg.io.fs")
+local hf = require("fmseg.io.hf")
 local image = require("fmseg.image")
-local safetensors = require("fmseg.safetensors")
-local segment = require("fmseg.segment")
+local safetensors = require("fmseg.io.safetensors")
+local segment = require("fmseg.method.segment")
 local T = require("fmseg.tensor")
 
 local ROOT = "tests/fixtures/methods"

@@ -1,4 +1,4 @@
--- Modifiers (fmseg.modifiers, recipes/modifiers/): a config's `modifiers`
+-- Modifiers (fmseg.method.modifiers, recipes/modifiers/): a config's `modifiers`
 -- list is checked before any image is read (unknown name or parameter, a
 -- capability the base recipe lacks, a layer the model does not have; the
 -- message names the key), every shipped ResCLIP config resolves on each of
@@ -6,10 +6,10 @@
 -- matrix) do what their formulas say. The end-to-end comparison with the
 -- official code is tests/fixtures/methods/resclip-* (test_method_fixtures).
 local tap = require("tap")
-local config = require("fmseg.config")
-local modifiers = require("fmseg.modifiers")
-local recipes = require("fmseg.recipes")
-local segment = require("fmseg.segment")
+local config = require("fmseg.io.config")
+local modifiers = require("fmseg.method.modifiers")
+local recipes = require("fmseg.method.recipes")
+local segment = require("fmseg.method.segment")
 local T = require("fmseg.tensor")
 
 local MODELS = "tests/fixtures/methods/models"
@@ -50,7 +50,7 @@ refused(cfg_of({ recipe = "maskclip", modifiers = RESCLIP }),
         "modifiers[1] (resclip) needs a last block with attention maps to remold; maskclip",
         "a base whose last block has no attention map (MaskCLIP's value path) is refused")
 refused(cfg_of({ recipe = "proxyclip", models = { clip = CLIP12, vfm = MODELS .. "/dino-b8-tiny" }, modifiers = RESCLIP }),
-        "modifiers[1] (resclip) needs a recipe with 'last_block' (see fmseg.modifiers); recipe proxyclip has none",
+        "modifiers[1] (resclip) needs a recipe with 'last_block' (see fmseg.method.modifiers); recipe proxyclip has none",
         "ProxyCLIP (attention on the VFM's grid, no CLIP attention to remold) is refused")
 refused(cfg_of({ recipe = "clearclip", modifiers = RESCLIP }), "pads no window; set params.pad_multiple: 0",
         "ClearCLIP's padded windows, which ResCLIP's segmentor never makes, are refused")
@@ -60,7 +60,7 @@ refused(cfg_of({ recipe = "naclip", modifiers = { { name = "resclip", params = {
 -- ---- every shipped config resolves, on every base -----------------------------------
 
 do
-  local classes_mod = require("fmseg.classes")
+  local classes_mod = require("fmseg.method.classes")
   local checked, problems, bases = 0, {}, {}
   local p = io.popen("ls configs/resclip/*.yaml")
   for path in p:lines() do
@@ -162,7 +162,8 @@ for i = 1, 3 do
 end
 tap.ok(worst < 1e-3, ("SFR: same query, path decay, Gaussian row smoothing, / max (float16: %.1e off)"):format(worst))
 tap.ok(S:select(1, 1):abs():sum() == 0 and S:select(2, 1):abs():sum() == 0, "SFR: the class token's row and column are 0")
-local S_keep = resclip.sfr_attention(T.from_table({ { 1, 2, 1 } }, "int32"), { delete_same_entity = false, sfr_gaussian_std = 5.0 })
+local S_keep = resclip.sfr_attention(T.from_table({ { 1, 2, 1 } }, "int32"),
+                                     { delete_same_entity = false, sfr_gaussian_std = 5.0 })
 tap.ok(S_keep:get(2, 4) > S:get(2, 4), "SFR: without delete_same_entity the pair keeps its full weight")
 
 os.exit(tap.done())

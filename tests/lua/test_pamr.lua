@@ -74,7 +74,8 @@ end
 local img = T.rand({ 3, 9, 13 }, 11, -2, 2)
 local mask = T.rand({ 4, 9, 13 }, 12)
 tap.near(pamr(img, mask, 3, { 1, 2 }), naive_pamr(img, mask, 3, { 1, 2 }), 1e-5, "PAMR, dilations 1 and 2, 3 iterations")
-tap.near(pamr(img, mask, 2, { 8, 16 }), naive_pamr(img, mask, 2, { 8, 16 }), 1e-5, "PAMR with dilations larger than the image (replicate padding)")
+tap.near(pamr(img, mask, 2, { 8, 16 }), naive_pamr(img, mask, 2, { 8, 16 }), 1e-5,
+         "PAMR with dilations larger than the image (replicate padding)")
 local flat = T.full({ 3, 5, 5 }, 1)
 local m = T.rand({ 2, 5, 5 }, 3)
 local once = pamr(flat, m, 1, { 1 })

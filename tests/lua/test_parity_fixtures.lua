@@ -2,8 +2,8 @@
 -- tests/fixtures (other shapes, made with transformers / diffusers): exit 0
 -- and a --dump holding every non-input tensor of ref.json.
 local tap = require("tap")
-local hf = require("fmseg.hf")
-local safetensors = require("fmseg.safetensors")
+local hf = require("fmseg.io.hf")
+local safetensors = require("fmseg.io.safetensors")
 
 local INPUTS = {   -- what each family is given, not asked to compute
   clip = { pixel_values = true, input_ids = true, ["interp.pixel_values"] = true },

@@ -8,10 +8,10 @@
 -- others finish). The whole recipes against the official code:
 -- tests/fixtures/methods/persam*-* (test_method_fixtures.lua).
 local tap = require("tap")
-local fs = require("fmseg.fs")
+local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
-local recipes = require("fmseg.recipes")
+local json = require("fmseg.io.json")
+local recipes = require("fmseg.method.recipes")
 local sam = require("fmseg.models.sam")
 local T = require("fmseg.tensor")
 local viz = require("fmseg.viz")
@@ -26,7 +26,7 @@ local function maxdiff(a, b) return (a - b):abs():max() end
 -- ---- decoder options ----------------------------------------------------------------
 
 do
-  local pred = sam.predictor(model)
+  local pred = require("fmseg.sam.predictor").new(model)
   local img = T.rand({ 48, 64, 3 }, 3):mul_(255):byte()
   pred:set_image(img)
   local s = model.config.prompt.image_embedding_size
@@ -89,7 +89,7 @@ end
 do
   local dir = "tests/fixtures/methods/persam-wide"
   local meta = json.decode(fs.read(dir .. "/method.json"))
-  local ref = require("fmseg.safetensors").open(dir .. "/ref.safetensors")
+  local ref = require("fmseg.io.safetensors").open(dir .. "/ref.safetensors")
   local want = ref:get("step1_low_res")
   local params = { ref_image = dir .. "/" .. meta.params.ref_image, ref_mask = dir .. "/" .. meta.params.ref_mask,
                    output = "semantic" }

@@ -3,11 +3,11 @@
 -- (vision.hidden_states.*, vision.last.{ln1,q,k,v}) and the weights read
 -- straight from model.safetensors with plain tensor ops.
 local tap = require("tap")
-local clipseg = require("fmseg.clipseg")
-local hf = require("fmseg.hf")
+local clipseg = require("fmseg.method.clipseg")
+local hf = require("fmseg.io.hf")
 local nn = require("fmseg.nn")
-local recipes = require("fmseg.recipes")
-local safetensors = require("fmseg.safetensors")
+local recipes = require("fmseg.method.recipes")
+local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
 
 local TOL = 1e-4
@@ -38,12 +38,12 @@ tap.raises(function() R.sclip.setup(recipes.params(R.sclip, { slide_crop = 0, pa
 -- Every shipped config of these methods resolves: known recipe, parameters
 -- the recipe accepts, as many class lines as the dataset has classes.
 do
-  local config = require("fmseg.config")
-  local classes_mod = require("fmseg.classes")
+  local config = require("fmseg.io.config")
+  local classes_mod = require("fmseg.method.classes")
   local checked, problems = 0, {}
   for _, name in ipairs(NAMES) do
-    local p = io.popen(("ls configs/%s/*.yaml 2>/dev/null"):format(name))
-    for path in p:lines() do
+    local listing = io.popen(("ls configs/%s/*.yaml 2>/dev/null"):format(name))
+    for path in listing:lines() do
       local ok, err = pcall(function()
         local cfg = config.load(path)
         local recipe = recipes.load(config.get(cfg, "recipe"))
@@ -56,7 +56,7 @@ do
       checked = checked + 1
       if not ok then problems[#problems + 1] = path .. ": " .. tostring(err) end
     end
-    p:close()
+    listing:close()
   end
   tap.ok(checked == 8 * #NAMES and #problems == 0,
          ("the %d configs (8 datasets x %d methods) resolve"):format(checked, #NAMES), table.concat(problems, "\n"))

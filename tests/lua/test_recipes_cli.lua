@@ -4,10 +4,10 @@
 -- must agree with each other.
 local tap = require("tap")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
-local safetensors = require("fmseg.safetensors")
-local classes_mod = require("fmseg.classes")
-local config = require("fmseg.config")
+local json = require("fmseg.io.json")
+local safetensors = require("fmseg.io.safetensors")
+local classes_mod = require("fmseg.method.classes")
+local config = require("fmseg.io.config")
 
 local dir = tap.fixtures("clip-tiny")
 if not dir then os.exit(tap.done()) end
@@ -17,7 +17,7 @@ local tmp = os.tmpname()
 os.remove(tmp)
 os.execute(("mkdir -p '%s'"):format(tmp))
 
-local read = require("fmseg.fs").read
+local read = require("fmseg.io.fs").read
 
 local RECIPES = { "clip_vanilla", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "gem" }
 for _, name in ipairs(RECIPES) do

@@ -6,8 +6,8 @@ local tap = require("tap")
 local T = require("fmseg.tensor")
 local nn = require("fmseg.nn")
 local image = require("fmseg.image")
-local safetensors = require("fmseg.safetensors")
-local json = require("fmseg.json")
+local safetensors = require("fmseg.io.safetensors")
+local json = require("fmseg.io.json")
 local sam = require("fmseg.models.sam")
 local processor = require("fmseg.sam.processor")
 local predictor = require("fmseg.sam.predictor")
@@ -219,7 +219,8 @@ for _, name in ipairs({ "points", "box", "points_box" }) do
     local want = ref:get(key .. ".pred_masks")
     tap.near(low, want:reshape(unpack(low:shape())), TOL, "predictor, original-pixel prompts: " .. key .. ".pred_masks")
     tap.near(iou, ref:get(key .. ".iou_scores"):reshape(iou:numel()), TOL, "predictor: " .. key .. ".iou_scores")
-    tap.eq(T.shape_string(masks:shape()), T.shape_string({ low:size(1), H, W }), "predictor: " .. key .. " masks at the original size")
+    tap.eq(T.shape_string(masks:shape()), T.shape_string({ low:size(1), H, W }),
+           "predictor: " .. key .. " masks at the original size")
     first[key] = { masks = masks, iou = iou, low = low }
   end
 end
@@ -264,7 +265,7 @@ do
   tap.eq(T.shape_string(bm:shape()), T.shape_string({ 3, 3, H, W }), "predict_batch: masks (N, 3, H, W)")
   tap.eq(T.shape_string(blow:shape()), "[3, 3, 32, 32]", "predict_batch: low-res logits (N, 3, 32, 32)")
   for i = 1, 3 do
-    local m, iou, low = p:predict({ points = pts:select(1, i), labels = labs:select(1, i) })
+    local _, iou, low = p:predict({ points = pts:select(1, i), labels = labs:select(1, i) })
     tap.near(blow:select(1, i), low, BATCH_TOL, ("predict_batch: prompt %d low-res logits as alone"):format(i))
     tap.near(biou:select(1, i), iou, BATCH_TOL, ("predict_batch: prompt %d IoU as alone"):format(i))
   end
@@ -315,7 +316,7 @@ do
     tap.ok(on > 0 and on < H * W, "fmseg sam: the mask is neither empty nor full")
     os.remove(out)
   end
-  local parse = require("fmseg.commands.sam").parse
+  local parse = require("fmseg.cli.sam").parse
   tap.raises(function() parse({ "img.png", "--point", "1,2", "-o", "m.png" }) end, "no --model",
              "fmseg sam: --model is required")
   tap.raises(function() parse({ "--model", "d", "img.png", "--point", "1", "-o", "m.png" }) end,

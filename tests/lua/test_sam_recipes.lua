@@ -8,10 +8,10 @@
 local tap = require("tap")
 local T = require("fmseg.tensor")
 local image = require("fmseg.image")
-local json = require("fmseg.json")
+local json = require("fmseg.io.json")
 local masks = require("fmseg.masks")
-local recipes = require("fmseg.recipes")
-local segment = require("fmseg.segment")
+local recipes = require("fmseg.method.recipes")
+local segment = require("fmseg.method.segment")
 local viz = require("fmseg.viz")
 
 local refine = recipes.load("sam_refine")
@@ -318,7 +318,7 @@ do
          "refine with probabilities: scores = sigmoid(logit) x coarse probability")
 end
 
--- ---- composition: `refine:` after another recipe, through fmseg.segment ------------------------------
+-- ---- composition: `refine:` after another recipe, through fmseg.method.segment ------------------------------
 
 do
   local dir = tmp .. "/recipes"
@@ -336,7 +336,7 @@ return { segment = function(state, img)
 end }
 ]])
   write("fake_refine.lua", [[
-local base = require("fmseg.recipes").load("sam_refine")
+local base = require("fmseg.method.recipes").load("sam_refine")
 local fake = require("test_sam_recipes_fake")
 return { defaults = base.defaults,
   setup = function(params) return { params = params, predictor = fake.sam() } end,
@@ -525,7 +525,7 @@ if sam_dir then
          "persam end to end: one instance with its two points", err)
   rc, err = fmseg(("configs/persam/persam_vitb.yaml %s%s%s --set params.output=semantic -o %s/persam2"):format(
     input, sam, refs, tmp))
-  ok, summary = outputs(tmp .. "/persam2", h, w, "semantic")
+  ok = outputs(tmp .. "/persam2", h, w, "semantic")
   tap.ok(rc == 0 and ok, "persam end to end: semantic output", err)
   rc, err = fmseg(("configs/persam/persam_vitb.yaml %s%s -o %s/persam3"):format(input, sam, tmp))
   tap.ok(rc == 1 and err:find("ref_image"), "persam without a reference: a clear error", err)

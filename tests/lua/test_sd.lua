@@ -18,9 +18,9 @@ end
 
 local dir = tap.fixtures("sd-tiny")
 if dir then
-  local json = require("fmseg.json")
+  local json = require("fmseg.io.json")
   local meta = json.decode(io.open(dir .. "/ref.json"):read("*a"))
-  local ref = require("fmseg.safetensors").open(dir .. "/ref.safetensors")
+  local ref = require("fmseg.io.safetensors").open(dir .. "/ref.safetensors")
   local fam = require("fmseg.parity.sd")
   local out = fam.compute(dir, ref, meta)
   local inputs = {}
@@ -238,7 +238,7 @@ do
     return #cap.names
   end
   tap.eq(mid_maps(nil), 2, "no mid_block_type key: the cross-attention mid block")
-  tap.eq(mid_maps(require("fmseg.json").null), 0, "mid_block_type null: no mid block")
+  tap.eq(mid_maps(require("fmseg.io.json").null), 0, "mid_block_type null: no mid block")
   tap.raises(function() sd.unet.new(config("UNetMidBlock2DSimpleCrossAttn"), sd.random_weights()) end,
              "mid_block_type 'UNetMidBlock2DSimpleCrossAttn' is not supported", "unsupported mid block refused")
   local ss = config()
@@ -256,8 +256,8 @@ end
 
 -- Loading from disk refuses misshapen and missing tensors by name.
 do
-  local st = require("fmseg.safetensors")
-  local json = require("fmseg.json")
+  local st = require("fmseg.io.safetensors")
+  local json = require("fmseg.io.json")
   local tmp = os.tmpname()
   os.remove(tmp)
   os.execute("mkdir -p " .. tmp)

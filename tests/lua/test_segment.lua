@@ -2,7 +2,7 @@
 -- (higher-scored) masks win where masks overlap, 0 where none covers.
 local tap = require("tap")
 local T = require("fmseg.tensor")
-local segment = require("fmseg.segment")
+local segment = require("fmseg.method.segment")
 
 local a = T.new({ 4, 5 }, "uint8")
 a:narrow(1, 1, 2):fill(1)                 -- rows 1-2

@@ -24,7 +24,7 @@ local function entries()
   return n
 end
 
-local slurp = require("fmseg.fs").read
+local slurp = require("fmseg.io.fs").read
 
 tap.ok(run("a"), "first run")
 tap.eq(entries(), 1, "the classifier is cached")

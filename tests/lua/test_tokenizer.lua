@@ -1,10 +1,10 @@
--- fmseg.tokenizer: ids of the original CLIP tokenizer (fixture), text
+-- fmseg.text.tokenizer: ids of the original CLIP tokenizer (fixture), text
 -- cleaning as simple_tokenizer.py does it, BPE against a naive transcription
 -- of SimpleTokenizer.bpe, truncation and padding.
 local tap = require("tap")
-local tokenizer = require("fmseg.tokenizer")
-local unicode = require("fmseg.unicode")
-local json = require("fmseg.json")
+local tokenizer = require("fmseg.text.tokenizer")
+local unicode = require("fmseg.text.unicode")
+local json = require("fmseg.io.json")
 
 local function list(t) return table.concat(t, ",") end
 local function u(...) -- code points to UTF-8

@@ -2,9 +2,9 @@
 -- three fixtures, loader errors, and the block pieces recipes use.
 local tap = require("tap")
 local vit = require("fmseg.models.vit")
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local parity = require("fmseg.parity")
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
 
 local fam = require("fmseg.parity.vit")

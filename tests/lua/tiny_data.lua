@@ -33,7 +33,7 @@ function M.write(path, text)
   f:close()
 end
 
-M.read = require("fmseg.fs").read
+M.read = require("fmseg.io.fs").read
 
 -- A 0-based row-major Lua array of h*w values → (H, W) int32 tensor.
 function M.grid(h, w, values)
@@ -91,7 +91,8 @@ function M.voc_xml(id, w, h, objects)
     out[#out + 1] = "    <pose>Unspecified</pose>"
     out[#out + 1] = ("    <truncated>%d</truncated>"):format(o.truncated and 1 or 0)
     out[#out + 1] = ("    <difficult>%d</difficult>"):format(o.difficult and 1 or 0)
-    out[#out + 1] = ("    <bndbox>\n      <xmin>%d</xmin>\n      <ymin>%d</ymin>\n      <xmax>%d</xmax>\n      <ymax>%d</ymax>\n    </bndbox>"):format(
+    out[#out + 1] = ("    <bndbox>\n      <xmin>%d</xmin>\n      <ymin>%d</ymin>\n"
+                     .. "      <xmax>%d</xmax>\n      <ymax>%d</ymax>\n    </bndbox>"):format(
       o.box[1], o.box[2], o.box[3], o.box[4])
     out[#out + 1] = "  </object>"
   end

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Generate lua/fmseg/unicode_data.lua and lua/fmseg/html_entities.lua.
+"""Generate lua/fmseg/text/unicode_data.lua and lua/fmseg/text/html_entities.lua.
 
-The CLIP tokenizer (lua/fmseg/tokenizer.lua) reproduces openai/CLIP's
+The CLIP tokenizer (lua/fmseg/text/tokenizer.lua) reproduces openai/CLIP's
 simple_tokenizer.py, which leans on Python: ftfy.fix_text, html.unescape,
 str.lower, str.strip, unicodedata NFC, and the `regex` module's \\p{L}, \\p{N}
 and \\s. This script dumps exactly those tables so fmseg needs no Python at

@@ -51,7 +51,7 @@
 -- blk:ln1, blk:qkv, blk:attend(q, k, v, {mask, scale, probs}), blk:out_proj,
 -- blk:ln2, blk:mlp and blk:forward are the whole block; `override` runs a
 -- function in place of one block inside encode_image.
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local transformer = require("fmseg.models.transformer")
@@ -133,7 +133,7 @@ local CLIP = {}
 CLIP.__index = CLIP
 
 -- new(config, weights, opts): config = decoded config.json, weights with
--- has(name) / get(name, shape) (fmseg.hf weights). opts.text = false loads
+-- has(name) / get(name, shape) (fmseg.io.hf weights). opts.text = false loads
 -- the vision tower only; opts.strict = false allows unknown tensors.
 -- ref: transformers/models/clip/modeling_clip.py, CLIPModel
 function M.new(config, weights, opts)

@@ -17,7 +17,7 @@
 --      center_crop, _fuse_mean_std_and_rescale_factor, _rescale_and_normalize);
 --      torchvision/transforms/v2/functional/_geometry.py (resize_image,
 --      _do_native_uint8_resize_on_cpu)
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local image = require("fmseg.image")
 local T = require("fmseg.tensor")
 
@@ -34,7 +34,7 @@ Processor.__index = Processor
 local function size_spec(size, what)
   if type(size) == "number" then return { shortest_edge = size } end
   if type(size) == "table" and (size.shortest_edge or (size.height and size.width)) then return size end
-  error(("preprocessor_config.json: unsupported %s %s"):format(what, require("fmseg.json").encode(size)), 0)
+  error(("preprocessor_config.json: unsupported %s %s"):format(what, require("fmseg.io.json").encode(size)), 0)
 end
 
 -- new(cfg): cfg is a decoded preprocessor_config.json

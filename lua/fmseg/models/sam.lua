@@ -2,7 +2,7 @@
 -- Face directory: facebook/sam-vit-base, -large and -huge load the same
 -- way, every shape from config.json. Only network modules live here (the
 -- segment-anything layout's modeling/); preprocessing and the stateful
--- predictor are fmseg.sam.processor and fmseg.sam.predictor.
+-- predictor are fmseg.sam.processor and fmseg.sam.predictor (a layer up).
 --
 --   local sam = require("fmseg.models.sam")
 --   local model = sam.load("sam-vit-base")
@@ -25,7 +25,7 @@
 -- tables below mirror transformers' module tree (model.vision_encoder.
 -- layers[i].attn.qkv.weight is "vision_encoder.layers.<i-1>.attn.qkv.weight").
 local core = require("fmseg.core")
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local transformer = require("fmseg.models.transformer")
@@ -226,8 +226,10 @@ local function check_config(v, p, d)
   need(p.hidden_size == d.hidden_size and v.output_channels == d.hidden_size,
        "prompt hidden_size %d, mask decoder hidden_size %d and vision output_channels %d must agree",
        p.hidden_size, d.hidden_size, v.output_channels)
-  need(d.hidden_size >= 8, "mask decoder hidden_size %d is below 8 (the upscaling keeps hidden_size // 8 channels)", d.hidden_size)
-  need(p.mask_input_channels >= 4, "mask_input_channels %d is below 4 (mask_embed keeps mask_input_channels // 4)", p.mask_input_channels)
+  need(d.hidden_size >= 8, "mask decoder hidden_size %d is below 8 (the upscaling keeps hidden_size // 8 channels)",
+       d.hidden_size)
+  need(p.mask_input_channels >= 4, "mask_input_channels %d is below 4 (mask_embed keeps mask_input_channels // 4)",
+       p.mask_input_channels)
   local internal = math.floor(d.hidden_size / d.attention_downsample_rate)
   need(internal % d.num_attention_heads == 0 and d.hidden_size % d.num_attention_heads == 0,
        "mask decoder: %d heads do not divide %d / %d", d.num_attention_heads, d.hidden_size, internal)
@@ -257,7 +259,7 @@ local function image_wide_positional_embeddings(self)
 end
 
 -- new(config, weights, opts): config = decoded config.json; weights with
--- has(name) / get(name, shape) (fmseg.hf weights). opts.strict = false
+-- has(name) / get(name, shape) (fmseg.io.hf weights). opts.strict = false
 -- allows unknown tensors.
 -- ref: transformers/models/sam/modeling_sam.py, SamModel
 function M.new(config, weights, opts)
@@ -288,12 +290,6 @@ end
 
 -- load(path, opts): a SamModel directory (config.json + model.safetensors).
 function M.load(path, opts) return hf.load_model(path, M.new, opts) end
-
--- A predictor (embed once, prompt many times) over `model`; see
--- fmseg.sam.predictor.
-function M.predictor(model, opts)
-  return require("fmseg.sam.predictor").new(model, opts)
-end
 
 -- Vision encoder ------------------------------------------------------------------
 
@@ -451,7 +447,7 @@ local POINT_LABELS = { [1] = true, [0] = true, [-1] = true, [-10] = true }
 -- ref: SamPromptEncoder._embed_points
 function SAM:embed_points(points, labels, pad)
   local pe, cfg = self.prompt_encoder, self.config.prompt
-  local b, n, p = unpack(points:shape())
+  local b, n = unpack(points:shape())
   labels = labels:float()
   for _, l in ipairs(labels:values()) do
     if not POINT_LABELS[l] then

@@ -17,12 +17,12 @@
 --   pipe.unet          fmseg.models.sd_unet       UNet2DConditionModel
 --   pipe.vae           fmseg.models.sd_vae        AutoencoderKL
 --   pipe.scheduler     fmseg.models.sd_scheduler  DDIMScheduler arithmetic
---   pipe.tokenizer     fmseg.tokenizer            CLIP BPE
+--   pipe.tokenizer     fmseg.text.tokenizer            CLIP BPE
 -- sd.attention is fmseg.models.sd_attention (captures and map helpers).
 --
 -- ref: diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py,
 -- StableDiffusionPipeline (encode_prompt, prepare_latents, decode_latents).
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -62,7 +62,7 @@ function M.load(dir, opts)
     check_index(dir, index, part)
     local sub = dir .. "/" .. part
     if part == "text_encoder" then self.text_encoder = M.text.load(sub, opts)
-    elseif part == "tokenizer" then self.tokenizer = require("fmseg.tokenizer").load(sub)
+    elseif part == "tokenizer" then self.tokenizer = require("fmseg.text.tokenizer").load(sub)
     elseif part == "unet" then self.unet = M.unet.load(sub, opts)
     elseif part == "vae" then self.vae = M.vae.load(sub, opts)
     elseif part == "scheduler" then self.scheduler = M.scheduler.load(sub)

@@ -11,7 +11,7 @@
 -- diffusers; we round every value to float32 where they do, so that
 -- alphas_cumprod matches theirs to the last bits, and keep them as a Lua
 -- array (1000 numbers) plus a tensor.
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local T = require("fmseg.tensor")
 local f32 = require("fmseg.models.sd_blocks").f32
 

@@ -18,8 +18,8 @@
 -- are the checkpoint's; attention maps are captured under the same names.
 -- Everything runs in float32, so upcast_attention / upcast_softmax change
 -- nothing here.
-local hf = require("fmseg.hf")
-local json = require("fmseg.json")
+local hf = require("fmseg.io.hf")
+local json = require("fmseg.io.json")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local B = require("fmseg.models.sd_blocks")
@@ -397,7 +397,7 @@ end
 -- Loading -------------------------------------------------------------------------------
 
 -- config: the decoded unet/config.json; w: weights with has/get/maybe
--- (fmseg.hf weights) holding the checkpoint's names.
+-- (fmseg.io.hf weights) holding the checkpoint's names.
 function M.new(config, w)
   local cfg = read_config(config)
   local boc, n = cfg.block_out_channels, #cfg.block_out_channels
@@ -567,7 +567,7 @@ function UNet:forward(sample, timesteps, context, opts)
   else
     x = x:clone()  -- the up path frees its input; the last skip is still needed
   end
-  for i, block in ipairs(self.up_blocks) do
+  for _, block in ipairs(self.up_blocks) do
     local take = #block.resnets
     local size
     if forward_size and block.upsample then

@@ -9,7 +9,7 @@
 -- ref: diffusers/models/autoencoders/autoencoder_kl.py, AutoencoderKL;
 -- diffusers/models/autoencoders/vae.py, Encoder, Decoder,
 -- DiagonalGaussianDistribution.
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local B = require("fmseg.models.sd_blocks")
 
 local M = {}
@@ -185,7 +185,7 @@ local function read_config(config)
 end
 
 -- config: the decoded vae/config.json; w: weights with has/get/maybe
--- (fmseg.hf weights) holding the checkpoint's names.
+-- (fmseg.io.hf weights) holding the checkpoint's names.
 function M.new(config, w)
   local cfg = read_config(config)
   local self = setmetatable({ config = cfg }, VAE)

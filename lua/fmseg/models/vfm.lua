@@ -4,7 +4,7 @@
 --
 --   local vfm = require("fmseg.models.vfm").load("dino-vitb8")
 --   vfm.vfm_type      -- "vit", "dinov2", "dinov2_with_registers" or "sam"
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 
 local M = {}
 

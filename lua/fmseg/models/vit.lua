@@ -29,7 +29,7 @@
 -- model.layers[i] are fmseg.models.transformer blocks (ln1, qkv, attend,
 -- out_proj, ln2, mlp, forward); model:head(tokens) applies the final
 -- layernorm.
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")
 local transformer = require("fmseg.models.transformer")

@@ -9,11 +9,11 @@
 --   labels      label maps equal except where the official top-1 minus
 --               top-2 probability (`margin`) is below 1e-5: such pixels
 --               are an honest tie, counted and reported, not failed
-local fs = require("fmseg.fs")
-local hf = require("fmseg.hf")
+local fs = require("fmseg.io.fs")
+local hf = require("fmseg.io.hf")
 local image = require("fmseg.image")
-local safetensors = require("fmseg.safetensors")
-local segment = require("fmseg.segment")
+local safetensors = require("fmseg.io.safetensors")
+local segment = require("fmseg.method.segment")
 local T = require("fmseg.tensor")
 
 local M = {}

@@ -6,7 +6,8 @@
 --
 --   local sam = require("fmseg.models.sam")
 --   local amg = require("fmseg.sam.amg")
---   local gen = amg.new(sam.predictor(sam.load(dir)), { points_per_side = 32 })
+--   local predictor = require("fmseg.sam.predictor")
+--   local gen = amg.new(predictor.new(sam.load(dir)), { points_per_side = 32 })
 --   local records = gen:generate(img)          -- img (H, W, 3) uint8
 --   -- records[i] = { segmentation = rle, area, bbox = {x, y, w, h},
 --   --   predicted_iou, point_coords = {{x, y}}, stability_score,

@@ -2,7 +2,8 @@
 -- (segment-anything's SamPredictor over transformers' SamModel).
 --
 --   local sam = require("fmseg.models.sam")
---   local p = sam.predictor(sam.load("sam-vit-base"))
+--   local predictor = require("fmseg.sam.predictor")
+--   local p = predictor.new(sam.load("sam-vit-base"))
 --   p:set_image(img)                          -- (H, W, 3) uint8: runs the encoder
 --   local masks, iou, low_res = p:predict({
 --     points = { { 500, 375 }, { 1125, 625 } }, labels = { 1, 0 },

@@ -11,7 +11,7 @@
 --   local logits = proc:postprocess_masks(low_res, resized_hw, original_hw)
 --
 -- Sizes are {h, w} Lua tables.
-local hf = require("fmseg.hf")
+local hf = require("fmseg.io.hf")
 local image = require("fmseg.image")
 local nn = require("fmseg.nn")
 local T = require("fmseg.tensor")

@@ -9,11 +9,11 @@
 --       them (centre square, TF bilinear to 512, VAE mean, t = TIMESTEP, empty prompt): one
 --       (heads, queries, keys) float32 tensor per attn1 layer, named
 --       "<order>.<module path>" in the order the layers ran
-local json = require("fmseg.json")
-local fs = require("fmseg.fs")
+local json = require("fmseg.io.json")
+local fs = require("fmseg.io.fs")
 local T = require("fmseg.tensor")
 local image = require("fmseg.image")
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 
 local mode = arg[1]
 if mode == "shapes" then
@@ -27,7 +27,7 @@ if mode == "shapes" then
     return T.full(shape, 0)
   end
   function w:maybe() return nil end
-  local function dump(prefix, new, cfgfile)
+  local function dump(_prefix, new, cfgfile)
     local before = {}
     for k in pairs(out) do before[k] = true end
     new(json.decode(fs.read(cfgfile)), w)
@@ -42,7 +42,7 @@ if mode == "shapes" then
   f:write(json.encode(res))
   f:close()
 elseif mode == "maps" then
-  local recipes = require("fmseg.recipes")
+  local recipes = require("fmseg.method.recipes")
   local diffseg = recipes.load("diffseg")
   local A = require("fmseg.models.sd_attention")
   local sd = require("fmseg.models.sd")

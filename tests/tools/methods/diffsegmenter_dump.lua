@@ -11,11 +11,11 @@
 --       and every attn1 / attn2 probability map as "<order>.<module path>"
 --       ([heads, queries, keys], the order the layers ran); OUT_PREFIX.json
 --       lists the classes, their prompts and token positions.
-local json = require("fmseg.json")
-local fs = require("fmseg.fs")
+local json = require("fmseg.io.json")
+local fs = require("fmseg.io.fs")
 local T = require("fmseg.tensor")
 local image = require("fmseg.image")
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 
 local function read_json(path) return json.decode(fs.read(path)) end
 local function write_json(path, v)
@@ -26,7 +26,7 @@ end
 
 local mode = arg[1]
 if mode == "tokenize" then
-  local tok = require("fmseg.tokenizer").load(arg[2])
+  local tok = require("fmseg.text.tokenizer").load(arg[2])
   local out = {}
   for i, text in ipairs(read_json(arg[3])) do out[i] = tok:encode(text) end
   write_json(arg[4], out)
@@ -44,7 +44,7 @@ elseif mode == "attn" then
   for _, k in ipairs(meta.param_files or {}) do
     if type(cfg.params[k]) == "string" then cfg.params[k] = at(cfg.params[k]) end
   end
-  local session = require("fmseg.segment").session(cfg)
+  local session = require("fmseg.method.segment").session(cfg)
   local recipe, state = session.recipe, session.state
   local A = require("fmseg.models.sd_attention")
   local path = dir .. "/" .. (meta.image or "image.png")

@@ -43,7 +43,7 @@ from common import METHODS, MODELS, git_commit, save_safetensors, test_image, wr
 COARSE_RECIPE = '''-- The planted coarse segmentation of this fixture (coarse.safetensors:
 -- labels (H, W) int32, probs (C, H, W)), as a semantic recipe's result, so
 -- that sam_refine runs as a `refine:` step (tests/tools/methods/trident_refine.py).
-local safetensors = require("fmseg.safetensors")
+local safetensors = require("fmseg.io.safetensors")
 return {
   name = "coarse_file",
   defaults = { file = "coarse.safetensors" },

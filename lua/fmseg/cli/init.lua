@@ -1,0 +1,70 @@
+-- fmseg.cli — the command line. Each command is the module
+-- fmseg.cli.<name> (`print-config` is cli/print_config.lua) returning
+-- { usage = ..., help = ..., run = function(argv) -> exit code }. Errors
+-- raised anywhere reach main.c, which prints one line and exits 1.
+local M = {}
+
+-- in the order --help lists them
+local COMMANDS = {
+  "run", "info", "parity", "segment", "print-config", "demo",
+  "classify", "sam", "amg", "eval", "merge", "table",
+}
+
+local function load_command(name)
+  return require("fmseg.cli." .. name:gsub("-", "_"))
+end
+
+local function usage_text()
+  local lines = {
+    "fmseg — image segmentation with foundation models (CLIP, DINO, SAM, Stable Diffusion)",
+    "",
+    "usage: fmseg <command> [args]",
+    "",
+  }
+  for _, name in ipairs(COMMANDS) do
+    local c = load_command(name)
+    if #c.usage <= 38 then
+      lines[#lines + 1] = ("  %-38s  %s"):format(c.usage, c.help)
+    else
+      lines[#lines + 1] = "  " .. c.usage
+      lines[#lines + 1] = (" "):rep(42) .. c.help
+    end
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "  fmseg --help | --version"
+  lines[#lines + 1] = "Each command's options: fmseg COMMAND --help."
+  lines[#lines + 1] = "Environment: FMSEG_THREADS (threads), FMSEG_CACHE (text classifiers; off),"
+  lines[#lines + 1] = "  FMSEG_FIXTURES (test fixtures), FMSEG_DEBUG (tracebacks)."
+  return table.concat(lines, "\n")
+end
+
+local function set_threads()
+  local n = tonumber(os.getenv("FMSEG_THREADS") or "")
+  if n then
+    local core = require("fmseg.core")
+    core.C.fm_set_threads(n)
+  end
+end
+
+function M.main(args)
+  local name = args[1]
+  if name == nil or name == "--help" or name == "-h" or name == "help" then
+    print(usage_text())
+    return name == nil and 1 or 0
+  end
+  if name == "--version" or name == "version" then
+    print("fmseg " .. require("fmseg").version())
+    return 0
+  end
+  local known = false
+  for _, c in ipairs(COMMANDS) do known = known or c == name end
+  if not known then
+    error(("unknown command '%s' (fmseg --help lists them)"):format(name), 0)
+  end
+  set_threads()
+  local rest = {}
+  for i = 2, #args do rest[#rest + 1] = args[i] end
+  return load_command(name).run(rest) or 0
+end
+
+return M

@@ -1,0 +1,88 @@
+-- fmseg.io.fs — the few things the Lua side asks of the filesystem: does a
+-- path exist, is it a directory, read a whole file, write one atomically,
+-- make a directory with its parents, which Lua modules a folder holds.
+-- Reading returns nil and the reason; each caller raises its own message
+-- naming the file. Writing raises "cannot write PATH: reason".
+local ffi = require("ffi")
+
+local M = {}
+
+pcall(ffi.cdef, "int getpid(void);")
+
+-- s quoted for the shell (os.execute, io.popen)
+function M.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- Can `path` be opened for reading? (true for directories on Linux too)
+function M.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- The whole file as a string, or nil and io.open's reason
+function M.read(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Writes path through a temporary file and a rename, so that a killed run
+-- never leaves a half-written file: write(tmp) creates the temporary file.
+-- Its name carries the process id, since shards may share a directory.
+function M.atomically(path, write)
+  local tmp = ("%s.tmp%d"):format(path, tonumber(ffi.C.getpid()))
+  local ok, err = pcall(write, tmp)
+  if not ok then
+    os.remove(tmp)
+    error(err, 0)
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    error(("cannot write %s: %s"):format(path, tostring(rerr)), 0)
+  end
+end
+
+-- text into path, atomically; a full disk shows at write or at close
+function M.write_atomic(path, text)
+  M.atomically(path, function(tmp)
+    local f, err = io.open(tmp, "wb")
+    if not f then error(("cannot write %s: %s"):format(path, tostring(err)), 0) end
+    local written, werr = f:write(text)
+    local closed, cerr = f:close()
+    if not (written and closed) then
+      error(("cannot write %s: %s"):format(path, tostring(werr or cerr)), 0)
+    end
+  end)
+end
+
+function M.is_dir(path)
+  local ok = os.execute("test -d " .. M.quote(path))
+  return ok == 0 or ok == true
+end
+
+-- mkdir -p; raises "cannot create directory DIR" when that fails
+function M.mkdir_p(dir)
+  local ok = os.execute("mkdir -p " .. M.quote(dir))
+  if not (ok == 0 or ok == true) then error(("cannot create directory %s"):format(dir), 0) end
+end
+
+-- The names NAME of the files NAME.lua in dir (NAME of letters, digits and
+-- _), sorted; {} when dir cannot be listed. Recipes and modifiers are found so.
+function M.lua_names(dir)
+  local names = {}
+  local p = io.popen(("ls %s 2>/dev/null"):format(M.quote(dir)))
+  if p then
+    for file in p:lines() do
+      local name = file:match("^([%w_]+)%.lua$")
+      if name then names[#names + 1] = name end
+    end
+    p:close()
+  end
+  table.sort(names)
+  return names
+end
+
+return M
