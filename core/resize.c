@@ -83,7 +83,9 @@ static bool fm__axis_nearest(fm__axis *ax, int64_t in, int64_t out) {
 /* floor of the source position, clamped to the last pixel, and the
  * fraction past it in [0, 1] (guard_index_and_lambda) */
 static void fm__guard(float real, int64_t in, int64_t *index, float *lambda) {
-  int64_t i = (int64_t)floorf(real);
+  /* clamped before the cast: a position past int64's range (from an extreme
+   * scale factor, fm_interpolate_scale) made the cast undefined */
+  int64_t i = real < (float)(in - 1) ? (int64_t)floorf(real) : in - 1;
   if (i > in - 1) i = in - 1;
   float l = real - (float)i;
   *index = i;

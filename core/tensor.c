@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,11 +266,16 @@ static double fm__load(const void *p, int32_t dtype) {
   }
 }
 
+/* To I32 and U8: toward zero, saturated, NaN to 0. A plain C cast of NaN
+ * or of a value out of the integer's range is undefined behaviour (UBSan's
+ * float-cast-overflow; x86 stores INT32_MIN, so 1e10 became -2147483648). */
 static void fm__store(void *p, int32_t dtype, double v) {
   switch (dtype) {
   case FM_F32: *(float *)p = (float)v; break;
-  case FM_I32: *(int32_t *)p = (int32_t)v; break;
-  default: *(uint8_t *)p = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); break;
+  case FM_I32:
+    *(int32_t *)p = isnan(v) ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : (int32_t)v;
+    break;
+  default: *(uint8_t *)p = (uint8_t)(v > 0 ? (v < 255 ? v : 255) : 0); break;  /* NaN > 0 is false */
   }
 }
 

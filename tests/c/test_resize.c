@@ -334,7 +334,7 @@ static void naive_fixed(uint8_t *out, const uint8_t *img, int64_t h, int64_t w, 
     if (ow != w) pil_axis(wt, w, ow, xo, mode);
     for (int64_t y = 0; y < h; ++y)
       for (int64_t ch = 0; ch < c; ++ch) {
-        uint8_t v = img[(y * w + xo) * c + ch];
+        uint8_t v = ow != w ? 0 : img[(y * w + xo) * c + ch];   /* xo < w only then */
         if (ow != w) {
           int64_t acc = (int64_t)1 << (bits_x - 1);
           for (int64_t k = 0; k < w; ++k) acc += (int64_t)fixed_coeff(wt[k], bits_x) * img[(y * w + k) * c + ch];
@@ -346,7 +346,7 @@ static void naive_fixed(uint8_t *out, const uint8_t *img, int64_t h, int64_t w, 
   for (int64_t yo = 0; yo < oh; ++yo) {
     if (oh != h) pil_axis(wt, h, oh, yo, mode);
     for (int64_t i = 0; i < ow * c; ++i) {
-      uint8_t v = tmp[yo * ow * c + i];
+      uint8_t v = oh != h ? 0 : tmp[yo * ow * c + i];   /* yo < h only then */
       if (oh != h) {
         int64_t acc = (int64_t)1 << (bits_y - 1);
         for (int64_t k = 0; k < h; ++k) acc += (int64_t)fixed_coeff(wt[k], bits_y) * tmp[k * ow * c + i];
