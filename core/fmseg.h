@@ -47,6 +47,17 @@ void fm_clear_error(void);
 void fm_set_error_message(const char *msg); /* lets callers chain context */
 int fm_set_threads(int n);                /* OpenMP + OpenBLAS; <=0: default */
 int fm_get_threads(void);
+/* Takes OpenBLAS's per-thread work buffers now (fmseg does at start and
+ * after FMSEG_THREADS): -1 with a message when an address-space limit
+ * leaves no room for them, since OpenBLAS itself would retry forever. */
+int fm_blas_reserve(void);
+
+/* SIGINT / SIGTERM (core/interrupt.c): fm_interrupt_catch(1) notes the
+ * first one instead of dying (a second one stops the process as usual);
+ * fm_interrupt_pending() says which arrived (0: none); catch(0) restores
+ * the previous handlers. For loops that can stop between items. */
+int fm_interrupt_catch(int on);
+int fm_interrupt_pending(void);
 
 /* ---- tensors ------------------------------------------------------------ */
 
@@ -90,7 +101,9 @@ fm_tensor *fm_tensor_permute(const fm_tensor *t, const int32_t *dims);
 fm_tensor *fm_tensor_narrow(const fm_tensor *t, int32_t dim, int64_t start, int64_t length);
 fm_tensor *fm_tensor_select(const fm_tensor *t, int32_t dim, int64_t index);
 
-/* Copies. copy_ converts between dtypes and handles any strides. */
+/* Copies. copy_ converts between dtypes and handles any strides; a float
+ * stored as int32 or uint8 rounds toward zero and saturates to the type's
+ * range, NaN becoming 0 (a plain C cast would be undefined there). */
 int fm_tensor_copy_(fm_tensor *dst, const fm_tensor *src);
 fm_tensor *fm_tensor_clone(const fm_tensor *t);           /* contiguous copy */
 fm_tensor *fm_tensor_contiguous(const fm_tensor *t);      /* retain or copy */
@@ -200,7 +213,12 @@ int fm_image_resize_torch(fm_tensor *out, const fm_tensor *img, int32_t mode);
  * downscale is cv2's 2x2 mean (INTER_AREA), an unchanged size a copy. */
 int fm_image_resize_cv2_linear(fm_tensor *out, const fm_tensor *img);
 
-/* Decode PNG/JPEG/BMP/... to (H, W, 3) U8; grey and RGBA become RGB. */
+/* Decode PNG, JPEG or BMP to (H, W, 3) U8; grey and RGBA become RGB.
+ * Images whose header declares more than the pixel limit are refused
+ * before decoding: 2 * 89478485 by default, as PIL refuses them;
+ * fm_image_set_max_pixels(n > 0) sets it (./fmseg: FMSEG_MAX_IMAGE_PIXELS)
+ * and returns the previous limit (n <= 0 only reads it). */
+int64_t fm_image_set_max_pixels(int64_t n);
 fm_tensor *fm_image_load(const char *path);
 fm_tensor *fm_image_load_memory(const uint8_t *bytes, int64_t len);
 /* img: (H, W, C) U8 with C in 1..4 */

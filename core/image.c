@@ -19,6 +19,19 @@
 #define STBIW_ASSERT(x) ((void)0)
 #define STB_IMAGE_STATIC
 #define STBI_FAILURE_USERMSG  /* "Corrupt PNG" rather than "outofdata" */
+/* Only the formats datasets and users hand us: each other reader of stb
+ * 2.27 is attack surface with its own known faults (its PNM header parser
+ * overflows int on "P6 7777777777", found by tests/fuzz/fuzz_image). */
+/* Zeroed allocations: stb 2.27 mallocs its JPEG decoder state, so a scan
+ * whose Huffman table no DHT defined decodes through uninitialised memory
+ * (fuzz_image: a symbol index of -128). Zeroed, such a table decodes every
+ * code as symbol 0, as stb 2.28's memset makes it. */
+#define STBI_MALLOC(size) calloc(1, size)
+#define STBI_REALLOC(p, size) realloc(p, size)
+#define STBI_FREE(p) free(p)
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -31,9 +44,87 @@
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#ifndef __clang__
+/* gcc 12, once stbi_load_from_memory is inlined: the callback fields of
+ * its context, which the memory path never reads */
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <stb_image.h>
 #include <stb_image_write.h>
 #pragma GCC diagnostic pop
+
+/* ---- a guard in front of stb's JPEG decoder -------------------------------- */
+
+/* Debian's stb_image (2.27, libstb-dev 0.0~git20220908) does not check that
+ * a JPEG Huffman table (DHT) lists at most 256 codes: stbi__build_huffman
+ * then writes past its 257-entry size table and the DHT loop past the 256
+ * values, over the rest of the decoder's state (tests/fuzz/fuzz_image
+ * found it with 9 bytes: FF D8 FF C4 15 11 00 E8 28; stb 2.28 added the
+ * check in stbi__process_marker). The header is Debian's, so the file is
+ * checked here first, at every DHT that stb could reach: segment by segment
+ * as stb walks them up to the frame header (SOF), then, because where stb's
+ * entropy decoder stops reading depends on the data, at every FF..FF C4
+ * from there on (inside entropy-coded data an FF is a marker or FF 00). */
+
+/* stb reads zeros past the end of its buffer. */
+static int fm__jpeg_at(const uint8_t *b, size_t n, size_t i) { return i < n ? b[i] : 0; }
+
+/* The DHT segment whose length field is at b[i], read as stb reads it
+ * (tables until the length runs out): false if a table has over 256 codes. */
+static bool fm__jpeg_dht_ok(const uint8_t *b, size_t n, size_t i) {
+  long left = (long)(fm__jpeg_at(b, n, i) << 8 | fm__jpeg_at(b, n, i + 1)) - 2;
+  for (i += 2; left > 0 && i < n;) {
+    int q = b[i++], codes = 0;
+    if (q >> 4 > 1 || (q & 15) > 3) return true;   /* stb refuses the segment */
+    for (int k = 0; k < 16; ++k) codes += fm__jpeg_at(b, n, i++);
+    if (codes > 256) return false;
+    i += (size_t)codes;
+    left -= 17 + codes;
+  }
+  return true;
+}
+
+static bool fm__jpeg_tables_ok(const uint8_t *b, size_t n) {
+  size_t i = 0;                       /* SOI, after any FF fill bytes */
+  while (i < n && b[i] == 0xFF) ++i;
+  if (i == 0 || i >= n || b[i++] != 0xD8) return true;      /* not a JPEG */
+  while (i < n) {                     /* up to SOF: stb skips non-marker bytes */
+    if (b[i++] != 0xFF) continue;
+    while (i < n && b[i] == 0xFF) ++i;
+    if (i >= n) return true;
+    int m = b[i++];
+    if (m == 0xC0 || m == 0xC1 || m == 0xC2) break;
+    bool sized = m == 0xC4 || m == 0xDB || m == 0xDD || (m >= 0xE0 && m <= 0xEF) || m == 0xFE;
+    if (!sized) return true;          /* stb stops at any other marker here */
+    if (m == 0xC4 && !fm__jpeg_dht_ok(b, n, i)) return false;
+    i += (size_t)(fm__jpeg_at(b, n, i) << 8 | fm__jpeg_at(b, n, i + 1));
+  }
+  for (; i < n; ++i) {                /* from SOF on: every FF..FF C4 */
+    if (b[i] != 0xFF) continue;
+    while (i + 1 < n && b[i + 1] == 0xFF) ++i;
+    if (i + 1 < n && b[i + 1] == 0xC4 && !fm__jpeg_dht_ok(b, n, i + 2)) return false;
+  }
+  return true;
+}
+
+/* stb 2.27 grows its IDAT buffer to a chunk's stated length before it finds
+ * the file too short for it: a 197-byte PNG whose IDAT claims 2^30 bytes
+ * makes it realloc 2 GB (fuzz_image). A chunk before IEND that runs past the
+ * end fails in stb anyway, so such files are refused here first. */
+static bool fm__png_chunks_fit(const uint8_t *b, size_t n) {
+  static const uint8_t sig[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+  if (n < 8 || memcmp(b, sig, 8) != 0) return true;        /* not a PNG */
+  size_t pos = 8;
+  while (n - pos >= 8) {                                  /* length, type */
+    uint32_t len = (uint32_t)b[pos] << 24 | (uint32_t)b[pos + 1] << 16 | (uint32_t)b[pos + 2] << 8 | b[pos + 3];
+    if (memcmp(b + pos + 4, "IEND", 4) == 0) return true;
+    if (len > n - pos - 8) return false;
+    pos += 8 + (size_t)len;
+    if (n - pos < 4) return true;                         /* no CRC: stb stops there */
+    pos += 4;
+  }
+  return true;
+}
 
 /* ---- decoding ------------------------------------------------------------ */
 
@@ -47,26 +138,86 @@ static fm_tensor *fm__image_from_stb(unsigned char *pixels, int w, int h) {
   return img;
 }
 
+/* Whole files into memory: stb's JPEG path is checked first (above), and
+ * the palette reader walks the chunks itself. */
+static uint8_t *fm__read_file(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  uint8_t *buf = NULL;
+  size_t cap = 0, len = 0;
+  for (;;) {
+    if (len == cap) {
+      cap = cap ? cap * 2 : 1 << 16;
+      uint8_t *grown = realloc(buf, cap);
+      if (!grown) { free(buf); fclose(f); errno = ENOMEM; return NULL; }
+      buf = grown;
+    }
+    size_t r = fread(buf + len, 1, cap - len, f);
+    len += r;
+    if (r == 0) break;
+  }
+  bool failed = ferror(f);
+  fclose(f);
+  if (failed) { free(buf); errno = EIO; return NULL; }
+  *n = len;
+  return buf;
+}
+
+/* stb believes a header: a 139-byte BMP claiming 9 million rows decodes to
+ * 218 MB of zeros, 2 GB is within reach (fuzz_image found it), so images
+ * above PIL's limit are refused as PIL refuses them, before decoding. */
+static int64_t fm__image_max_pixels = 2 * (1024 * 1024 * 1024 / 4 / 3);
+
+int64_t fm_image_set_max_pixels(int64_t n) {
+  int64_t previous = fm__image_max_pixels;
+  if (n > 0) fm__image_max_pixels = n;
+  return previous;
+}
+
+/* Decodes bytes named `name` in messages ("fm_image_load: PATH" or
+ * "fm_image_load_memory: N bytes"). */
+static fm_tensor *fm__image_decode(const uint8_t *bytes, size_t len, const char *name) {
+  if (!fm__jpeg_tables_ok(bytes, len))
+    return fm__error_null("%s: Corrupt JPEG (a Huffman table lists more than 256 codes)", name);
+  if (!fm__png_chunks_fit(bytes, len))
+    return fm__error_null("%s: Corrupt PNG (a chunk runs past the end of the file)", name);
+  int w, h, n;
+  /* (a BMP's height is negative for top-down rows: stb's info keeps the sign) */
+  if (stbi_info_from_memory(bytes, (int)len, &w, &h, &n)) {
+    int64_t aw = llabs((int64_t)w), ah = llabs((int64_t)h);
+    if (aw * ah > fm__image_max_pixels)
+      return fm__error_null("%s: %" PRId64 "x%" PRId64 " image has more than %" PRId64
+                            " pixels (decompression bomb?); FMSEG_MAX_IMAGE_PIXELS raises the limit",
+                            name, aw, ah, fm__image_max_pixels);
+  }
+  unsigned char *pixels = stbi_load_from_memory(bytes, (int)len, &w, &h, &n, 3);
+  if (!pixels) return fm__error_null("%s: %s", name, stbi_failure_reason());
+  if (w < 1 || h < 1) {   /* stb's PNM reader accepts a height of 0 */
+    stbi_image_free(pixels);
+    return fm__error_null("%s: %dx%d image has no pixels", name, w, h);
+  }
+  return fm__image_from_stb(pixels, w, h);
+}
+
 fm_tensor *fm_image_load(const char *path) {
   if (!path) return fm__error_null("fm_image_load: path is NULL");
-  /* opened here rather than by stb, whose message would not say why */
-  FILE *f = fopen(path, "rb");
-  if (!f) return fm__error_null("fm_image_load: %s: cannot open (%s)", path, strerror(errno));
-  int w, h, n;
-  unsigned char *pixels = stbi_load_from_file(f, &w, &h, &n, 3);
-  fclose(f);
-  if (!pixels) return fm__error_null("fm_image_load: %s: %s", path, stbi_failure_reason());
-  return fm__image_from_stb(pixels, w, h);
+  size_t len = 0;
+  uint8_t *bytes = fm__read_file(path, &len);
+  if (!bytes) return fm__error_null("fm_image_load: %s: cannot open (%s)", path, strerror(errno));
+  char name[4096];
+  snprintf(name, sizeof name, "fm_image_load: %s", path);
+  fm_tensor *img = len > INT_MAX ? fm__error_null("%s: file too large (%zu bytes)", name, len)
+                                 : fm__image_decode(bytes, len, name);
+  free(bytes);
+  return img;
 }
 
 fm_tensor *fm_image_load_memory(const uint8_t *bytes, int64_t len) {
   if (!bytes || len <= 0 || len > INT_MAX)
     return fm__error_null("fm_image_load_memory: bad buffer (%" PRId64 " bytes)", len);
-  int w, h, n;
-  unsigned char *pixels = stbi_load_from_memory(bytes, (int)len, &w, &h, &n, 3);
-  if (!pixels)
-    return fm__error_null("fm_image_load_memory: %" PRId64 " bytes: %s", len, stbi_failure_reason());
-  return fm__image_from_stb(pixels, w, h);
+  char name[64];
+  snprintf(name, sizeof name, "fm_image_load_memory: %" PRId64 " bytes", len);
+  return fm__image_decode(bytes, (size_t)len, name);
 }
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -84,31 +235,62 @@ static bool fm__check_image(const fm_tensor *img, const char *what) {
   return true;
 }
 
-typedef int (*fm__stbi_writer)(const char *path, const fm_tensor *img, int32_t quality);
+/* stb's file writers ignore fwrite's result, so a full disk would leave a
+ * truncated file reported as written: the encoders write through a sink
+ * that remembers a short write instead. */
+typedef struct fm__sink {
+  FILE *f;
+  bool failed;
+  int error;     /* errno of the first failed write */
+} fm__sink;
 
-static int fm__write_png(const char *path, const fm_tensor *img, int32_t quality) {
+static void fm__sink_write(void *ctx, void *data, int size) {
+  fm__sink *s = ctx;
+  if (s->failed || size <= 0) return;
+  errno = 0;
+  if (fwrite(data, 1, (size_t)size, s->f) != (size_t)size) {
+    s->failed = true;
+    s->error = errno ? errno : EIO;
+  }
+}
+
+typedef int (*fm__stbi_writer)(fm__sink *sink, const fm_tensor *img, int32_t quality);
+
+static int fm__write_png(fm__sink *sink, const fm_tensor *img, int32_t quality) {
   int w = (int)img->dims[1], c = (int)img->dims[2];
-  return stbi_write_png(path, w, (int)img->dims[0], c, img->data, w * c);
+  return stbi_write_png_to_func(fm__sink_write, sink, w, (int)img->dims[0], c, img->data, w * c);
 }
 
-static int fm__write_jpg(const char *path, const fm_tensor *img, int32_t quality) {
-  return stbi_write_jpg(path, (int)img->dims[1], (int)img->dims[0], (int)img->dims[2], img->data,
-                        quality);
+static int fm__write_jpg(fm__sink *sink, const fm_tensor *img, int32_t quality) {
+  return stbi_write_jpg_to_func(fm__sink_write, sink, (int)img->dims[1], (int)img->dims[0],
+                                (int)img->dims[2], img->data, quality);
 }
 
-/* Checks, makes the pixels contiguous, writes. */
+/* Checks, makes the pixels contiguous, encodes into the file; a file that
+ * could not be written whole is removed. */
 static int fm__save(const char *path, const fm_tensor *img, int32_t quality, fm__stbi_writer write,
                     const char *what) {
   if (!path) return fm__error("%s: path is NULL", what);
   if (!fm__check_image(img, what)) return -1;
   fm_tensor *c = fm_tensor_contiguous(img);
   if (!c) return -1;
-  errno = 0;
-  int written = write(path, c, quality);
+  fm__sink sink = {.f = fopen(path, "wb")};
+  if (!sink.f) {
+    int err = errno;
+    fm_tensor_release(c);
+    return fm__error("%s: %s: cannot open (%s)", what, path, strerror(err));
+  }
+  int encoded = write(&sink, c, quality);
   fm_tensor_release(c);
-  if (!written)
-    return fm__error("%s: %s: cannot write (%s)", what, path, errno ? strerror(errno) : "encoder failed");
-  return 0;
+  errno = 0;
+  if (fclose(sink.f) != 0 && !sink.failed) {
+    sink.failed = true;
+    sink.error = errno ? errno : EIO;
+  }
+  if (encoded && !sink.failed) return 0;
+  remove(path);
+  if (!encoded) return fm__error("%s: %s: the encoder failed", what, path);
+  return fm__error("%s: %s: cannot write (%s)", what, path, strerror(sink.error));
 }
 
 int fm_image_save_png(const char *path, const fm_tensor *img) {
@@ -226,9 +408,14 @@ int fm_image_save_palette_png(const char *path, const fm_tensor *labels, const u
               fm__write_chunk(f, "PLTE", plte, (uint32_t)nplte * 3) &&
               fm__write_chunk(f, "IDAT", z, (uint32_t)zlen) && fm__write_chunk(f, "IEND", NULL, 0);
   STBIW_FREE(z);
-  if (fclose(f) != 0) good = false;
-  if (!good) return fm__error("%s: %s: write failed (%s)", what, path, strerror(errno));
-  return 0;
+  int err = good ? 0 : errno;
+  if (fclose(f) != 0 && good) {
+    good = false;
+    err = errno;
+  }
+  if (good) return 0;
+  remove(path);   /* never a truncated file that looks written */
+  return fm__error("%s: %s: write failed (%s)", what, path, strerror(err ? err : EIO));
 }
 
 /* The parts of a PNG that fm_image_load_indices needs. */
@@ -345,29 +532,6 @@ static fm_tensor *fm__png_indices(const fm__png *png, const char *path) {
   }
   free(raw);
   return out;
-}
-
-static uint8_t *fm__read_file(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  uint8_t *buf = NULL;
-  size_t cap = 0, len = 0;
-  for (;;) {
-    if (len == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *grown = realloc(buf, cap);
-      if (!grown) { free(buf); fclose(f); errno = ENOMEM; return NULL; }
-      buf = grown;
-    }
-    size_t r = fread(buf + len, 1, cap - len, f);
-    len += r;
-    if (r == 0) break;
-  }
-  bool failed = ferror(f);
-  fclose(f);
-  if (failed) { free(buf); errno = EIO; return NULL; }
-  *n = len;
-  return buf;
 }
 
 fm_tensor *fm_image_load_indices(const char *path) {

@@ -36,6 +36,20 @@ cp(dir .. "/config.json", tmp .. "/sharded/config.json")
 local w = hf.open_weights(tmp .. "/sharded")
 tap.eq(#w:names(), #names, "a sharded checkpoint lists every tensor of its shards")
 
+-- an index that points outside its directory is refused, naming the entry
+do
+  local bad = tmp .. "/outside"
+  os.execute("mkdir -p " .. bad)
+  local name = next(map)
+  for _, file in ipairs({ "../sharded/model-00001-of-00002.safetensors", "/etc/passwd", "" }) do
+    local g = io.open(bad .. "/model.safetensors.index.json", "w")
+    g:write(json.encode({ weight_map = { [name] = file } }))
+    g:close()
+    tap.raises(function() hf.open_weights(bad) end, "must name a shard file in " .. bad,
+               ("a weight_map entry %q is refused"):format(file))
+  end
+end
+
 local ref = safetensors.open(dir .. "/ref.safetensors")
 local px = ref:get("pixel_values")
 local base = clip.load(dir):get_image_features(px)

@@ -155,4 +155,11 @@ if dir then
 end
 tap.raises(function() json.decode_file("/nonexistent/x.json") end, "/nonexistent/x.json", "missing file names the path")
 
+-- exponents past LuaJIT's tonumber (7+ digits) read as Python's float() does
+-- (found by tests/fuzz: they decoded to nil, and an array lost the item)
+local huge = json.decode("[1e9999999, -1e9999999, 1e-9999999, -2.5E+0000009999999, 0e9999999, 2]")
+tap.ok(huge[1] == math.huge and huge[2] == -math.huge and huge[3] == 0 and huge[4] == -math.huge
+       and huge[5] == 0 and huge[6] == 2 and #huge == 6, "huge exponents: inf, -inf and 0, nothing lost")
+tap.ok(json.decode('{"a": 1e9999999}').a == math.huge, "a huge exponent in an object keeps its key")
+
 os.exit(tap.done())

@@ -52,6 +52,11 @@ function M.open_weights(dir, variant)
       if type(map) ~= "table" then error(index .. ": no weight_map", 0) end
       local files, where = {}, {}
       for name, file in pairs(map) do
+        -- a shard is a file of this directory, as the hub writes them
+        if type(file) ~= "string" or file == "" or file:find("/", 1, true) or file == ".." or file == "." then
+          error(("%s: weight_map[%q] must name a shard file in %s, got %s"):format(index, tostring(name), dir,
+            type(file) == "string" and ("%q"):format(file) or type(file)), 0)
+        end
         local path = dir .. "/" .. file
         if not files[path] then
           if not exists(path) then error(("%s names shard %s, which is missing"):format(index, path), 0) end

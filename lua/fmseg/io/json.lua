@@ -169,7 +169,17 @@ function M.decode(s, source)
       if not ee then fail(s, e + 2, source, "digit expected in exponent") end
       e = ee
     end
-    return tonumber(sub(s, pos, e)), e + 1
+    local text = sub(s, pos, e)
+    local number = tonumber(text)
+    if number == nil then
+      -- LuaJIT's tonumber gives up on an exponent of 7 or more digits
+      -- ("1e9999999"); as Python's float(), that is +-inf or +-0
+      local mantissa, exponent = text:match("^(-?[%d.]+)[eE]([-+]?%d+)$")
+      local zero = tonumber(mantissa) == 0
+      local sign = text:sub(1, 1) == "-" and -1 or 1
+      number = (zero or exponent:sub(1, 1) == "-") and sign * 0.0 or sign * math.huge
+    end
+    return number, e + 1
   end
 
   local function read_array(pos, depth)
