@@ -2,6 +2,9 @@
 #   make          libfmseg (build/libfmseg.so) and ./fmseg
 #   make deps     install the Debian packages (as root), or print the command
 #   make test     everything: C unit tests, Lua tests, fixture parity
+#                 (and, with CI set, a short run of every fuzz target)
+#   make test-asan  the whole suite under AddressSanitizer + UBSan (mk/asan.mk)
+#   make fuzz     the libFuzzer targets, FUZZ_TIME s each (mk/fuzz.mk)
 #   make lint     luacheck over the Lua, every C file with -Werror
 #   make docs     the Lua API reference in docs/api/
 #   make bench    benchmarks (never part of the tests)
@@ -29,7 +32,8 @@ LUAJIT  := -lluajit-5.1
 DEPS_DEB := build-essential luajit libluajit-5.1-dev libopenblas-openmp-dev libopenblas-dev \
             liblapacke-dev libstb-dev libyaml-dev libcjson-dev
 DEPS_OPT :=
-# for make lint, make fuzz and make test-asan (CI installs them: make deps-dev)
+# for make lint and make fuzz (CI installs them: make deps-dev); make
+# test-asan needs only gcc's libasan and libubsan, which build-essential brings
 DEPS_DEV := lua-check clang
 
 CORE_SRC := $(wildcard core/*.c)
@@ -63,6 +67,12 @@ build/tests/%: tests/c/%.c tests/c/tap.h build/libfmseg.so
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Itests/c -o $@ $< -Lbuild -lfmseg -Wl,-rpath,'$$ORIGIN/..' $(LIBS)
 
+# LD_PRELOAD'ed by tests/lua/test_eval.lua: a disk that fills up
+FAULT_SHIM := build/tests/fault_shim.so
+$(FAULT_SHIM): tests/c/fault_shim.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -fPIC -shared -Wall -Wextra -o $@ $< -ldl
+
 build/bench/%: bench/%.c build/libfmseg.so
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -Lbuild -lfmseg -Wl,-rpath,'$$ORIGIN/..' $(LIBS)
@@ -79,14 +89,17 @@ deps-dev: deps
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEPS_DEV); \
 	else echo "make lint / fuzz / test-asan need: sudo apt-get install $(DEPS_DEV)"; exit 1; fi
 
+# Under CI the fuzz targets also run briefly from their seed corpora
+# (mk/fuzz.mk, make fuzz-smoke: any crash, leak or hang fails).
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(FAULT_SHIM)
 	@prove --exec 'sh tests/run1' $(TEST_BIN) $(sort $(wildcard tests/lua/test_*.lua))
+	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory fuzz-smoke; fi
 
 test-c: all $(TEST_BIN)
 	@prove --exec 'sh tests/run1' $(TEST_BIN)
 
-test-lua: all
+test-lua: all $(FAULT_SHIM)
 	@prove --exec 'sh tests/run1' $(sort $(wildcard tests/lua/test_*.lua))
 
 # Each suite runs PyTorch's side (bench/torch_SUITE.py, where python3 has
@@ -110,7 +123,7 @@ bench: deps
 
 # Lint: luacheck with .luacheckrc, and the C as the build compiles it plus
 # -Werror (objects discarded), so a new warning fails CI.
-LINT_C := $(CORE_SRC) lua/main.c $(TEST_SRC) $(BENCH_SRC)
+LINT_C := $(CORE_SRC) lua/main.c $(TEST_SRC) tests/c/fault_shim.c $(BENCH_SRC)
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: luacheck missing (make deps-dev)"; exit 1; }
 	@luacheck -qq --no-color lua recipes bench tests docs

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 static _Thread_local char fm__message[1024];
 
@@ -42,6 +44,46 @@ int fm_set_threads(int n) {
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
   return n;
+}
+
+/* OpenBLAS takes a work buffer per thread on its first product (128 MiB:
+ * Debian's 0.3.21 on x86-64, its BUFFER_SIZE) and, when that mmap fails,
+ * retries forever, so under an address-space limit (ulimit -v) a forward
+ * pass would spin instead of failing. The buffers are therefore taken
+ * here, by one product on every thread, once the limit is known to leave
+ * room for them; OpenBLAS keeps them, and a later allocation failure is
+ * ours and reported. */
+static const size_t FM__BLAS_BUFFER = (size_t)128 << 20;
+
+static size_t fm__mapped_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  unsigned long pages = 0;
+  if (f) {
+    if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+    fclose(f);
+  }
+  return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+int fm_blas_reserve(void) {
+  int threads = omp_get_max_threads();
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_AS, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+    size_t used = fm__mapped_bytes();
+    size_t need = used + (size_t)threads * (FM__BLAS_BUFFER + ((size_t)1 << 20)) + ((size_t)64 << 20);
+    if ((size_t)lim.rlim_cur < need)
+      return fm__error("the address-space limit (ulimit -v) of %zu MiB leaves no room for OpenBLAS's "
+                       "work buffers (%d thread(s) x 128 MiB beside the %zu MiB mapped); raise it "
+                       "to at least %zu MiB, or use fewer threads (FMSEG_THREADS=1)",
+                       (size_t)lim.rlim_cur >> 20, threads, used >> 20, (need >> 20) + 1);
+  }
+  enum { N = 512 };   /* big enough that OpenBLAS splits it over every thread */
+  float *a = calloc((size_t)3 * N * N, sizeof *a);
+  if (!a) return fm__error("fm_blas_reserve: out of memory");
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, a + N * N, N, 0.0f,
+              a + 2 * N * N, N);
+  free(a);
+  return 0;
 }
 
 int fm_get_threads(void) { return omp_get_max_threads(); }

@@ -36,9 +36,11 @@
 #include <yaml.h>
 
 /* Nesting (counting what aliases bring in) and output size limits: garbage
- * and alias bombs fail quickly instead of exhausting the stack or memory. */
+ * and alias bombs fail quickly instead of exhausting the stack or memory.
+ * The output's size is known before it is built; YAML here is configs,
+ * which are kilobytes, so 16 MiB is far above any real one. */
 enum { YAML_MAX_DEPTH = 512 };
-static const size_t YAML_MAX_JSON = (size_t)256 << 20;
+static const size_t YAML_MAX_JSON = (size_t)16 << 20;
 
 /* ---- nodes --------------------------------------------------------------- */
 

@@ -63,6 +63,17 @@ int main(int argc, char **argv) {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 
+  /* Threads first (FMSEG_THREADS), then OpenBLAS's buffers for them:
+   * under a too small ulimit -v this is a message, not a hang later. */
+  const char *max_pixels = getenv("FMSEG_MAX_IMAGE_PIXELS");
+  if (max_pixels && *max_pixels) fm_image_set_max_pixels(strtoll(max_pixels, NULL, 10));
+  const char *threads = getenv("FMSEG_THREADS");
+  if (threads && *threads) fm_set_threads(atoi(threads));
+  if (fm_blas_reserve() != 0) {
+    fprintf(stderr, "fmseg: %s\n", fm_last_error());
+    return 1;
+  }
+
   char root[PATH_MAX];
   find_root(root, sizeof root);
 

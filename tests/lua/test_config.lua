@@ -192,7 +192,8 @@ raises(function() config.load(42) end, { "path must be a string" }, "misuse rais
 
 local tricky = {
   strings = { "yes", "No", "1", "0x10", "1e3", "a: b", "#x", "", "line\nbreak", "tab\t",
-              "quote\"", "back\\slash", "-", "[x]", "~", "null", "é", " pad ", "plain_word" },
+              "quote\"", "back\\slash", "-", "[x]", "~", "null", "é", " pad ", "plain_word",
+              "nel\194\133", "ls\226\128\168", "ps\226\128\169" },   -- YAML's other line breaks (fuzz_lua)
   numbers = { 0, -3, 2.5, 1e-4, 1e20, 123456789012, math.huge, -math.huge, 0.1 },
   nested = { { a = 1, b = { 2, 3 } }, { { 4 }, { x = "y" } }, {} },
   maybe = null, t = true, f = false,
@@ -209,6 +210,39 @@ tap.ok(text:find("\nmodel:\n", 1, true) and text:find("\n  name: clip\n", 1, tru
 
 -- .inf reaches Lua as math.huge
 tap.eq(config.parse_yaml("x: -.inf").x, -math.huge, "-.inf decodes to -math.huge")
+
+-- ---- budget: small files that expand too far are refused -----------------------
+
+-- a fan of _base_ lists: 5 x 5 x 5 = 125 reads of one tiny file
+write("fan_c.yaml", "leaf: 1\n")
+write("fan_b.yaml", "_base_: [fan_c.yaml, fan_c.yaml, fan_c.yaml, fan_c.yaml, fan_c.yaml]\n")
+write("fan_a.yaml", "_base_: [fan_b.yaml, fan_b.yaml, fan_b.yaml, fan_b.yaml, fan_b.yaml]\n")
+local fan = write("fan.yaml", "_base_: [fan_a.yaml, fan_a.yaml, fan_a.yaml, fan_a.yaml, fan_a.yaml]\n")
+raises(function() config.load(fan) end, { "fan.yaml", "more than 64 files" },
+       "a _base_ fan of 125 reads is refused, naming the config")
+tap.eq(config.load(dir .. "/fan_a.yaml").leaf, 1, "a fan of 31 reads is within the budget")
+
+-- aliases: a few hundred bytes that decode to 6 MiB each; three such bases
+-- are 18 MiB together, over the 16 MiB budget, one is within it
+local function alias_file(name, copies)
+  local word = ("w"):rep(98)
+  return write(name, table.concat({
+    "a: &a [" .. (word .. ", "):rep(9) .. word .. "]",
+    "b: &b [" .. ("*a, "):rep(9) .. "*a]",
+    "c: &c [" .. ("*b, "):rep(9) .. "*b]",
+    "d: &d [" .. ("*c, "):rep(9) .. "*c]",
+    "e: [" .. ("*d, "):rep(copies - 1) .. "*d]",
+  }, "\n") .. "\n")
+end
+local six = alias_file("six.yaml", 6)
+local one = config.load(six)
+tap.ok(#one.e == 6 and #one.e[6][10][10][10] == 10, "6 MiB of aliases load")
+local three = write("three.yaml", "_base_: [six.yaml, six.yaml, six.yaml]\n")
+raises(function() config.load(three) end, { "three.yaml", "more than 16 MiB", "six.yaml" },
+       "bases that expand to 18 MiB together are refused, naming the config and the file")
+local seventeen = alias_file("seventeen.yaml", 17)
+raises(function() config.load(seventeen) end, { "seventeen.yaml", "more than 16 MiB" },
+       "one document of 17 MiB is refused before it is built")
 
 os.execute("rm -rf '" .. dir .. "'")
 return tap.done()

@@ -29,4 +29,4 @@ tap.ok(tensor:find("### `T.from_table(tbl, dtype)`", 1, true) and tensor:find("#
        "functions and methods appear with their signatures")
 
 os.execute("rm -rf " .. fs.quote(tmp))
-tap.done()
+os.exit(tap.done())

@@ -276,7 +276,7 @@ end
 
 local function write_cfg(name, extra)
   local path = tmp .. "/" .. name .. ".yaml"
-  tiny.write(path, ("_base_: %s/configs/_base_/datasets/voc21.yaml\nrecipe: test_colors\nrecipe_dir: %s\n"
+  tiny.write(path, ("_base_: %s/configs/_base_/datasets/voc21.yaml\nrecipe: %s/test_colors.lua\n"
     .. "data:\n  image_suffix: .png\n%s"):format(ROOT, RECIPES, extra or ""))
   return path
 end
@@ -294,7 +294,7 @@ tap.ok(out:find("mIoU " .. ("%.2f"):format(100 * expected_metrics(range(1, N), 2
   "the summary prints mIoU in percent")
 local pred1 = image.load_indices(FULL .. "/pred/2007_000001.png")
 tap.ok(pred1:size(1) == H and pred1:get(1, 1) == truth[1].pred[0], "the scored prediction is kept as a palette PNG")
-tap.ok(tiny.read(FULL .. "/config.yaml"):find("recipe: test_colors", 1, true) ~= nil
+tap.ok(tiny.read(FULL .. "/config.yaml"):find("recipe: " .. RECIPES .. "/test_colors.lua", 1, true) ~= nil
   and json.decode(tiny.read(FULL .. "/run.json")).fmseg_version == require("fmseg").version(),
   "the run records the resolved config and the fmseg version")
 
@@ -338,6 +338,136 @@ do
   local resumed = metrics_of(dir)
   tap.ok(rc == 0 and identical(resumed, full), "the resumed run ends with exactly the numbers of an uninterrupted one",
     rc ~= 0 and out or nil)
+end
+
+-- ---- faults: a full disk, a second process, SIGTERM / SIGINT ------------------------------
+
+local function count_items(dir)
+  local p = io.popen("ls " .. q(dir .. "/items") .. " 2>/dev/null | grep -c '\\.json$'")
+  local n = tonumber(p:read("*a")) or 0
+  p:close()
+  return n
+end
+
+-- Every record present parses and no temporary file is left.
+local function whole_files(dir)
+  local p = io.popen("find " .. q(dir) .. " -type f")
+  local bad = {}
+  for path in p:lines() do
+    if path:find("%.tmp%d+$") then bad[#bad + 1] = path .. " (temporary)" end
+    if path:find("/items/.*%.json$") and not pcall(json.decode, tiny.read(path) or "", path) then
+      bad[#bad + 1] = path .. " (not JSON)"
+    end
+  end
+  p:close()
+  return #bad == 0, table.concat(bad, "\n")
+end
+
+-- A run beside this test: its pid, and a function that waits for its exit
+-- code and log. Started through popen rather than as a shell's background
+-- job (`&`), which would start it with SIGINT ignored.
+local ffi = require("ffi")
+pcall(ffi.cdef, "typedef void (*fmseg_test_handler)(int); fmseg_test_handler signal(int sig, fmseg_test_handler h);")
+local function start(cmd, tag)
+  -- this test may itself run with SIGINT ignored (started by a background
+  -- job), and children inherit that: give them the default back
+  ffi.C.signal(2, ffi.cast("fmseg_test_handler", 0))
+  local pidfile, rcfile = tmp .. "/" .. tag .. ".pid", tmp .. "/" .. tag .. ".rc"
+  local log = tmp .. "/" .. tag .. ".log"
+  local p = io.popen(("sh -c %s > %s 2>&1; echo $? > %s"):format(
+    q("echo $$ > " .. q(pidfile) .. "; exec " .. cmd), q(log), q(rcfile)))
+  local waited = 0
+  while not tiny.read(pidfile) and waited < 100 do os.execute("sleep 0.05"); waited = waited + 1 end
+  local pid = tonumber(tiny.read(pidfile) or "")
+  return pid, function()
+    p:close()
+    return tonumber(tiny.read(rcfile) or ""), tiny.read(log) or ""
+  end
+end
+
+local function wait_for_items(dir, n)
+  local waited = 0
+  while count_items(dir) < n and waited < 400 do os.execute("sleep 0.05"); waited = waited + 1 end
+end
+
+local SHIM = ROOT .. "/build/tests/fault_shim.so"
+if not tiny.read(SHIM) then
+  tap.skip("a full disk during a run", "no " .. SHIM .. " (make test builds it)")
+else
+  -- room for the run's first files and about half of its images
+  local p = io.popen("find " .. q(FULL) .. " -type f -printf '%s\\n'")
+  local total = 0
+  for line in p:lines() do total = total + (tonumber(line) or 0) end
+  p:close()
+  local dir = tmp .. "/run_full_disk"
+  rc, out = run(("FMSEG_FAULT_DIR=%s FMSEG_FAULT_BYTES=%d LD_PRELOAD=%s %s"):format(q(dir), math.floor(total / 2),
+    q(SHIM), eval_cmd(CFG, VOC, dir, "--quiet")))
+  local n_done = count_items(dir)
+  local named = out:match(": (" .. dir:gsub("%p", "%%%0") .. "/[%w_/]+%.%a+)[^\n]*No space left on device")
+  tap.ok(rc ~= 0 and named ~= nil, ("a full disk stops the run, naming the file it could not write (%s)"):format(
+    tostring(named and named:sub(#dir + 2))), out)
+  local whole, why = whole_files(dir)
+  tap.ok(n_done > 0 and n_done < N and whole and not tiny.read(dir .. "/metrics.json"),
+         ("what was written before the disk filled is whole (%d of %d records), no totals"):format(n_done, N), why)
+  rc, out = run(eval_cmd(CFG, VOC, dir, "--quiet"))
+  tap.ok(rc == 0 and identical(metrics_of(dir), full), "with space again the rerun resumes to the same numbers", out)
+end
+
+do
+  local cfg = write_cfg("colors_locked", "params:\n  sleep: 0.05\n")
+  local dir = tmp .. "/run_locked"
+  local pid, wait = start(eval_cmd(cfg, VOC, dir, "--quiet"), "locked")
+  wait_for_items(dir, 1)
+  rc, out = run(eval_cmd(cfg, VOC, dir, "--quiet"))
+  tap.ok(rc ~= 0 and out:find("is being evaluated by another process (pid " .. tostring(pid), 1, true),
+         "a second process on the same run directory is refused, naming the first", out)
+  local rc1, log1 = wait()
+  tap.ok(rc1 == 0 and identical(metrics_of(dir), full), "the first process finishes undisturbed, same numbers", log1)
+  rc, out = run(eval_cmd(cfg, VOC, dir, "--quiet"))
+  tap.ok(rc == 0, "the lock goes with the process: a later run is free to start", out)
+end
+
+for _, sig in ipairs({ { "TERM", 15 }, { "INT", 2 } }) do
+  local name, num = sig[1], sig[2]
+  local cfg = write_cfg("colors_sig" .. name, "params:\n  sleep: 0.1\n")
+  local dir = tmp .. "/run_sig" .. name
+  local pid, wait = start(eval_cmd(cfg, VOC, dir), "sig" .. name)
+  wait_for_items(dir, 3)
+  os.execute(("kill -%s %d"):format(name, pid))
+  local code, log = wait()
+  local n_done = count_items(dir)
+  local partial = metrics_of(dir, "metrics.partial")
+  local whole, why = whole_files(dir)
+  tap.ok(code == 128 + num and log:find("stopped by signal " .. num, 1, true) ~= nil,
+         ("SIG%s: exit %d and a message"):format(name, 128 + num), log)
+  tap.ok(whole and n_done >= 3 and n_done < N and partial and partial.partial and partial.images == n_done
+         and not tiny.read(dir .. "/metrics.json"),
+         ("SIG%s: the image in flight finished, a partial summary of the %d done, no totals"):format(name, n_done),
+         why ~= "" and why or log)
+  same_numbers(partial, expected_metrics(
+    (function() local done = {} for n = 1, n_done do done[n] = n end return done end)(), 21),
+    ("SIG%s: the partial numbers cover exactly the images done"):format(name))
+  rc, out = run(eval_cmd(cfg, VOC, dir, "--quiet"))
+  tap.ok(rc == 0 and identical(metrics_of(dir), full) and not tiny.read(dir .. "/metrics.partial.json"),
+         ("SIG%s: the rerun finishes with the uninterrupted numbers and drops the partial summary"):format(name), out)
+end
+
+do
+  -- a record cut short by a crash is reported and computed again
+  local dir = tmp .. "/run_truncated"
+  run(eval_cmd(CFG, VOC, dir, "--quiet"))
+  local path = dir .. "/items/2007_000003.json"
+  local text = tiny.read(path)
+  tiny.write(path, text:sub(1, math.floor(#text / 2)))
+  rc, out = run(eval_cmd(CFG, VOC, dir))
+  local function counts(t)
+    local r = json.decode(t)
+    r.seconds = nil
+    return json.encode(r)
+  end
+  tap.ok(rc == 0 and out:find(path .. " is not a whole record", 1, true) and identical(metrics_of(dir), full)
+         and counts(tiny.read(path)) == counts(text),
+         "a truncated record is reported, recomputed, and the numbers are unchanged", out)
 end
 
 -- ---- shards and merge -------------------------------------------------------------------------
@@ -436,8 +566,8 @@ do
     grey = true }, items)
   local cfg = tmp .. "/seg4.yaml"
   tiny.write(cfg, ("data:\n  name: seg4\n  root: %s\n  images: img\n  image_suffix: .png\n  annotations: ann\n"
-    .. "  annotation_suffix: .png\n  num_classes: 4\nclasses: [sky, road, car, tree]\nrecipe: test_colors\n"
-    .. "recipe_dir: %s\nparams:\n  mode: segments\n"):format(root, RECIPES))
+    .. "  annotation_suffix: .png\n  num_classes: 4\nclasses: [sky, road, car, tree]\n"
+    .. "recipe: %s/test_colors.lua\nparams:\n  mode: segments\n"):format(root, RECIPES))
   -- DiffSeg's counts by brute force over every assignment of columns to rows
   local TP, FP, FN, ALL = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, 0
   local unique = true
@@ -512,7 +642,7 @@ do
     annotation_suffix = ".xml", split = "ImageSets/Main/trainval.txt" }, items)
   local cfg = tmp .. "/disc.yaml"
   tiny.write(cfg, ("_base_: %s/configs/_base_/datasets/voc07_corloc.yaml\ndata:\n  image_suffix: .png\n"
-    .. "recipe: test_colors\nrecipe_dir: %s\nparams:\n  mode: boxes\n"):format(ROOT, RECIPES))
+    .. "recipe: %s/test_colors.lua\nparams:\n  mode: boxes\n"):format(ROOT, RECIPES))
   rc, out = run(eval_cmd(cfg, root, DISC, "--quiet"))
   local m = metrics_of(DISC)
   tap.ok(rc == 0 and m and m.correct == 2 and m.total == 4 and near(m.CorLoc, 0.5),

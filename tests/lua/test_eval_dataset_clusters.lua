@@ -233,4 +233,4 @@ do
 end
 
 tiny.rm(tmp)
-tap.done()
+os.exit(tap.done())

@@ -67,4 +67,4 @@ for _, m in ipairs(modules_in(root, "fmseg", {})) do
   tap.ok(layout:find(name, 1, true) ~= nil, "README's layout names the runtime module " .. name)
 end
 
-tap.done()
+os.exit(tap.done())

@@ -340,4 +340,27 @@ tap.ok(math.abs(xv:get(1, 1, 1, 1) - (px1 - 0.485) / 0.229) < 1e-5
        and math.abs(xv:get(1, 2, 1, 1) - ((-0.26130258 + 0.4578275) - 0.456) / 0.224) < 1e-5,
        "proxyclip: pixels re-normalised for the VFM with openai's constants")
 
+-- Which Lua a config can run: a name is recipes/<name>.lua and nothing
+-- else; anything else must be an explicit path ending in .lua.
+do
+  local scratch = os.tmpname()
+  os.remove(scratch)
+  os.execute("mkdir -p " .. scratch)
+  local f = assert(io.open(scratch .. "/mine.lua", "w"))
+  f:write("return { defaults = { k = 1 }, segment = function() end }\n")
+  f:close()
+  for _, spec in ipairs({ "../../tmp/mine", scratch .. "/mine", "recipes/../x", "sclip/../gem", "" }) do
+    tap.raises(function() recipes.load(spec) end, "recipe must be a name like 'sclip' or the path of a .lua file",
+               ("recipe %q (a path assembled from a name) is refused"):format(spec))
+  end
+  tap.raises(function() recipes.load("mine") end, "unknown recipe 'mine'",
+             "a name never finds a file outside recipes/")
+  local mine = recipes.load(scratch .. "/mine.lua")
+  tap.ok(mine.name == "mine" and mine.defaults.k == 1, "an explicit .lua path loads; the recipe is named by its stem")
+  tap.eq(recipes.name_of(scratch .. "/mine.lua"), "mine", "name_of: a path's stem")
+  tap.raises(function() recipes.load(scratch .. "/missing.lua") end, "recipe file not found: " .. scratch .. "/missing.lua",
+             "a missing recipe file is named")
+  os.execute("rm -rf " .. scratch)
+end
+
 os.exit(tap.done())

@@ -342,8 +342,8 @@ return { defaults = base.defaults,
   setup = function(params) return { params = params, predictor = fake.sam() } end,
   segment = base.segment }
 ]])
-  local cfg = { recipe = "coarse_blobs", recipe_dir = dir, classes = { "background", "one", "two" },
-                refine = { recipe = "fake_refine", params = { min_area = 50, downsample = 1 } } }
+  local cfg = { recipe = dir .. "/coarse_blobs.lua", classes = { "background", "one", "two" },
+                refine = { recipe = dir .. "/fake_refine.lua", params = { min_area = 50, downsample = 1 } } }
   local session = segment.session(cfg)
   local img = T.zeros({ H, W, 3 }, "uint8")
   local res = session:segment(img)
@@ -352,10 +352,10 @@ return { defaults = base.defaults,
   local summary = session:write(res, img, tmp .. "/comp", "scene")
   tap.ok(summary.recipe == "coarse_blobs+fake_refine" and #summary.instances == 3
          and image.load_indices(tmp .. "/comp/scene.png"):size(2) == W, "composition: outputs written, both steps named")
-  tap.raises(function() segment.session({ recipe = "coarse_blobs", recipe_dir = dir,
-                                          refine = { recipe = "fake_refine", params = { min_aera = 5 } } }) end,
+  tap.raises(function() segment.session({ recipe = dir .. "/coarse_blobs.lua",
+                                          refine = { recipe = dir .. "/fake_refine.lua", params = { min_aera = 5 } } }) end,
              "unknown parameter 'min_aera'", "composition: the refine step's parameters are checked")
-  tap.raises(function() segment.session({ recipe = "coarse_blobs", recipe_dir = dir, refine = "sam_refine" }) end,
+  tap.raises(function() segment.session({ recipe = dir .. "/coarse_blobs.lua", refine = "sam_refine" }) end,
              "`refine` must be a mapping", "composition: a malformed refine section is refused")
   -- sam_refine refuses to refine instances
   write("one_instance.lua", [[
@@ -364,7 +364,7 @@ return { segment = function(state, img)
   return { kind = "instances", masks = { T.zeros({ img:size(1), img:size(2) }, "uint8") }, scores = { 1 } }
 end }
 ]])
-  local s2 = segment.session({ recipe = "one_instance", recipe_dir = dir, refine = { recipe = "fake_refine" } })
+  local s2 = segment.session({ recipe = dir .. "/one_instance.lua", refine = { recipe = dir .. "/fake_refine.lua" } })
   tap.raises(function() s2:segment(img) end, "refines semantic label maps", "composition: instances are refused by sam_refine")
   package.loaded["test_sam_recipes_fake"] = nil
 end

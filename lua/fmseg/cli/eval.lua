@@ -27,6 +27,11 @@ function M.run(argv)
   local rec = runs.evaluate(opts)
   io.write(runs.summary_text(rec))
   io.write(("(written to %s)\n"):format(rec.dir))
+  if rec.interrupted then
+    io.stderr:write(("eval: stopped by signal %d; the finished images are kept, rerun to resume\n"):format(
+      rec.interrupted))
+    return 128 + rec.interrupted   -- as a shell reports a process a signal ended
+  end
   return 0
 end
 

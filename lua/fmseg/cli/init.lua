@@ -38,14 +38,6 @@ local function usage_text()
   return table.concat(lines, "\n")
 end
 
-local function set_threads()
-  local n = tonumber(os.getenv("FMSEG_THREADS") or "")
-  if n then
-    local core = require("fmseg.core")
-    core.C.fm_set_threads(n)
-  end
-end
-
 function M.main(args)
   local name = args[1]
   if name == nil or name == "--help" or name == "-h" or name == "help" then
@@ -61,7 +53,6 @@ function M.main(args)
   if not known then
     error(("unknown command '%s' (fmseg --help lists them)"):format(name), 0)
   end
-  set_threads()
   local rest = {}
   for i = 2, #args do rest[#rest + 1] = args[i] end
   return load_command(name).run(rest) or 0

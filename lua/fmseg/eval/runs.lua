@@ -537,6 +537,13 @@ function M.summary_text(rec)
   if sel.limit and sel.limit ~= json.null then what = what .. (", first %d of %d"):format(sel.limit, sel.total or 0) end
   lines[#lines + 1] = "## " .. what
   lines[#lines + 1] = ""
+  if rec.partial then
+    lines[#lines + 1] = ("Partial: %d of %d images done when signal %d arrived; rerun the same command to "
+      .. "finish (the numbers below cover those images only)."):format(rec.images or 0, sel.images or 0,
+      rec.interrupted or 0)
+    lines[#lines + 1] = ""
+    if rec.protocol == "dataset_clusters" then return table.concat(lines, "\n") .. "\n" end
+  end
   if rec.task == "discovery" then
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
@@ -582,6 +589,40 @@ local function write_metrics(dir, name, rec)
   fs.write_atomic(dir .. "/" .. name .. ".md", M.summary_text(rec))
 end
 
+-- One process per run directory and shard (shards may share a directory):
+-- a second one would write the same records. The lock goes with the process.
+local function lock_run(dir, shard)
+  local path = ("%s/%s.lock"):format(dir, (metrics_name(shard):gsub("^metrics", "run")))
+  local lock, holder = fs.lock(path)
+  if not lock then
+    local which = shard and (" shard " .. shard.i .. "/" .. shard.n) or ""
+    error(("eval: %s%s is being evaluated by another process (pid %s, lock %s); wait for it, "
+      .. "or give this one its own shard or -o RUN_DIR"):format(dir, which, tostring(holder or "?"), path), 0)
+  end
+  return lock
+end
+
+-- The records already written for the selected items; a record that cannot
+-- be read (a crash mid-write outside our atomic writes, a disk fault) is
+-- reported and computed again, never skipped.
+local function finished_records(dir, ds, selected, quiet)
+  local records, pending = {}, {}
+  for _, i in ipairs(selected) do
+    local path = item_path(dir, ds.items[i].id)
+    local rec, err = read_json(path)
+    if rec and type(rec) == "table" and rec.id == ds.items[i].id then
+      records[i] = rec
+    else
+      if (rec or err) and not quiet then
+        io.stderr:write(("eval: %s is not a whole record (%s): computing it again\n"):format(path,
+          err and tostring(err) or ("its id is not " .. ds.items[i].id)))
+      end
+      pending[#pending + 1] = i
+    end
+  end
+  return records, pending
+end
+
 -- ---- fmseg eval ----------------------------------------------------------------------------
 
 local function stem(path) return (path:match("([^/]+)$") or path):gsub("%.ya?ml$", "") end
@@ -593,24 +634,33 @@ function M.evaluate(opts)
   if opts.data then config.set(cfg, "data.root", opts.data) end
   local ds = data.open(cfg)
   local dir = opts.out or ("runs/" .. stem(opts.config))
-  M.prepare(dir, cfg, opts.config, ds)
+  mkdir_p(dir)
+  local lock = lock_run(dir, opts.shard)
+  local ok, rec = pcall(function()
+    M.prepare(dir, cfg, opts.config, ds)
+    return M.evaluate_locked(opts, cfg, ds, dir, M.protocol(cfg, ds), M.select(#ds.items, opts.limit, opts.shard))
+  end)
+  lock.release()
+  if not ok then error(rec, 0) end
+  return rec
+end
 
-  local proto = M.protocol(cfg, ds)
+-- evaluate() once the run is locked: the pending items, then the metrics.
+-- SIGINT / SIGTERM stop it after the image in flight with a partial summary
+-- (metrics*.partial.json) and rec.interrupted = the signal.
+function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
   local clusters = proto.name == "dataset_clusters"
-  local selected = M.select(#ds.items, opts.limit, opts.shard)
-  local records, pending = {}, {}
-  for _, i in ipairs(selected) do
-    local rec = read_json(item_path(dir, ds.items[i].id))
-    if rec and rec.id == ds.items[i].id then records[i] = rec else pending[#pending + 1] = i end
-  end
+  local records, pending = finished_records(dir, ds, selected, opts.quiet)
 
   local label = "eval " .. ds.name
   local t0 = now()
-  local recipe_name = config.get(cfg, "recipe", "?")
+  local interrupted
+  local recipe_name = require("fmseg.method.recipes").name_of(config.get(cfg, "recipe", "?"))
   if #pending > 0 then
     local session = require("fmseg.method.segment").session(cfg)
     recipe_name = session.recipe.name
     local palette = viz.voc_palette(256)
+    core.C.fm_interrupt_catch(1)
     for n, i in ipairs(pending) do
       local item = ds.items[i]
       local ok, err = pcall(function()
@@ -635,17 +685,25 @@ function M.evaluate(opts)
         records[i] = rec
       end)
       if not ok then
+        core.C.fm_interrupt_catch(0)
         io.stderr:write("\n")
         error(("eval: image %s (%s): %s\n(the %d images done so far are kept in %s; rerun to resume)"):format(
           item.id, item.image, tostring(err), #selected - #pending + n - 1, dir), 0)
       end
       if not opts.quiet then progress(label, #selected - #pending + n, #selected, n, now() - t0) end
+      local sig = core.C.fm_interrupt_pending()
+      if sig ~= 0 then
+        interrupted = sig
+        if n < #pending then break end
+      end
     end
+    core.C.fm_interrupt_catch(0)
     if not opts.quiet then io.stderr:write("\n") end
   end
 
   local list = {}
   for _, i in ipairs(selected) do list[#list + 1] = records[i] end
+  if #list < #selected then return M.partial(opts, cfg, ds, dir, list, #selected, interrupted, clusters) end
   local rec
   if clusters and opts.shard then
     -- pass 2 needs every image: `fmseg merge` runs it over the shards
@@ -674,6 +732,27 @@ function M.evaluate(opts)
   rec.selection = { limit = opts.limit or json.null, total = #ds.items, images = #selected,
                     shard = opts.shard and { opts.shard.i, opts.shard.n } or json.null }
   write_metrics(dir, metrics_name(opts.shard), rec)
+  for _, ext in ipairs({ ".json", ".md" }) do os.remove(dir .. "/" .. metrics_name(opts.shard) .. ".partial" .. ext) end
+  rec.dir = dir
+  rec.interrupted = interrupted   -- a signal during the last image: all done, still reported
+  return rec
+end
+
+-- The summary of the images finished before a signal: written beside the
+-- records as metrics[.shard-I-of-N].partial.json / .md (the whole run's
+-- metrics files are written only when every image is done).
+function M.partial(opts, cfg, ds, dir, list, selected, sig, clusters)
+  local rec = clusters and { task = "semantic", protocol = "dataset_clusters" } or totals(ds, list)
+  rec.partial = true
+  rec.interrupted = sig
+  rec.images = #list
+  rec.selection = { limit = opts.limit or json.null, total = #ds.items, images = selected,
+                    shard = opts.shard and { opts.shard.i, opts.shard.n } or json.null }
+  rec.recipe = require("fmseg.method.recipes").name_of(config.get(cfg, "recipe", "?"))
+  rec.method = config.get(cfg, "method") or rec.recipe
+  rec.dataset, rec.title = ds.name, ds.title
+  rec.fmseg_version = require("fmseg").version()
+  write_metrics(dir, metrics_name(opts.shard) .. ".partial", rec)
   rec.dir = dir
   return rec
 end

@@ -23,6 +23,12 @@
 -- Scalars follow core/yaml.c (YAML 1.1 as PyYAML, plus 1e-4 floats);
 -- .inf arrives as math.huge, .nan as null (JSON has neither).
 --
+-- Budget: a config and all its `_base_` files together decode from at most
+-- M.BUDGET.bytes of JSON (16 MiB) in at most M.BUDGET.files file reads (64,
+-- repeats counted), so that a few hundred bytes of aliases or a fan of
+-- `_base_` lists cannot expand to gigabytes; core/yaml.c refuses a single
+-- document over 16 MiB before building it.
+--
 -- Errors are raised (level 0: the message is the whole story) and name the
 -- file, and the key where there is one: "configs/a.yaml:3:7: ...",
 -- "configs/a.yaml: _base_ 'x.yaml' not found (configs/x.yaml)".
@@ -34,6 +40,8 @@ local ffi, C = core.ffi, core.C
 local null = json.null
 
 local M = {}
+
+M.BUDGET = { bytes = 16 * 2 ^ 20, files = 64 }
 
 -- ---- values ---------------------------------------------------------------
 
@@ -68,10 +76,12 @@ local function json_or_raise(p)
   return text
 end
 
--- The document in `path` (a YAML file) as Lua values.
+-- The document in `path` (a YAML file) as Lua values, and the size of its
+-- JSON form.
 function M.read_yaml(path)
   if type(path) ~= "string" then error("config.read_yaml: path must be a string", 2) end
-  return json.decode(json_or_raise(C.fm_yaml_to_json(path)), path)
+  local text = json_or_raise(C.fm_yaml_to_json(path))
+  return json.decode(text, path), #text
 end
 
 -- YAML text as Lua values; `name` appears in error messages.
@@ -163,8 +173,22 @@ local function base_list(data, path)
   error(("%s: _base_ must be a path or a list of paths, got %s"):format(path, describe(bases)), 0)
 end
 
--- chain: the files being loaded, outermost first (to name a cycle).
-local function load_file(path, chain)
+-- What one config has read so far, against M.BUDGET.
+local function spend(used, path, bytes)
+  used.files, used.bytes = used.files + 1, used.bytes + bytes
+  if used.files > M.BUDGET.files then
+    error(("%s: the config reads more than %d files through _base_ (repeats counted)"):format(
+      used.root, M.BUDGET.files), 0)
+  end
+  if used.bytes > M.BUDGET.bytes then
+    error(("%s: the config expands to more than %d MiB (at %s); configs are kilobytes"):format(
+      used.root, M.BUDGET.bytes / 2 ^ 20, path), 0)
+  end
+end
+
+-- chain: the files being loaded, outermost first (to name a cycle); used:
+-- the budget spent (see the top).
+local function load_file(path, chain, used)
   for i, p in ipairs(chain) do
     if p == path then
       local names = {}
@@ -173,7 +197,8 @@ local function load_file(path, chain)
       error(("%s: _base_ cycle: %s"):format(chain[#chain], table.concat(names, " -> ")), 0)
     end
   end
-  local data = M.read_yaml(path)
+  local data, bytes = M.read_yaml(path)
+  spend(used, path, bytes)
   if data == nil or data == null then data = {} end
   if not is_dict(data) then
     error(("%s: a config must be a mapping at the top level, got %s"):format(path, describe(data)), 0)
@@ -186,7 +211,7 @@ local function load_file(path, chain)
     if not exists(base_path) then
       error(("%s: _base_ '%s' not found (%s)"):format(path, rel, base_path), 0)
     end
-    result = merge(result, load_file(base_path, inner))
+    result = merge(result, load_file(base_path, inner, used))
   end
   local own = {}
   for k, v in pairs(data) do
@@ -283,7 +308,7 @@ function M.load(path, overrides)
   if overrides ~= nil and type(overrides) ~= "table" then
     error("config.load: overrides must be a list of 'key=value' strings", 2)
   end
-  local cfg = load_file(normalize(path), {})
+  local cfg = load_file(normalize(path), {}, { root = path, files = 0, bytes = 0 })
   return M.apply_overrides(cfg, overrides)
 end
 
@@ -299,6 +324,8 @@ local function string_text(s)
     local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r" }
     return named[c] or ("\\x%02x"):format(c:byte())
   end)
+  -- YAML reads NEL, LS and PS as line breaks even inside quotes: escaped
+  escaped = escaped:gsub("\194\133", "\\N"):gsub("\226\128\168", "\\L"):gsub("\226\128\169", "\\P")
   return '"' .. escaped .. '"'
 end
 

@@ -8,6 +8,14 @@ local ffi = require("ffi")
 local M = {}
 
 pcall(ffi.cdef, "int getpid(void);")
+pcall(ffi.cdef, [[
+int open(const char *path, int flags, ...);
+int close(int fd);
+int flock(int fd, int operation);
+char *strerror(int errnum);
+]])
+local O_RDWR, O_CREAT, O_CLOEXEC = 2, 64, 524288     -- Linux
+local LOCK_EX, LOCK_NB = 2, 4
 
 -- s quoted for the shell (os.execute, io.popen)
 function M.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -36,7 +44,10 @@ function M.atomically(path, write)
   local ok, err = pcall(write, tmp)
   if not ok then
     os.remove(tmp)
-    error(err, 0)
+    local msg = tostring(err)
+    local at = msg:find(tmp, 1, true)      -- name the file people know
+    if at then msg = msg:sub(1, at - 1) .. path .. msg:sub(at + #tmp) end
+    error(msg, 0)
   end
   local renamed, rerr = os.rename(tmp, path)
   if not renamed then
@@ -56,6 +67,33 @@ function M.write_atomic(path, text)
       error(("cannot write %s: %s"):format(path, tostring(werr or cerr)), 0)
     end
   end)
+end
+
+-- An exclusive lock on path (created if needed) for as long as the lock is
+-- held: lock:release(), or the end of the process, since the kernel drops
+-- an flock with its descriptor (a crash leaves no stale lock). The file
+-- holds the holder's pid. Returns the lock, or nil and the holder's pid.
+function M.lock(path)
+  local fd = ffi.C.open(path, O_RDWR + O_CREAT + O_CLOEXEC, ffi.cast("int", 420))   -- 0644
+  if fd < 0 then error(("cannot open the lock file %s: %s"):format(path, ffi.string(ffi.C.strerror(ffi.errno()))), 0) end
+  if ffi.C.flock(fd, LOCK_EX + LOCK_NB) ~= 0 then
+    ffi.C.close(fd)
+    local holder = tonumber((M.read(path) or ""):match("%d+"))
+    return nil, holder
+  end
+  local f = io.open(path, "w")
+  if f then
+    f:write(tostring(ffi.C.getpid()), "\n")
+    f:close()
+  end
+  local lock = { path = path }
+  function lock.release()
+    if fd >= 0 then
+      ffi.C.close(fd)
+      fd = -1
+    end
+  end
+  return lock
 end
 
 function M.is_dir(path)

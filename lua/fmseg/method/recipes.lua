@@ -1,4 +1,8 @@
--- fmseg.method.recipes — finds a method by name: recipes/<name>.lua returns
+-- fmseg.method.recipes — finds a method: a name ("sclip") is
+-- recipes/<name>.lua and nothing else; a recipe of one's own is named by its
+-- path, ending in .lua ("my/kkclip.lua": relative to the working directory,
+-- else to the fmseg root). No path is ever assembled from a name, so a
+-- config runs only Lua its author named. The file returns
 --   { name, needs = {model kinds}, defaults = {...},
 --     setup = function(params, models, classes, cfg) → state,
 --     segment = function(state, image, previous, source) → result }
@@ -16,10 +20,10 @@ function M.dir() return core.root .. "/recipes" end
 
 function M.available() return fs.lua_names(M.dir()) end
 
-local function check_contract(recipe, name)
-  if type(recipe) ~= "table" then error(("recipes/%s.lua must return a table"):format(name), 0) end
+local function check_contract(recipe, name, shown)
+  if type(recipe) ~= "table" then error(("%s must return a table"):format(shown), 0) end
   if type(recipe.segment) ~= "function" then
-    error(("recipes/%s.lua has no segment(state, image) function"):format(name), 0)
+    error(("%s has no segment(state, image) function"):format(shown), 0)
   end
   recipe.name = recipe.name or name
   recipe.needs = recipe.needs or {}
@@ -28,32 +32,42 @@ local function check_contract(recipe, name)
   return recipe
 end
 
--- extra_dir (a config's `recipe_dir`, e.g. test recipes) is searched
--- before <root>/recipes; relative to the working directory, else to the root.
-local function extra_path(extra_dir, name)
-  if not extra_dir then return nil end
-  for _, dir in ipairs({ extra_dir, core.root .. "/" .. extra_dir }) do
-    local p = dir .. "/" .. name .. ".lua"
-    local f = io.open(p, "r")
-    if f then f:close(); return p end
+-- spec → the file to run and how messages name it
+local function locate(spec)
+  if type(spec) == "string" and spec:match("^[%w_]+$") then
+    local path = M.dir() .. "/" .. spec .. ".lua"
+    if not fs.exists(path) then
+      error(("unknown recipe '%s' (available: %s; a recipe of your own is named by its path, e.g. my/%s.lua)"):format(
+        spec, table.concat(M.available(), ", "), spec), 0)
+    end
+    return path, "recipes/" .. spec .. ".lua", spec
   end
+  if type(spec) == "string" and spec:match("%.lua$") then
+    for _, path in ipairs({ spec, core.root .. "/" .. spec }) do
+      if fs.exists(path) and not fs.is_dir(path) then
+        return path, spec, spec:match("([^/]+)%.lua$")
+      end
+    end
+    error(("recipe file not found: %s (also looked in %s)"):format(spec, core.root), 0)
+  end
+  error(("config: recipe must be a name like 'sclip' or the path of a .lua file, got %s"):format(
+    tostring(spec)), 0)
 end
 
-function M.load(name, extra_dir)
-  if type(name) ~= "string" or not name:match("^[%w_]+$") then
-    error(("config: recipe must be a name like 'sclip', got %s"):format(tostring(name)), 0)
-  end
-  local path = extra_path(extra_dir, name) or (M.dir() .. "/" .. name .. ".lua")
+-- How runs and tables name the recipe of spec, without loading it: the
+-- name, or a path's file stem.
+function M.name_of(spec)
+  if type(spec) == "string" then return spec:match("([^/]+)%.lua$") or spec end
+  return tostring(spec)
+end
+
+function M.load(spec)
+  local path, shown, name = locate(spec)
   local chunk, err = loadfile(path)
-  if not chunk then
-    if not io.open(path, "r") then
-      error(("unknown recipe '%s' (available: %s)"):format(name, table.concat(M.available(), ", ")), 0)
-    end
-    error(("recipes/%s.lua: %s"):format(name, err), 0)
-  end
+  if not chunk then error(("%s: %s"):format(shown, err), 0) end
   local ok, recipe = pcall(chunk)
-  if not ok then error(("recipes/%s.lua: %s"):format(name, tostring(recipe)), 0) end
-  return check_contract(recipe, name)
+  if not ok then error(("%s: %s"):format(shown, tostring(recipe)), 0) end
+  return check_contract(recipe, name, shown)
 end
 
 -- defaults overlaid with the config's params (unknown keys are refused:

@@ -50,14 +50,14 @@ local function refine_step(cfg, classes, loaded)
   if type(spec) ~= "table" or type(spec.recipe) ~= "string" then
     error("config: `refine` must be a mapping with a recipe name, e.g. {recipe: sam_refine, params: {...}}", 0)
   end
-  local recipe = recipes.load(spec.recipe, config.get(cfg, "recipe_dir"))
+  local recipe = recipes.load(spec.recipe)
   local params = recipes.params(recipe, config.get(cfg, "refine.params", {}))
   load_models(recipe, cfg, loaded)
   return { recipe = recipe, params = params, state = recipe.setup(params, loaded, classes, cfg) }
 end
 
 function M.session(cfg)
-  local recipe = recipes.load(config.get(cfg, "recipe"), config.get(cfg, "recipe_dir"))
+  local recipe = recipes.load(config.get(cfg, "recipe"))
   local params = recipes.params(recipe, config.get(cfg, "params", {}))
   local classes = config.get(cfg, "classes") and classes_mod.from_config(config.get(cfg, "classes")) or nil
   local loaded = {}

@@ -19,7 +19,7 @@ local T = require("fmseg.tensor")
 local M = {}
 M.MARGIN = 1e-5
 local COMPARES = { float = true, float_sign = true, exact = true, labels = true }
-local CONFIG_KEYS = { "recipe", "params", "models", "classes", "refine", "modifiers", "recipe_dir" }
+local CONFIG_KEYS = { "recipe", "params", "models", "classes", "refine", "modifiers" }
 
 function M.is_fixture(dir) return fs.exists(dir .. "/method.json") end
 
@@ -70,7 +70,8 @@ local function config_of(dir, meta)
     end
     cfg.params = params
   end
-  if cfg.recipe_dir then cfg.recipe_dir = at(cfg.recipe_dir) end
+  -- a recipe of the fixture's own, named by its path in the fixture
+  if type(cfg.recipe) == "string" and cfg.recipe:match("%.lua$") then cfg.recipe = at(cfg.recipe) end
   return cfg
 end
 

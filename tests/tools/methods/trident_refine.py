@@ -131,7 +131,7 @@ def run_case(args, name, settings, seed, notes):
           f"{None if scores is None else [round(float(x), 3) for x in scores.flatten()]}")
     trident = os.path.abspath(args.trident)
     method = {
-        "recipe": "coarse_file", "recipe_dir": ".", "params": {},
+        "recipe": "coarse_file.lua", "params": {},
         "models": {"sam": "../models/sam-refine-tiny"},
         "refine": {"recipe": "sam_refine", "params": {
             "downsample": 2, "coarse_thresh": settings["coarse_thresh"], "min_area": settings["min_area"],
