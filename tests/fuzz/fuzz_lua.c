@@ -22,8 +22,8 @@
 #include <lualib.h>
 #include <luajit.h>
 
-#include <libgen.h>
 #include <limits.h>
+#include <unistd.h>
 
 #include "fuzz_util.h"
 
@@ -78,30 +78,22 @@ static int is_runtime_error(const char *msg) {
   return 0;
 }
 
-/* FMSEG_ROOT, else the repository holding this binary (build/fuzz/..). */
-static void find_root(char *root, size_t len, const char *argv0) {
+/* FMSEG_ROOT, else the working directory: tests/fuzz/run.sh runs every
+ * target from the repository's root. */
+static void find_root(char *root, size_t len) {
   const char *env = getenv("FMSEG_ROOT");
   if (env && *env) {
     snprintf(root, len, "%s", env);
-    return;
-  }
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n <= 0) {
+  } else if (!getcwd(root, len)) {
     snprintf(root, len, ".");
-    return;
   }
-  exe[n] = '\0';
-  char *dir = dirname(dirname(dirname(exe)));
-  snprintf(root, len, "%s", dir);
-  (void)argv0;
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   const char *s = getenv("FMSEG_FUZZ_STRICT");
   strict = s && *s && strcmp(s, "0") != 0;
   char root[PATH_MAX];
-  find_root(root, sizeof root, (*argv)[0]);
+  find_root(root, sizeof root);
   L = luaL_newstate();
   if (!L) abort();
   luaL_openlibs(L);

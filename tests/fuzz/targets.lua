@@ -80,11 +80,13 @@ function T.hf_index(s)
           len .. header .. string.rep("\0", 8) .. "\1\2\3")
   end
   write(hf_dir .. "/model.safetensors.index.json", s)
-  -- (names() lists every tensor of the shards, has() the weight map's: they
-  -- differ when the two disagree, so neither is checked against the other)
+  -- names() and has() both follow the index (found here: names() listed
+  -- the shards' tensors, has() the index's, and the two disagreed)
   local ok, w = pcall(hf.open_weights, hf_dir)
   if ok then
-    for _, name in ipairs(w:names()) do w:has(name) end
+    for _, name in ipairs(w:names()) do
+      if not w:has(name) then fail("names() lists " .. name .. ", which has() denies, for " .. show(s)) end
+    end
   end
   w = nil
   collectgarbage()   -- closes the shards now: C memory the Lua heap holds is freed per input

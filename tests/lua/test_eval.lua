@@ -376,9 +376,13 @@ local function start(cmd, tag)
   local log = tmp .. "/" .. tag .. ".log"
   local p = io.popen(("sh -c %s > %s 2>&1; echo $? > %s"):format(
     q("echo $$ > " .. q(pidfile) .. "; exec " .. cmd), q(log), q(rcfile)))
-  local waited = 0
-  while not tiny.read(pidfile) and waited < 100 do os.execute("sleep 0.05"); waited = waited + 1 end
-  local pid = tonumber(tiny.read(pidfile) or "")
+  local waited = 0   -- the file exists before the shell has written the number
+  while not (tiny.read(pidfile) or ""):find("%d\n") and waited < 400 do
+    os.execute("sleep 0.05")
+    waited = waited + 1
+  end
+  local pid = tonumber((tiny.read(pidfile) or ""):match("%d+"))
+  if not pid then error("no pid in " .. pidfile .. " after 20 s", 0) end
   return pid, function()
     p:close()
     return tonumber(tiny.read(rcfile) or ""), tiny.read(log) or ""

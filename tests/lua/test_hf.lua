@@ -36,6 +36,24 @@ cp(dir .. "/config.json", tmp .. "/sharded/config.json")
 local w = hf.open_weights(tmp .. "/sharded")
 tap.eq(#w:names(), #names, "a sharded checkpoint lists every tensor of its shards")
 
+-- the index decides: a name it maps to a shard that lacks it is not there
+do
+  local odd = tmp .. "/odd"
+  os.execute("mkdir -p " .. odd)
+  cp(tmp .. "/sharded/model-00001-of-00002.safetensors", odd .. "/model-00001-of-00002.safetensors")
+  local in_shard = safetensors.open(odd .. "/model-00001-of-00002.safetensors"):names()
+  local g = io.open(odd .. "/model.safetensors.index.json", "w")
+  g:write(json.encode({ weight_map = { [in_shard[1]] = "model-00001-of-00002.safetensors",
+                                       ["ghost.weight"] = "model-00001-of-00002.safetensors" } }))
+  g:close()
+  local ow = hf.open_weights(odd)
+  tap.ok(ow:has(in_shard[1]) and not ow:has("ghost.weight") and not ow:has(in_shard[2])
+         and #ow:names() == 1, "a sharded checkpoint holds what its index maps to a shard that has it")
+  tap.raises(function() ow:get("ghost.weight") end,
+             "maps it to " .. odd .. "/model-00001-of-00002.safetensors, which does not hold it",
+             "a name mapped to a shard without it is refused, naming the shard")
+end
+
 -- an index that points outside its directory is refused, naming the entry
 do
   local bad = tmp .. "/outside"

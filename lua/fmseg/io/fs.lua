@@ -70,7 +70,7 @@ function M.write_atomic(path, text)
 end
 
 -- An exclusive lock on path (created if needed) for as long as the lock is
--- held: lock:release(), or the end of the process, since the kernel drops
+-- held: lock.release(), or the end of the process, since the kernel drops
 -- an flock with its descriptor (a crash leaves no stale lock). The file
 -- holds the holder's pid. Returns the lock, or nil and the holder's pid.
 function M.lock(path)

@@ -71,21 +71,31 @@ function M.open_weights(dir, variant)
     dir, variant and (variant .. " ") or "", suffix), 0)
 end
 
+-- The file holding name, or nil and, for a sharded checkpoint, the shard
+-- its index names. A sharded checkpoint is what its index says, as the
+-- hub's loaders read it: a tensor is there when the index maps it to a
+-- shard that holds it.
 function Weights:file_of(name)
   if self.single then
     local f = self.files[self.single]
     return f:has(name) and f or nil
   end
   local path = self.where[name]
-  return path and self.files[path] or nil
+  local f = path and self.files[path]
+  if f and f:has(name) then return f end
+  return nil, path
 end
 
 function Weights:has(name) return self:file_of(name) ~= nil end
 
 function Weights:names()
   local out = {}
-  for _, f in pairs(self.files) do
-    for _, n in ipairs(f:names()) do out[#out + 1] = n end
+  if self.single then
+    out = self.files[self.single]:names()
+  else
+    for name in pairs(self.where) do
+      if self:has(name) then out[#out + 1] = name end
+    end
   end
   table.sort(out)
   return out
@@ -100,7 +110,10 @@ end
 -- get(name, expected_shape?) → float32 tensor (a view of the mapping for
 -- F32 files, converted for F16/BF16).
 function Weights:get(name, expected)
-  local f = self:file_of(name)
+  local f, shard = self:file_of(name)
+  if not f and shard then
+    error(("%s: the index of %s maps it to %s, which does not hold it"):format(name, self.dir, shard), 0)
+  end
   if not f then error(("%s: missing from the weights in %s"):format(name, self.dir), 0) end
   local shape = f:shape(name)
   if expected and not same_shape(shape, expected) then
