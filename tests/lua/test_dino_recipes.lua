@@ -249,7 +249,7 @@ do
     "deep_spectral single region: Fiedler vector > 0 is the planted object")
 
   -- multi-region: background touching the border plus three regions
-  local function region(r, c)
+  local function three_regions(r, c)
     if in_rect(r, c) then return "a" elseif in_rect2(r, c) then return "b" end
     if r >= 2 and r <= 4 and c >= 12 and c <= 14 then return "c" end
     return "bg"
@@ -261,7 +261,7 @@ do
     for j = 1, D do v[j] = j == i and 1 or (j <= 4 and -0.3 or 0) end
     return v
   end
-  local f4 = grid_features(region, { a = spread(2), b = spread(3), c = spread(4), bg = spread(1) }, 0.05, 17)
+  local f4 = grid_features(three_regions, { a = spread(2), b = spread(3), c = spread(4), bg = spread(1) }, 0.05, 17)
   -- K = 4: the three non-constant eigenvectors of the 4 zero eigenvalues
   -- (with more, an eigenvector of a region's inside, unit D-norm however
   -- small its eigenvalue gap, would weigh as much in k-means)
@@ -270,7 +270,7 @@ do
   local grid, n = dsm.multi_region(v4, e4, GH, GW, p4, f4)
   local truth = T.new({ GH, GW }, "int32")
   local names = { bg = 0, a = 1, b = 2, c = 3 }
-  for r = 0, GH - 1 do for c = 0, GW - 1 do truth:set(r + 1, c + 1, names[region(r, c)]) end end
+  for r = 0, GH - 1 do for c = 0, GW - 1 do truth:set(r + 1, c + 1, names[three_regions(r, c)]) end end
   tap.ok(n == 4 and same_partition(grid, truth), "deep_spectral multi region: 4 planted regions recovered exactly")
   tap.ok(grid:get(1, 1) == 0 and grid:get(12, 16) == 0, "deep_spectral multi region: the border region is segment 0")
   local pa = params_of(dsm, { K = 8, patch = 16, adaptive = true, num_eigenvectors = 3 })
@@ -299,14 +299,14 @@ end
 -- k-means on patches -----------------------------------------------------------------------
 local km = recipes.load("dino_kmeans")
 do
-  local function region(r, c)
+  local function two_regions(r, c)
     if in_rect(r, c) then return "a" elseif in_rect2(r, c) then return "b" end
     return "bg"
   end
-  local feats = grid_features(region, { a = axis(2), b = axis(3), bg = axis(1) }, 0.05, 19)
+  local feats = grid_features(two_regions, { a = axis(2), b = axis(3), bg = axis(1) }, 0.05, 19)
   local truth = T.new({ GH, GW }, "int32")
   local names = { bg = 0, a = 1, b = 2 }
-  for r = 0, GH - 1 do for c = 0, GW - 1 do truth:set(r + 1, c + 1, names[region(r, c)]) end end
+  for r = 0, GH - 1 do for c = 0, GW - 1 do truth:set(r + 1, c + 1, names[two_regions(r, c)]) end end
   local labels, k = km.cluster(feats, GH, GW, params_of(km, { k = 3, order = "appearance", background = false }))
   tap.ok(k == 3 and same_partition(labels, truth), "dino_kmeans.cluster: k = 3 recovers the planted regions")
   tap.ok(labels:get(1, 1) == 0 and labels:get(4, 6) == 1 and labels:get(9, 2) == 2,

@@ -76,28 +76,35 @@ end
 
 -- ---- Hungarian matching vs brute force ---------------------------------------------
 
+-- The best total over every assignment of the smaller side to distinct
+-- members of the other, how many assignments reach it, and (rows <= columns)
+-- the column of each row in the first one that does.
 local function brute_force(matrix, maximize)
   local nr, nc = #matrix, #matrix[1]
-  local best = maximize and -math.huge or math.huge
-  local used = {}
+  local best, count, best_cols = maximize and -math.huge or math.huge, 0, nil
+  local used, chosen = {}, {}
   local transpose = nr > nc
-  local rows, cols = transpose and nc or nr, transpose and nr or nc
+  local rows, ncols = transpose and nc or nr, transpose and nr or nc
   local function at(i, j) return transpose and matrix[j][i] or matrix[i][j] end
   local function go(i, acc)
     if i > rows then
-      if (maximize and acc > best) or (not maximize and acc < best) then best = acc end
+      if acc == best then
+        count = count + 1
+      elseif (maximize and acc > best) or (not maximize and acc < best) then
+        best, count, best_cols = acc, 1, { unpack(chosen) }
+      end
       return
     end
-    for j = 1, cols do
+    for j = 1, ncols do
       if not used[j] then
-        used[j] = true
+        used[j], chosen[i] = true, j
         go(i + 1, acc + at(i, j))
         used[j] = false
       end
     end
   end
   go(1, 0)
-  return best
+  return best, count, best_cols
 end
 
 do
@@ -582,23 +589,7 @@ do
     for i = 0, h * w - 1 do
       if cs.gt[i] ~= 255 then hist[cs.gt[i] + 1][cs.seg[i] + 1] = hist[cs.gt[i] + 1][cs.seg[i] + 1] + 1 end
     end
-    local best, count_best, best_cols = -1, 0, nil
-    local cols, used = {}, {}
-    local function go(g, acc)
-      if g > 4 then
-        if acc > best then best, count_best, best_cols = acc, 1, { unpack(cols) }
-        elseif acc == best then count_best = count_best + 1 end
-        return
-      end
-      for s = 1, p do
-        if not used[s] then
-          used[s], cols[g] = true, s
-          go(g + 1, acc + hist[g][s])
-          used[s] = false
-        end
-      end
-    end
-    go(1, 0)
+    local _, count_best, best_cols = brute_force(hist, true)   -- 4 x 10: rows <= columns
     unique = unique and count_best == 1
     for g = 1, 4 do
       local row, colsum = 0, 0
