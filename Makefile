@@ -26,15 +26,16 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -fop
            -Icore -I/usr/include/stb -I/usr/include/luajit-2.1
 comma   := ,
 BLAS    := $(if $(wildcard $(BLASDIR)/libopenblas.so),-L$(BLASDIR) -Wl$(comma)-rpath$(comma)$(BLASDIR)) -lopenblas
-LIBS    := $(BLAS) -l:liblapacke.a -lyaml -lcjson -lm -fopenmp
+LIBS    := $(BLAS) -l:liblapacke.a -lyaml -lcjson -lcurl -lcrypto -lm -fopenmp
 LUAJIT  := -lluajit-5.1
 
 DEPS_DEB := build-essential luajit libluajit-5.1-dev libopenblas-openmp-dev libopenblas-dev \
-            liblapacke-dev libstb-dev libyaml-dev libcjson-dev
+            liblapacke-dev libstb-dev libyaml-dev libcjson-dev libcurl4-openssl-dev libssl-dev
 DEPS_OPT :=
-# for make lint and make fuzz (CI installs them: make deps-dev); make
+# for make lint and make fuzz, and the tests that need a browser (fmseg
+# report) or a scheduler (Slurm); CI installs them: make deps-dev. make
 # test-asan needs only gcc's libasan and libubsan, which build-essential brings
-DEPS_DEV := lua-check clang
+DEPS_DEV := lua-check clang chromium slurm-wlm
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=build/obj/%.o)
@@ -73,6 +74,16 @@ $(FAULT_SHIM): tests/c/fault_shim.c
 	@mkdir -p $(@D)
 	$(CC) -O2 -fPIC -shared -Wall -Wextra -o $@ $< -ldl
 
+# started by tests/lua/test_fetch.lua: the Hugging Face hub's endpoints on
+# 127.0.0.1, with the faults the test asks for
+HUB_SERVER := build/tests/hub_server
+$(HUB_SERVER): tests/c/hub_server.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -o $@ $<
+
+# programs the Lua tests start
+TEST_HELPERS := $(FAULT_SHIM) $(HUB_SERVER)
+
 build/bench/%: bench/%.c build/libfmseg.so
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -Lbuild -lfmseg -Wl,-rpath,'$$ORIGIN/..' $(LIBS)
@@ -92,14 +103,14 @@ deps-dev: deps
 # Under CI the fuzz targets also run briefly from their seed corpora
 # (mk/fuzz.mk, make fuzz-smoke: any crash, leak or hang fails).
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN) $(FAULT_SHIM)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_HELPERS)
 	@prove --exec 'sh tests/run1' $(TEST_BIN) $(sort $(wildcard tests/lua/test_*.lua))
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory fuzz-smoke; fi
 
 test-c: all $(TEST_BIN)
 	@prove --exec 'sh tests/run1' $(TEST_BIN)
 
-test-lua: all $(FAULT_SHIM)
+test-lua: all $(TEST_HELPERS)
 	@prove --exec 'sh tests/run1' $(sort $(wildcard tests/lua/test_*.lua))
 
 # Each suite runs PyTorch's side (bench/torch_SUITE.py, where python3 has
@@ -123,7 +134,7 @@ bench: deps
 
 # Lint: luacheck with .luacheckrc, and the C as the build compiles it plus
 # -Werror (objects discarded), so a new warning fails CI.
-LINT_C := $(CORE_SRC) lua/main.c $(TEST_SRC) tests/c/fault_shim.c $(BENCH_SRC)
+LINT_C := $(CORE_SRC) lua/main.c $(TEST_SRC) tests/c/fault_shim.c tests/c/hub_server.c $(BENCH_SRC)
 lint:
 	@command -v luacheck >/dev/null || { echo "lint: luacheck missing (make deps-dev)"; exit 1; }
 	@luacheck -qq --no-color lua recipes bench tests docs

@@ -322,6 +322,13 @@ int fm_rle_paint(fm_tensor *labels, const fm_tensor *counts, int32_t value);
  * bit, as ASCII 48..111). Free with fm_free. */
 char *fm_rle_to_string(const fm_tensor *counts);
 fm_tensor *fm_rle_from_string(const char *s);              /* -> (m) I32 */
+/* A COCO polygon -> the counts (m) I32 of its (h, w) mask, bit for bit as
+ * pycocotools' rleFrPoly (what frPyObjects and annToRLE run on polygon
+ * segmentations): xy holds n_points (x, y) pairs, the outline upsampled 5x,
+ * walked segment by segment and its column crossings turned into runs.
+ * n_points >= 1 (frPyObjects passes lists of more than 4 numbers),
+ * coordinates finite within +-2^26, h, w >= 1, h * w <= INT32_MAX. */
+fm_tensor *fm_rle_from_polygon(const double *xy, int64_t n_points, int64_t h, int64_t w);
 
 /* masks (N, H, W) U8 -> boxes (N, 4) F32 XYXY of the set pixels, inclusive
  * pixel indices (x1 = last set column), 0 0 0 0 for an empty mask
@@ -529,6 +536,44 @@ int fm_sam_upscale_masks(fm_tensor *out, const fm_tensor *keys, int64_t h, int64
                          const fm_tensor *w1, const fm_tensor *b1, const fm_tensor *ln_w,
                          const fm_tensor *ln_b, float eps, const fm_tensor *w2,
                          const fm_tensor *b2, const fm_tensor *hyper);
+
+/* ---- HTTP (core/http.c): downloads for `fmseg fetch` --------------------- */
+
+/* One request (and the redirects it follows), driven step by step by the
+ * caller so that it can show progress between steps. method "GET" or
+ * "HEAD"; headers: "Name: value\n" lines or NULL; out_path: the body is
+ * written there (NULL: kept in memory, at most 64 MiB; an answer of 300 or
+ * more is always kept in memory); resume_from > 0 appends to out_path and
+ * asks for "Range: bytes=resume_from-" (a 200 instead of a 206 starts the
+ * file over; a 206 must start at resume_from); follow: follow redirects
+ * (curl sends a custom Authorization header to the original host only).
+ * Close with fm_http_close. */
+typedef struct fm_http fm_http;
+fm_http *fm_http_open(const char *method, const char *url, const char *headers, const char *out_path,
+                      int64_t resume_from, int32_t follow);
+/* Runs the transfer for up to timeout_ms: 1 while it goes on, 0 when it
+ * has ended (any HTTP status: see fm_http_status), -1 when it failed (the
+ * message names the method, URL and curl's error or the write that
+ * failed; the counters below stay readable). */
+int fm_http_step(fm_http *h, int32_t timeout_ms);
+int32_t fm_http_status(const fm_http *h);       /* of the latest response; 0 before one */
+int64_t fm_http_received(const fm_http *h);     /* body bytes taken by this transfer */
+int64_t fm_http_offset(const fm_http *h);       /* where they start in out_path */
+/* A header of the latest response (case-insensitive name), or NULL; the
+ * string lives until the next call on h. */
+const char *fm_http_header(fm_http *h, const char *name);
+const char *fm_http_headers(const fm_http *h);  /* all of them, "Name: value\n" */
+const char *fm_http_body(const fm_http *h, size_t *len); /* the in-memory body */
+const char *fm_http_effective_url(fm_http *h);  /* after the redirects followed */
+void fm_http_close(fm_http *h);
+/* size in bytes and modification time (s since the epoch) of path */
+int fm_file_stat(const char *path, int64_t *size, double *mtime);
+/* The digest of the file's bytes as lowercase hex into hex (hex_size >= 65
+ * for sha256, 41 for sha1); algo "sha256" or "sha1"; git_blob = 1 hashes
+ * "blob <size>\0" first, giving git's object id of the file. */
+int fm_file_digest(const char *path, const char *algo, int32_t git_blob, char *hex, size_t hex_size);
+/* the same over len bytes in memory */
+int fm_digest(const void *data, size_t len, const char *algo, char *hex, size_t hex_size);
 
 #ifdef __cplusplus
 }

@@ -410,6 +410,143 @@ fm_tensor *fm_rle_from_string(const char *s) {
   return counts;
 }
 
+/* ---- polygons (pycocotools' rleFrPoly) ---------------------------------------- */
+
+/* The walk of rleFrPoly over the 5x upsampled outline: each pair of
+ * consecutive points whose x differs yields a y-boundary point in the
+ * column it crosses, kept when that column is a whole pixel of the image.
+ * The points are not stored (rleFrPoly keeps all of them); only the kept
+ * boundary indices x * h + y are. */
+typedef struct fm__poly_walk {
+  int64_t h, w;
+  bool started;
+  int pu, pv;           /* the previous point */
+  uint32_t *a;          /* boundary indices */
+  int64_t n, cap;
+} fm__poly_walk;
+
+static bool fm__poly_push(fm__poly_walk *wk, uint32_t v) {
+  if (wk->n + 1 >= wk->cap) {      /* one spare slot for the final h * w */
+    int64_t cap = wk->cap ? 2 * wk->cap : 64;
+    uint32_t *a = realloc(wk->a, sizeof(uint32_t) * (size_t)cap);
+    if (!a) return fm__error("rle_from_polygon: out of memory"), false;
+    wk->a = a, wk->cap = cap;
+  }
+  wk->a[wk->n++] = v;
+  return true;
+}
+
+static bool fm__poly_step(fm__poly_walk *wk, int u, int v) {
+  bool ok = true;
+  if (wk->started && u != wk->pu) {
+    double xd = (double)(u < wk->pu ? u : u - 1);
+    xd = (xd + .5) / 5 - .5;
+    if (floor(xd) == xd && xd >= 0 && xd <= (double)(wk->w - 1)) {
+      double yd = (double)(v < wk->pv ? v : wk->pv);
+      yd = (yd + .5) / 5 - .5;
+      if (yd < 0) yd = 0;
+      else if (yd > (double)wk->h) yd = (double)wk->h;
+      yd = ceil(yd);
+      ok = fm__poly_push(wk, (uint32_t)((int64_t)xd * wk->h + (int64_t)yd));
+    }
+  }
+  wk->started = true, wk->pu = u, wk->pv = v;
+  return ok;
+}
+
+/* One edge (xs, ys) -> (xe, ye) in upsampled integer coordinates, point by
+ * point along its major axis, the minor coordinate rounded from the end
+ * with the smaller major coordinate (so an edge and its reverse differ). */
+static bool fm__poly_edge(fm__poly_walk *wk, int xs, int ys, int xe, int ye) {
+  int dx = abs(xe - xs), dy = abs(ys - ye);
+  if (dx == 0 && dy == 0)   /* rleFrPoly computes 0/0 here; its one point's v never matters: x does not change */
+    return fm__poly_step(wk, xs, ys);
+  bool flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+  if (flip) {
+    int t = xs; xs = xe; xe = t;
+    t = ys; ys = ye; ye = t;
+  }
+  double s = dx >= dy ? (double)(ye - ys) / dx : (double)(xe - xs) / dy;
+  if (dx >= dy) {
+    for (int d = 0; d <= dx; ++d) {
+      int t = flip ? dx - d : d;
+      if (!fm__poly_step(wk, t + xs, (int)(ys + s * t + .5))) return false;
+    }
+  } else {
+    for (int d = 0; d <= dy; ++d) {
+      int t = flip ? dy - d : d;
+      if (!fm__poly_step(wk, (int)(xs + s * t + .5), t + ys)) return false;
+    }
+  }
+  return true;
+}
+
+static int fm__cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* sorted boundary indices -> run lengths, a zero-length run merging its
+ * neighbours (rleFrPoly's last loop); returns the number of runs */
+static int64_t fm__poly_runs(uint32_t *a, int64_t k) {
+  qsort(a, (size_t)k, sizeof(uint32_t), fm__cmp_u32);
+  uint32_t p = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    uint32_t t = a[j];
+    a[j] -= p;
+    p = t;
+  }
+  int64_t j = 0, m = 0;
+  a[m++] = a[j++];                 /* in place: m <= j throughout */
+  while (j < k) {
+    if (a[j] > 0) {
+      a[m++] = a[j++];
+    } else {
+      ++j;
+      if (j < k) a[m - 1] += a[j++];
+    }
+  }
+  return m;
+}
+
+static bool fm__check_polygon(const double *xy, int64_t n, int64_t h, int64_t w) {
+  if (!xy) return fm__error("rle_from_polygon: xy is NULL"), false;
+  if (n < 1) return fm__error("rle_from_polygon: a polygon needs at least 1 point, got %lld", (long long)n), false;
+  if (h < 1 || w < 1 || h > INT32_MAX / w)
+    return fm__error("rle_from_polygon: mask size %lldx%lld must be at least 1x1 and at most %d pixels",
+                     (long long)h, (long long)w, INT32_MAX), false;
+  const double lim = 67108864.0;   /* 2^26: 5x that and its differences fit an int */
+  for (int64_t j = 0; j < 2 * n; ++j)
+    if (!(xy[j] >= -lim && xy[j] <= lim))
+      return fm__error("rle_from_polygon: coordinate %lld of point %lld is %g, outside [-2^26, 2^26]",
+                       (long long)(j % 2), (long long)(j / 2), xy[j]), false;
+  return true;
+}
+
+fm_tensor *fm_rle_from_polygon(const double *xy, int64_t n_points, int64_t h, int64_t w) {
+  if (!fm__check_polygon(xy, n_points, h, w)) return NULL;
+  fm__poly_walk wk = { .h = h, .w = w };
+  /* (int)(scale * v + .5): truncation toward zero, as rleFrPoly casts */
+  int x0 = (int)(5 * xy[0] + .5), y0 = (int)(5 * xy[1] + .5), xs = x0, ys = y0;
+  bool ok = true;
+  for (int64_t j = 0; ok && j < n_points; ++j) {
+    int xe = j + 1 < n_points ? (int)(5 * xy[2 * (j + 1)] + .5) : x0;
+    int ye = j + 1 < n_points ? (int)(5 * xy[2 * (j + 1) + 1] + .5) : y0;
+    ok = fm__poly_edge(&wk, xs, ys, xe, ye);
+    xs = xe, ys = ye;
+  }
+  if (ok) ok = fm__poly_push(&wk, (uint32_t)(h * w));
+  fm_tensor *counts = NULL;
+  if (ok) {
+    int64_t m = fm__poly_runs(wk.a, wk.n);
+    counts = fm_tensor_new(FM_I32, 1, &m);
+    if (counts)
+      for (int64_t j = 0; j < m; ++j) ((int32_t *)counts->data)[j] = (int32_t)wk.a[j];
+  }
+  free(wk.a);
+  return counts;
+}
+
 /* ---- boxes ------------------------------------------------------------------- */
 
 static bool fm__check_boxes(const fm_tensor *b, const char *what) {

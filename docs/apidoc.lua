@@ -17,6 +17,7 @@ local MODULES = {
   { "fmseg.nn", "neural-network kernels over tensors" },
   { "fmseg.image", "decode, write and convert images" },
   { "fmseg.masks", "binary masks, boxes, COCO RLE" },
+  { "fmseg.io.hub", "the Hugging Face hub: download a repository, find it in the cache" },
   { "fmseg.cluster", "k-means, spectral and eigen helpers" },
   { "fmseg.models", "load a model by kind from a Hugging Face directory" },
   { "fmseg.models.clip", "CLIP (transformers' CLIPModel)" },
@@ -30,6 +31,7 @@ local MODULES = {
   { "fmseg.method.recipes", "the recipe registry and contract" },
   { "fmseg.method.classes", "class-name files" },
   { "fmseg.method.templates", "prompt templates" },
+  { "fmseg.eval.published", "the numbers papers report, to compare runs with" },
 }
 
 local root = core.root

@@ -78,17 +78,16 @@ asan-links:
 	@find $(ASAN_ROOT) -maxdepth 1 -type l -delete
 	@for f in $(ASAN_LINKS); do ln -s ../../../$$f $(ASAN_ROOT)/$$f; done
 
-# The fault shim that tests/lua/test_eval.lua LD_PRELOADs from the root's
-# build/tests: the Makefile's own, copied (a test helper, uninstrumented as
-# in `make test`; tests/asan/run.sh says why ASan accepts it first).
-ifdef FAULT_SHIM
-ASAN_SHIM := $(ASAN_ROOT)/$(FAULT_SHIM)
-$(ASAN_SHIM): $(FAULT_SHIM)
+# The programs the Lua tests start from the root's build/tests (the fault
+# shim that tests/lua/test_eval.lua LD_PRELOADs, the hub server): the
+# Makefile's own, copied (test helpers, uninstrumented as in `make test`;
+# tests/asan/run.sh says why ASan accepts the shim first).
+ASAN_HELPERS := $(TEST_HELPERS:%=$(ASAN_ROOT)/%)
+$(ASAN_HELPERS): $(ASAN_ROOT)/%: %
 	@mkdir -p $(@D)
 	cp $< $@
-endif
 
-asan-build: asan-links $(ASAN_ROOT)/fmseg $(ASAN_TESTS) $(ASAN_SHIM)
+asan-build: asan-links $(ASAN_ROOT)/fmseg $(ASAN_TESTS) $(ASAN_HELPERS)
 
 test-asan: export FMSEG_CACHE = off
 test-asan: deps

@@ -10,6 +10,10 @@
 # Chain the merge after the array:
 #   jid=$(sbatch --parsable --array=1-8 configs/cluster/slurm_eval.sh CONFIG)
 #   sbatch --dependency=afterok:$jid --wrap "./fmseg merge runs/<config name>"
+# Smaller nodes: override the #SBATCH lines below, e.g.
+#   sbatch --cpus-per-task=2 --mem=4G --array=1-8 configs/cluster/slurm_eval.sh CONFIG
+# A task requeued after it failed resumes, but Slurm then never satisfies
+# afterok on the array: run the merge by hand once no task is left.
 #SBATCH --job-name=fmseg-eval
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=16G

@@ -125,6 +125,22 @@ function M.rle_encode(mask)
   return { size = { mask:size(1), mask:size(2) }, counts = counts_list(counts) }
 end
 
+-- A COCO polygon {x1, y1, x2, y2, ...} -> the rle of its (h, w) mask, as
+-- pycocotools' frPyObjects / annToRLE rasterise polygon segmentations (an
+-- odd trailing number is dropped, as frPoly's int(len / 2) does).
+function M.rle_from_polygon(polygon, h, w)
+  if type(polygon) ~= "table" then error("rle_from_polygon: polygon must be a list of numbers", 2) end
+  local n = math.floor(#polygon / 2)
+  local xy = ffi.new("double[?]", math.max(2 * n, 1))
+  for i = 1, 2 * n do
+    local v = polygon[i]
+    if type(v) ~= "number" then error(("rle_from_polygon: coordinate %d is not a number"):format(i), 2) end
+    xy[i - 1] = v
+  end
+  local counts = T.wrap(C.fm_rle_from_polygon(xy, n, h, w), "rle_from_polygon")
+  return { size = { h, w }, counts = counts_list(counts) }
+end
+
 -- rle (counts as a list or pycocotools string) -> (H, W) uint8
 function M.rle_decode(rle)
   check_rle(rle)

@@ -1,14 +1,21 @@
--- fmseg.cli.demo — `fmseg demo [CLIP_DIR]`: SCLIP with the PASCAL VOC classes
--- on the bundled photo, writing a label map, an overlay and a summary to
--- out/demo/. With no real CLIP checkpoint at hand it falls back to the tiny
--- random-weight fixture, and says so: the pipeline runs end to end, the
--- masks then mean nothing.
+-- fmseg.cli.demo — `fmseg demo [CLIP_DIR | HUB_ID]`: SCLIP with the PASCAL VOC
+-- classes on the bundled photo, writing a label map, an overlay and a
+-- summary to out/demo/. The model is, in order: the argument,
+-- models/clip-vit-base-patch16, openai/clip-vit-base-patch16 in the Hugging
+-- Face cache (`fmseg fetch openai/clip-vit-base-patch16`). With none of them
+-- it falls back to the tiny random-weight fixture, and says so: the
+-- pipeline runs end to end, the masks then mean nothing.
 local config = require("fmseg.io.config")
 local core = require("fmseg.core")
+local hf = require("fmseg.io.hf")
+local hub = require("fmseg.io.hub")
 local image = require("fmseg.image")
 local segment = require("fmseg.method.segment")
 
 local M = {}
+
+local HUB_ID = "openai/clip-vit-base-patch16"
+local FETCH = "fmseg fetch " .. HUB_ID
 
 local function is_model_dir(path)
   local f = path and io.open(path .. "/config.json", "r")
@@ -16,28 +23,41 @@ local function is_model_dir(path)
   return f ~= nil
 end
 
+-- the model directory, whether it is a real checkpoint, and where it came from
 local function pick_model(arg)
   if arg then
-    if not is_model_dir(arg) then error(("demo: %s is not a model directory (no config.json)"):format(arg), 0) end
-    return arg, true
+    local dir = hf.resolve(arg)
+    if not is_model_dir(dir) then error(("demo: %s is not a model directory (no config.json)"):format(dir), 0) end
+    return dir, true
   end
   for _, dir in ipairs({ "models/clip-vit-base-patch16", core.root .. "/models/clip-vit-base-patch16" }) do
     if is_model_dir(dir) then return dir, true end
   end
+  local snapshot = hub.snapshot(HUB_ID)
+  if snapshot and is_model_dir(snapshot) then return snapshot, true, HUB_ID end
   local tiny = (os.getenv("FMSEG_FIXTURES") or (core.root .. "/../shared/fixtures")) .. "/clip-tiny"
   if is_model_dir(tiny) then return tiny, false end
-  error("demo: no CLIP checkpoint found; download openai/clip-vit-base-patch16 into " ..
-        "models/clip-vit-base-patch16 (or pass its directory: fmseg demo DIR)", 0)
+  error(("demo: no CLIP checkpoint found (models/clip-vit-base-patch16, or %s in the Hugging Face cache %s); "
+         .. "download it with: %s (or pass a directory: fmseg demo DIR)"):format(HUB_ID, hub.cache_dir(), FETCH), 0)
 end
 
-M.usage = "demo [CLIP_DIR]"
+M.usage = "demo [CLIP_DIR | HUB_ID]"
 M.help = "SCLIP on the bundled photo, outputs in out/demo"
 
 function M.run(argv)
-  local model, real = pick_model(argv[1])
+  if argv[1] == "-h" or argv[1] == "--help" then
+    print("usage: fmseg " .. M.usage)
+    print("  the model: CLIP_DIR, else models/clip-vit-base-patch16, else " .. HUB_ID .. " in the Hugging Face")
+    print("  cache (" .. FETCH .. "), else the tiny random-weight fixture")
+    return 0
+  end
+  local model, real, from_hub = pick_model(argv[1])
   if not real then
-    print("demo: no real CLIP checkpoint in models/clip-vit-base-patch16; using the tiny")
+    print("demo: no real CLIP checkpoint in models/clip-vit-base-patch16 or the Hugging Face cache; using the tiny")
     print("      random-weight fixture " .. model .. " — the masks show the pipeline, not quality.")
+    print("      For the real model: " .. FETCH)
+  elseif from_hub then
+    print(("demo: using %s from the Hugging Face cache: %s"):format(from_hub, model))
   end
   local cfg = config.load(core.root .. "/configs/sclip/sclip_vitb16_voc21.yaml", { "models.clip=" .. model })
   local photo = core.root .. "/tests/data/astronaut.jpg"

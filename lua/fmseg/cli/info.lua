@@ -122,6 +122,7 @@ end
 -- inspect(path, opts): opts.check scans the values too (see the top)
 function M.inspect(path, opts)
   local check = opts and opts.check
+  path = hf.resolve(path)   -- a hub id in the cache names its snapshot
   if fs.is_dir(path) then
     local count, total, problems = describe_dir(path, check)
     return summary(count, total, problems, check)

@@ -6,8 +6,8 @@ local M = {}
 
 -- in the order --help lists them
 local COMMANDS = {
-  "run", "info", "parity", "segment", "print-config", "demo",
-  "classify", "sam", "amg", "eval", "merge", "table",
+  "run", "info", "fetch", "parity", "segment", "print-config", "demo",
+  "classify", "sam", "amg", "prepare", "eval", "merge", "table", "report",
 }
 
 local function load_command(name)

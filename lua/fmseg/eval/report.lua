@@ -8,11 +8,14 @@
 --
 -- Writes to the output directory: miou.md, miou.csv, miou.png,
 -- per_class_iou.csv, and corloc.md / corloc.csv / corloc.png when
--- discovery runs are among them.
+-- discovery runs are among them; published.md / published.csv put each
+-- measured number beside the one its paper or repository reports
+-- (configs/published.yaml, fmseg.eval.published) when there is one.
 local core = require("fmseg.core")
 local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
 local json = require("fmseg.io.json")
+local published = require("fmseg.eval.published")
 local runs = require("fmseg.eval.runs")
 local T = require("fmseg.tensor")
 local C, check = core.C, core.check
@@ -26,22 +29,24 @@ local ORDER = { "voc21", "context60", "coco_object", "voc20", "context59", "coco
 
 local function is_num(x) return type(x) == "number" and x == x end
 
--- metrics.json of each directory; unfinished runs and lone shards refused.
-function M.load(dirs)
+-- metrics.json of each directory; unfinished runs and lone shards refused
+-- (errors start with `command`, default "table").
+function M.load(dirs, command)
+  command = command or "table"
   local recs = {}
   for _, dir in ipairs(dirs) do
     local rec, err = runs.read_json(dir .. "/metrics.json")
     if not rec then
-      if err then error(("table: %s/metrics.json: %s"):format(dir, tostring(err)), 0) end
+      if err then error(("%s: %s/metrics.json: %s"):format(command, dir, tostring(err)), 0) end
       local has_shards = false
       local p = io.popen(("ls '%s' 2>/dev/null"):format(dir:gsub("'", "'\\''")))
       for name in p:lines() do if name:match("^metrics%.shard%-") then has_shards = true end end
       p:close()
       if has_shards then
-        error(("table: %s holds shards only: combine them first with `fmseg merge %s`"):format(dir, dir), 0)
+        error(("%s: %s holds shards only: combine them first with `fmseg merge %s`"):format(command, dir, dir), 0)
       end
-      error(("table: %s has no metrics.json: the run is unfinished (rerun its `fmseg eval` to resume) "
-        .. "or this is not a run directory"):format(dir), 0)
+      error(("%s: %s has no metrics.json: the run is unfinished (rerun its `fmseg eval` to resume) "
+        .. "or this is not a run directory"):format(command, dir), 0)
     end
     rec.dir = dir
     recs[#recs + 1] = rec
@@ -50,8 +55,8 @@ function M.load(dirs)
 end
 
 -- { methods = {...}, datasets = {{name, title}...}, cells[method][dataset] = rec }
--- for the runs of one task.
-function M.grid(recs, task)
+-- for the runs of one task (errors start with `command`, default "table").
+function M.grid(recs, task, command)
   local g = { methods = {}, datasets = {}, cells = {} }
   local seen_m, seen_d = {}, {}
   for _, r in ipairs(recs) do
@@ -60,8 +65,8 @@ function M.grid(recs, task)
       if not seen_m[m] then seen_m[m] = true; g.methods[#g.methods + 1] = m; g.cells[m] = {} end
       if not seen_d[d] then seen_d[d] = { name = d, title = r.title or d }; g.datasets[#g.datasets + 1] = seen_d[d] end
       if g.cells[m][d] then
-        error(("table: %s and %s both hold %s on %s; give one a distinct `method` in its config"):format(
-          g.cells[m][d].dir, r.dir, m, d), 0)
+        error(("%s: %s and %s both hold %s on %s; give one a distinct `method` in its config"):format(
+          command or "table", g.cells[m][d].dir, r.dir, m, d), 0)
       end
       g.cells[m][d] = r
     end
@@ -167,6 +172,49 @@ function M.per_class_csv(recs)
   return table.concat(lines, "\n") .. "\n"
 end
 
+-- ---- measured beside published ---------------------------------------------
+
+-- { {method, dataset, title, measured, published, source}... } for the
+-- cells of `g` that have a published number, in the table's order.
+function M.published_pairs(g, task, book)
+  local metric = task == "discovery" and "corloc" or "miou"
+  local pairs_ = {}
+  for _, m in ipairs(g.methods) do
+    for _, d in ipairs(g.datasets) do
+      local v = value_of(g.cells[m][d.name], task)
+      local p = v and published.lookup(m, d.name, metric, book)
+      if p then
+        pairs_[#pairs_ + 1] = { method = m, dataset = d.name, title = d.title, measured = v,
+                                published = p.value, source = p.source }
+      end
+    end
+  end
+  return pairs_
+end
+
+-- "measured / published (difference)" per cell, and the sources.
+function M.published_markdown(g, task, pairs_)
+  local metric = task == "discovery" and "CorLoc" or "mIoU"
+  local cell, sources, order = {}, {}, {}
+  for _, p in ipairs(pairs_) do
+    cell[p.method] = cell[p.method] or {}
+    cell[p.method][p.dataset] = ("%.1f / %.1f (%+.1f)"):format(p.measured, p.published, p.measured - p.published)
+    if not sources[p.method] then sources[p.method] = p.source; order[#order + 1] = p.method end
+  end
+  local head, rule = { "| Method" }, { "| ---" }
+  for _, d in ipairs(g.datasets) do head[#head + 1] = d.title; rule[#rule + 1] = "---:" end
+  local lines = { ("%s (%%): measured / published (difference)"):format(metric), "",
+                  table.concat(head, " | ") .. " |", table.concat(rule, " | ") .. " |" }
+  for _, m in ipairs(order) do
+    local row = { "| " .. m }
+    for _, d in ipairs(g.datasets) do row[#row + 1] = cell[m][d.name] or "-" end
+    lines[#lines + 1] = table.concat(row, " | ") .. " |"
+  end
+  lines[#lines + 1] = ""
+  for _, m in ipairs(order) do lines[#lines + 1] = ("- %s: %s"):format(m, sources[m]) end
+  return table.concat(lines, "\n") .. "\n"
+end
+
 -- ---- bar chart ----------------------------------------------------------------
 
 -- Tableau's ten colours: distinguishable, and familiar from matplotlib.
@@ -256,6 +304,7 @@ function M.command(dirs, out)
   local recs = M.load(dirs)
   fs.mkdir_p(out)
   local parts, written = {}, {}
+  local compared, compared_csv = {}, { "task,method,dataset,measured,published,difference,source" }
   for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" } }) do
     local g = M.grid(recs, spec.task)
     if #g.methods > 0 then
@@ -268,7 +317,23 @@ function M.command(dirs, out)
       image.save_png(tmp, M.bar_chart(g, spec.task))
       os.rename(tmp, png)
       written[#written + 1] = spec.name .. ".{md,csv,png}"
+      local pairs_ = M.published_pairs(g, spec.task)
+      if #pairs_ > 0 then
+        compared[#compared + 1] = M.published_markdown(g, spec.task, pairs_)
+        for _, p in ipairs(pairs_) do
+          compared_csv[#compared_csv + 1] = table.concat({ spec.task, csv_field(p.method), csv_field(p.dataset),
+            ("%.2f"):format(p.measured), ("%.2f"):format(p.published), ("%.2f"):format(p.measured - p.published),
+            csv_field(p.source) }, ",")
+        end
+      end
     end
+  end
+  if #compared > 0 then
+    local md = table.concat(compared, "\n")
+    parts[#parts + 1] = md
+    write(out .. "/published.md", md)
+    write(out .. "/published.csv", table.concat(compared_csv, "\n") .. "\n")
+    written[#written + 1] = "published.{md,csv}"
   end
   write(out .. "/per_class_iou.csv", M.per_class_csv(recs))
   written[#written + 1] = "per_class_iou.csv"

@@ -7,6 +7,7 @@
 -- Weights are looked up by the checkpoint's own names; a missing or
 -- misshapen tensor raises an error naming the key and the shapes.
 local fs = require("fmseg.io.fs")
+local hub = require("fmseg.io.hub")
 local json = require("fmseg.io.json")
 local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
@@ -166,9 +167,20 @@ end
 local Dir = {}
 Dir.__index = Dir
 
--- open(path) reads path/config.json (or a diffusers model_index.json).
+-- A hub id (org/name or org/name@revision) that is no path here names its
+-- snapshot in the Hugging Face cache (fmseg.io.hub); nothing is downloaded.
+function M.resolve(path)
+  if exists(path) or not hub.looks_like_id(path) then return path end
+  local id, revision = hub.parse(path)
+  local snapshot, why = hub.snapshot(id, revision)
+  if snapshot then return snapshot end
+  error(("%s: no such model directory, and %s; download it with: fmseg fetch %s"):format(path, why, path), 0)
+end
+
+-- open(path) reads path/config.json (or a diffusers model_index.json);
+-- path may be a hub id in the cache (M.resolve).
 function M.open(path)
-  path = path:gsub("/+$", "")
+  path = M.resolve((path:gsub("/+$", "")))
   local self = setmetatable({ path = path }, Dir)
   if exists(path .. "/config.json") then
     self.config = M.read_json(path .. "/config.json")

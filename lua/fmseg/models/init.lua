@@ -1,5 +1,9 @@
 -- fmseg.models — model kinds a config can name, and how each loads.
--- Each module exposes load(dir) → an immutable model.
+-- Each module exposes load(dir) → an immutable model. A path may be a
+-- Hugging Face hub id (org/name[@revision]) already in the hub cache
+-- (fmseg.io.hf.resolve).
+local hf = require("fmseg.io.hf")
+
 local M = {}
 
 local KINDS = {
@@ -22,6 +26,7 @@ function M.load(kind, path)
     table.sort(known)
     error(("unknown model kind '%s' (known: %s)"):format(kind, table.concat(known, ", ")), 0)
   end
+  path = hf.resolve(path)
   local key = kind .. "\0" .. path
   if not cache[key] then cache[key] = require(modname).load(path) end
   return cache[key]
