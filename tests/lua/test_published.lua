@@ -24,7 +24,7 @@ tap.ok(reported >= 5, ("configs/published.yaml reports %d methods"):format(repor
 
 -- every `method:` of a config, resolved through its _base_ chain
 local methods, uncovered = {}, {}
-local p = io.popen(("find %s -name '*.yaml' -not -path '*/_base_/*' -not -name published.yaml | sort")
+local p = io.popen(("find -H %s -name '*.yaml' -not -path '*/_base_/*' -not -name published.yaml | sort")
   :format(fs.quote(ROOT .. "/configs")))
 for path in p:lines() do
   local cfg = config.load(path)
