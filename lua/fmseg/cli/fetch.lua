@@ -5,11 +5,8 @@
 -- complete are not downloaded again; an interrupted one resumes. Progress
 -- goes to stderr; the snapshot's path is printed last on stdout.
 local args = require("fmseg.cli.args")
-local core = require("fmseg.core")
+local fs = require("fmseg.io.fs")
 local hub = require("fmseg.io.hub")
-
-local ffi = core.ffi
-pcall(ffi.cdef, "int isatty(int fd);")
 
 local USAGE = "fetch REPO_ID [--revision R] [--include GLOB]... [--local-dir DIR]"
 
@@ -31,16 +28,7 @@ local function human(n)
   return i == 1 and ("%d B"):format(n) or ("%.1f %s"):format(n, units[i])
 end
 
-pcall(ffi.cdef, "typedef struct { int64_t tv_sec, tv_nsec; } fmseg_fetch_timespec;")
-pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
-local have_clock = pcall(function() return ffi.C.clock_gettime end)
-local ts = ffi.new("fmseg_fetch_timespec")
-
--- seconds on the monotonic clock (os.clock is CPU time, idle while waiting)
-local function clock()
-  if have_clock and ffi.C.clock_gettime(1, ts) == 0 then return tonumber(ts.tv_sec) + 1e-9 * tonumber(ts.tv_nsec) end
-  return os.time()
-end
+local clock = fs.now
 
 -- A progress bar per file on stderr: name, bar, bytes, rate. On a terminal
 -- it redraws in place (at most every 0.1 s); otherwise one line when done.
@@ -84,7 +72,7 @@ function M.run(argv)
   if rev and opts.revision and rev ~= opts.revision then
     error(("fetch: %s names revision %s, --revision says %s"):format(opts.repo, rev, opts.revision), 0)
   end
-  local tty = ffi.C.isatty(2) == 1
+  local tty = fs.stderr_is_tty()
   local result = hub.fetch(id, {
     revision = rev or opts.revision, include = opts.include, local_dir = opts.local_dir,
     progress = progress_bar(tty), note = function(msg) io.stderr:write(tty and "\n" or "", "fetch: ", msg, "\n") end,

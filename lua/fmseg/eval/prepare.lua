@@ -63,7 +63,7 @@ end
 
 -- ---- progress and the job loop ---------------------------------------------------
 
-local now = require("fmseg.eval.runs").now
+local now = fs.now
 
 -- "\rprepare coco_object  37/5000  812.4 files/s" at most every 0.25 s,
 -- and once at the end with a newline.

@@ -440,17 +440,7 @@ local function clock_time(s)
   return ("%d:%02d"):format(s / 60, s % 60)
 end
 
--- Wall-clock seconds (CLOCK_MONOTONIC); whole seconds if that is unavailable.
-pcall(ffi.cdef, "typedef struct { int64_t tv_sec, tv_nsec; } fmseg_runs_timespec;")
-local have_clock = pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
-local ts = ffi.new("fmseg_runs_timespec")
-local function now()
-  if have_clock and ffi.C.clock_gettime(1, ts) == 0 then
-    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-  end
-  return os.time()
-end
-M.now = now
+local now = fs.now
 
 -- "\reval voc21  [######......]  37/1449  2.31 img/s  ETA 10:14"
 local function progress(label, done, total, computed, elapsed)

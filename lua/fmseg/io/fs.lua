@@ -17,6 +17,23 @@ char *strerror(int errnum);
 local O_RDWR, O_CREAT, O_CLOEXEC = 2, 64, 524288     -- Linux
 local LOCK_EX, LOCK_NB = 2, 4
 
+-- Wall-clock seconds on the monotonic clock, for rates and ETAs in progress
+-- lines (os.clock is CPU time); whole seconds where it is unavailable.
+pcall(ffi.cdef, "typedef struct { int64_t tv_sec, tv_nsec; } fmseg_fs_timespec;")
+local have_clock = pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
+local timespec = ffi.new("fmseg_fs_timespec")
+local CLOCK_MONOTONIC = 1
+function M.now()
+  if have_clock and ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec) == 0 then
+    return tonumber(timespec.tv_sec) + tonumber(timespec.tv_nsec) * 1e-9
+  end
+  return os.time()
+end
+
+-- Is stderr a terminal (progress redrawn in place) or a file / pipe?
+pcall(ffi.cdef, "int isatty(int fd);")
+function M.stderr_is_tty() return ffi.C.isatty(2) == 1 end
+
 -- s quoted for the shell (os.execute, io.popen)
 function M.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
