@@ -71,4 +71,66 @@ function M.resize_cv2(img, oh, ow)
   return out
 end
 
+-- PIL's NEAREST resize along one axis (ImagingScaleAffine: the source
+-- position starts at scale / 2 and adds scale per pixel, in double,
+-- truncated): the source index of each of the `out` pixels (0-based), -1
+-- past the edge (PIL leaves those 0).
+function M.pil_nearest_index(out, inn)
+  local scale, xo, idx = inn / out, inn / out * 0.5, {}
+  for i = 0, out - 1 do
+    local x = math.floor(xo)
+    idx[i] = (x >= 0 and x < inn) and x or -1
+    xo = xo + scale
+  end
+  return idx
+end
+
+-- PIL's NEAREST resize of (H, W) labels (any dtype) to (oh, ow).
+function M.resize_nearest_pil(lab, oh, ow)
+  lab = lab:contiguous()
+  local h, w = lab:size(1), lab:size(2)
+  local ys, xs = M.pil_nearest_index(oh, h), M.pil_nearest_index(ow, w)
+  local out = T.new({ oh, ow }, lab:dtype())
+  local src, dst = lab:ptr(), out:ptr()
+  for y = 0, oh - 1 do
+    local row = ys[y] * w
+    for x = 0, ow - 1 do
+      dst[y * ow + x] = (ys[y] >= 0 and xs[x] >= 0) and src[row + xs[x]] or 0
+    end
+  end
+  return out
+end
+
+-- Python's round(): half to even (torchvision's CenterCrop offsets)
+local function round_half_even(v)
+  local f = math.floor(v)
+  local d = v - f
+  if d > 0.5 or (d == 0.5 and f % 2 == 1) then return f + 1 end
+  return f
+end
+
+-- torchvision Resize(n) of a PIL image of h x w: the size it resizes to, the
+-- short side n and the long one int(n * long / short)
+-- (transforms.functional._compute_resized_output_size)
+function M.short_side_size(h, w, n)
+  if h <= w then return n, math.floor(n * w / h) end
+  return math.floor(n * h / w), n
+end
+
+-- torchvision's Resize(n) + CenterCrop(n) on a PIL image, CLIP's
+-- preprocessing: an (H, W, 3) uint8 image resized PIL-bicubic, or (H, W)
+-- labels PIL-nearest (mode "nearest"), then the centred n x n square.
+-- Returns the crop and { rh, rw, top, left } (the resized size, the
+-- crop's offsets in it).
+function M.short_side_crop(t, n, mode)
+  local h, w = t:size(1), t:size(2)
+  local rh, rw = M.short_side_size(h, w, n)
+  if rh ~= h or rw ~= w then
+    if mode == "nearest" then t = M.resize_nearest_pil(t, rh, rw) else t = M.resize_pil(t, rh, rw, "bicubic") end
+  end
+  local top, left = round_half_even((rh - n) / 2), round_half_even((rw - n) / 2)
+  local crop = t:narrow(1, top + 1, n):narrow(2, left + 1, n):contiguous()
+  return crop, { rh = rh, rw = rw, top = top, left = left }
+end
+
 return M

@@ -26,6 +26,10 @@
 --                                      # for the background class
 --     center_crop: false               # an evaluation protocol's centred square
 --     resize: ~                        # and size (fmseg.eval.protocol; DiffSeg's)
+--     short_side_crop: ~               # or CLIP's Resize(n) + CenterCrop(n) (CLIPtrase's)
+--     ignore_as_background: false      # unlabelled pixels scored as the background
+--                                      # class (CLIPtrase's gts[gts == 255] = C);
+--                                      # an image with no labelled pixel is skipped
 --   classes: configs/_base_/classes/voc21.txt   # what the recipe queries
 --
 --   local ds = data.open(cfg, { root = "/datasets/VOC2012" })
@@ -89,7 +93,7 @@ function M.spec(cfg)
   for _, k in ipairs({ "name", "title", "task", "root", "split", "images", "image_suffix", "annotations",
                        "annotation_suffix", "num_classes", "reduce_zero_label", "label_map",
                        "ignore_index", "background", "remove_hards", "class_names",
-                       "center_crop", "resize" }) do
+                       "center_crop", "resize", "short_side_crop", "ignore_as_background" }) do
     plain[k] = get(k)
   end
   local name = plain.name or "?"
@@ -109,7 +113,16 @@ function M.spec(cfg)
     label_map = plain.label_map,
     center_crop = opt(plain, "center_crop", "boolean", false, name),
     resize = opt(plain, "resize", "number", nil, name),
+    short_side_crop = opt(plain, "short_side_crop", "number", nil, name),
+    ignore_as_background = opt(plain, "ignore_as_background", "boolean", false, name),
   }
+  if s.short_side_crop and (s.center_crop or s.resize) then
+    error(("dataset %s: data.short_side_crop is a protocol of its own; drop center_crop / resize"):format(name), 0)
+  end
+  if s.short_side_crop and (s.short_side_crop < 1 or s.short_side_crop % 1 ~= 0) then
+    error(("dataset %s: data.short_side_crop must be a whole number of pixels, got %s"):format(
+      name, tostring(s.short_side_crop)), 0)
+  end
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
     error(("dataset %s: data.task must be semantic or discovery, got %s"):format(name, s.task), 0)
@@ -129,6 +142,9 @@ function M.spec(cfg)
     end
     if s.background and (s.background < 0 or s.background >= s.num_classes) then
       error(("dataset %s: data.background %d is not a class index"):format(name, s.background), 0)
+    end
+    if s.ignore_as_background and not s.background then
+      error(("dataset %s: data.ignore_as_background needs data.background (the class they become)"):format(name), 0)
     end
     if s.label_map and s.reduce_zero_label then
       error(("dataset %s: give label_map or reduce_zero_label, not both"):format(name), 0)
@@ -284,7 +300,25 @@ function Dataset:labels(i)
     lab = out
   end
   if protocol.active(self.spec) then lab = protocol.labels(lab, self.spec) end
+  if self.spec.ignore_as_background then lab = M.ignore_as_background(lab, self.spec) end
   return lab
+end
+
+-- Unlabelled pixels → the background class, as CLIPtrase scores its
+-- background datasets; labels with no labelled pixel stay as they are
+-- (nothing to score: the official skips such an image).
+function M.ignore_as_background(lab, s)
+  lab = lab:contiguous()
+  local p, n, ignore = lab:ptr(), lab:numel(), s.ignore_index
+  local labelled = false
+  for i = 0, n - 1 do
+    if p[i] ~= ignore then labelled = true; break end
+  end
+  if not labelled then return lab end
+  local out = lab:clone()
+  local q = out:ptr()
+  for i = 0, n - 1 do if q[i] == ignore then q[i] = s.background end end
+  return out
 end
 
 -- ---- PASCAL VOC detection XML ---------------------------------------------

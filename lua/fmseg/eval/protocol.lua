@@ -14,14 +14,27 @@
 -- process_image): images and labels are cropped to the square, images
 -- resized to 512 bilinear in float, labels nearest, and segments are scored
 -- at 512x512.
+--
+--     short_side_crop: 224  # CLIP's preprocessing applied to the dataset:
+--                           # torchvision Resize(224) (short side to 224,
+--                           # long side int(224 * long / short); images PIL
+--                           # bicubic, labels PIL nearest) then
+--                           # CenterCrop(224) (offsets round((H - 224) / 2),
+--                           # half to even), for images and labels alike
+--
+-- CLIPtrase's evaluation (leaves162/CLIPtrase clip_self_correlation.py,
+-- get_image_and_gt: _transform1 / gt_transform) scores the centre crop
+-- against the ground truth cut the same way.
 local core = require("fmseg.core")
+local image = require("fmseg.image")
 local T = require("fmseg.tensor")
 local ffi, C, check = core.ffi, core.C, core.check
 
 local M = {}
 
--- spec: { center_crop = bool, resize = number or nil } → true when it does anything
-function M.active(spec) return spec.center_crop or spec.resize ~= nil end
+-- spec: { center_crop = bool, resize = number or nil, short_side_crop =
+-- number or nil } → true when it does anything
+function M.active(spec) return spec.center_crop or spec.resize ~= nil or spec.short_side_crop ~= nil end
 
 local function square(t)
   local h, w = t:size(1), t:size(2)
@@ -32,6 +45,7 @@ end
 
 -- (H, W, 3) image → the protocol's image ((S, S, 3) float32 when resized)
 function M.image(img, spec)
+  if spec.short_side_crop then return (image.short_side_crop(img, spec.short_side_crop, "bicubic")) end
   if spec.center_crop then img = square(img) end
   if not spec.resize then return img end
   local h, w, c = unpack(img:shape())
@@ -57,6 +71,7 @@ end
 
 -- (H, W) labels → the protocol's labels (same dtype)
 function M.labels(lab, spec)
+  if spec.short_side_crop then return (image.short_side_crop(lab, spec.short_side_crop, "nearest")) end
   if spec.center_crop then lab = square(lab) end
   if not spec.resize then return lab end
   lab = lab:contiguous()
