@@ -16,7 +16,7 @@ local M = {}
 local USAGE = "amg --model DIR IMAGE -o MASKS.json [--overlay FILE] [--points-per-side N] [--SETTING VALUE ...]"
 
 local OPTIONS = {
-  { "--model", metavar = "DIR", required = true, help = "SAM model directory" },
+  { "--model", metavar = "DIR", required = true, help = "SAM model directory, or a hub id in the cache (fmseg fetch)" },
   { "-o", "--output", metavar = "MASKS.json", help = "the mask records (binary_mask: a directory)" },
   { "--overlay", metavar = "FILE", help = "every mask drawn over the image (PNG or JPEG)" },
   { "--output-mode", metavar = "MODE", choices = { "coco_rle", "uncompressed_rle", "binary_mask" },

@@ -18,12 +18,13 @@ local function split_labels(s)
 end
 
 local parser = args.parser("classify", 'classify --model DIR IMAGE --labels "a cat,a dog"', {
-  { "--model", metavar = "DIR", required = true, help = "CLIP model directory" },
+  { "--model", metavar = "DIR", required = true, help = "CLIP model directory, or a hub id in the cache (fmseg fetch)" },
   { "--labels", metavar = "A,B,...", type = split_labels, required = true, help = "comma-separated labels" },
 }, { { "image", required = true } })
 
 -- → { {label =, prob =}, ... } in the order of `labels`
 function M.classify(model_dir, image_path, labels)
+  model_dir = require("fmseg.io.hf").resolve(model_dir)   -- a hub id: its snapshot in the cache
   local clip = require("fmseg.models.clip")
   local processor = require("fmseg.models.clip_processor").load(model_dir)
   local tokenizer = require("fmseg.text.tokenizer").load(model_dir)

@@ -26,7 +26,7 @@ local function numbers(min, max)
 end
 
 local parser = args.parser("sam", USAGE, {
-  { "--model", metavar = "DIR", required = true, help = "SAM model directory" },
+  { "--model", metavar = "DIR", required = true, help = "SAM model directory, or a hub id in the cache (fmseg fetch)" },
   { "--point", metavar = "x,y[,label]", type = numbers(2, 3), list = true,
     help = "a point in image pixels; label 1 (default) foreground, 0 background" },
   { "--box", metavar = "x0,y0,x1,y1", type = numbers(4, 4), help = "a box in image pixels" },
