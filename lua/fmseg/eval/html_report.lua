@@ -30,9 +30,9 @@ local M = {}
 
 M.DEFAULTS = { examples = 4, thumb = 256 }
 
--- Tableau's ten colours, the run colours of the charts (as fmseg table's).
 local PALETTE = viz.voc_palette(256)   -- the colours of pred/<id>.png and of the overlays
 
+-- Tableau's ten colours, the run colours of the charts (as fmseg table's).
 local COLOURS = { "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf" }
 
