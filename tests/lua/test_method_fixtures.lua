@@ -91,6 +91,30 @@ ok, log = parity(scratch)
 tap.ok(ok and log:find("1 of 2240 pixels differ, 1 of them where the official margin", 1, true),
        "a changed label where the official margin is below 1e-5 is counted, not failed", log)
 
+-- labels_relative (DiffSeg's segments): the margin is (top-1 - top-2) / top-1,
+-- a tie below 1e-4; a label changed at a larger relative margin still fails
+local relative = method:gsub('"compare": "labels"', '"compare": "labels_relative"')
+write("method.json", relative:format(os.getenv("PWD") .. "/" .. MODEL, ""))
+save_ref(moved, logits, margin)
+ok, log = parity(scratch)
+tap.ok(not ok and log:find("1 of 2240 pixels differ, 0 of them where the official relative margin < 1e-04", 1, true),
+       "labels_relative: a changed label far from a tie fails", log)
+local near = margin:clone()
+near:set(3, 5, 2e-4)
+save_ref(moved, logits, near)
+ok, log = parity(scratch)
+tap.ok(not ok and log:find("labels.-FAIL"), "labels_relative: a changed label at relative margin 2e-4 fails", log)
+near:set(3, 5, 5e-5)
+save_ref(moved, logits, near)
+ok, log = parity(scratch)
+tap.ok(ok and log:find("1 of 2240 pixels differ, 1 of them where the official relative margin < 1e-04", 1, true),
+       "labels_relative: a changed label at relative margin 5e-5 (a tie) is counted, not failed", log)
+save_ref(moved, logits, near:narrow(1, 1, 39):contiguous())
+ok, log = parity(scratch)
+tap.ok(not ok and log:find("margin shape [39, 56], reference [40, 56]", 1, true),
+       "labels_relative: a margin of the wrong shape fails naming both shapes", log)
+write("method.json", method:format(os.getenv("PWD") .. "/" .. MODEL, ""))
+
 local scale = logits:abs():max()
 save_ref(labels, logits + scale * 2e-4, margin)
 ok, log = parity(scratch)

@@ -20,7 +20,19 @@ image as recipes/diffseg.lua prepares it (centre square crop, TF bilinear to
 512, keras Rescaling) — tests/tools/methods/diffseg_dump.lua — and this
 script sums them per resolution as diffusion_model.py does, feeds them to
 DiffSeg(KL_THRESHOLD, False, 16).segment as benchmarks.ipynb does, and
-stores the segments (512x512, the official's ids) and the merged maps.
+stores the segments (512x512, the official's ids), the merged maps and the
+relative margin of the official's final argmax, (top-1 - top-2) / top-1 of
+its upsampled maps: the segments are compared `labels_relative` (ties below
+1e-4), since the maps are probabilities of ~1/4096 whose float32 noise is
+relative. method.json's first_merge says how close the merges' KL < tau
+decisions came to flipping (those are never excused by the margin).
+
+    --case NAME --fmseg OTHER/fmseg [--decisions DIR]
+        a check, writing nothing: the official run on the maps of another
+        fmseg build (e.g. one with core/nn.c's AVX2 clone forced), and how
+        its segments differ from the fixture's (with their margins);
+        --decisions saves each run's first-merge membership (DIR/<case>.npy)
+        to compare the merges of two builds
 """
 import argparse
 import json
@@ -68,6 +80,26 @@ CASES = [
     ("cocostuff", 1.1, (384, 448), "COCO-Stuff-27 (benchmarks.ipynb KL_THRESHOLD [1.1]*3)"),
     ("cityscapes", 0.9, (256, 512), "Cityscapes (benchmarks.ipynb: 0.9)"),
 ]
+
+
+NOTES = (
+    "{what}: tau {tau} for the three merges, 16x16 anchors. The image ({h}x{w}) is centre-cropped to a "
+    "square and resized to 512 as data/*_data.py do (here by the recipe, crop = center_square); segments "
+    "come back at 512x512, as the official scores them. Attention maps are fmseg's own "
+    "(tests/tools/methods/diffseg_dump.lua); everything after them is DiffSeg.segment through tf_shim.py: "
+    "weight_R = sum of temp/5 over R's layers (diffusion_model.py), aggregate_weights, the first merge in "
+    "float16 (first_merge counts the float16 zeros, NaN KL pairs and dropped anchors), two merges in "
+    "float64, x8 bilinear, argmax. segments: the official's ids (merged maps in their order), int32; maps: "
+    "attns_merged [K, 64, 64] as float32; margin: (top-1 - top-2) / top-1 of the official's upsampled "
+    "maps at each pixel (what its argmax runs on), float32. The maps are attention probabilities "
+    "(~1/4096 each, top-1 from 1e-5 to 0.1), so their float32 noise is relative: segments are compared "
+    "labels_relative, ties where margin < 1e-4 (first_merge.pixels_relative_margin_below_1e-4 of them). "
+    "Merge decisions are not excused by it: a flipped KL < tau moves a whole map, which the maps' float "
+    "compare sees. first_merge: closest_kl_to_tau and closest_kl_steps (how many float16 steps from "
+    "half(tau)), kl_within_2_steps (pairs within two steps: the float16 KLs lie ~3 to a step near tau, "
+    "so every image has some), underflow_clearance (the map entry closest to 2^-25, relative: one "
+    "crossing it would turn a whole map's KLs NaN); later_merges: the float64 KL closest to tau, relative."
+)
 
 
 def fmseg(*args):
@@ -146,107 +178,181 @@ def official_weights(maps):
     return out[64], out[32], out[16], out[8]
 
 
+def half_ulp(x):
+    """The float16 spacing at x (|x| normal)."""
+    return float(np.spacing(np.float16(x)))
+
+
 def first_merge_report(kl, attns, tau):
     """What the official's float16 first merge met (kl: its (256, 4096)
     KL values): NaN pairs, dropped anchors, float16 zeros of the maps, the
-    finite KL closest to half(tau)."""
+    finite KL closest to half(tau) and how many float16 steps away; the map
+    entry closest to float16's underflow (2^-25: an entry on either side of
+    it makes a whole map's KLs NaN or not), relative."""
     kl = kl.reshape(256, 4096).astype(np.float32)
     th = np.float32(np.float16(tau))
     finite = kl[np.isfinite(kl)]
     below = kl < th
-    zero16 = (attns.reshape(4096, 4096).astype(np.float16) == 0)
+    a = attns.reshape(4096, 4096)
+    zero16 = (a.astype(np.float16) == 0)
+    closest = float(finite[np.argmin(np.abs(finite - th))]) if finite.size else None
+    under = 2.0 ** -25
     return {
         "pairs": int(kl.size), "nan_pairs": int(np.isnan(kl).sum()), "merged_pairs": int(below.sum()),
         "dropped_anchors": int((below.sum(1) == 0).sum()),
         "maps_with_float16_zeros": int(zero16.any(1).sum()),
         "float16_zero_entries": int(zero16.sum()),
-        "closest_kl_to_tau": float(finite[np.argmin(np.abs(finite - th))]) if finite.size else None,
+        "closest_kl_to_tau": closest,
+        "closest_kl_steps": None if closest is None else abs(closest - float(th)) / half_ulp(th),
+        "kl_within_2_steps": int((np.abs(finite - th) <= 2 * half_ulp(th)).sum()),
         "half_tau": float(th),
+        "underflow_clearance": float(np.min(np.abs(a - under)) / under),
     }
+
+
+def later_merge_report(kls, tau):
+    """The float64 merges: the finite KL (of every anchor-map pair the
+    greedy loop evaluated) closest to tau, relative to tau."""
+    out = []
+    for kl in kls:
+        v = np.concatenate([np.asarray(k, dtype=np.float64).ravel() for k in kl]) if kl else np.zeros(0)
+        v = v[np.isfinite(v)]
+        out.append({"pairs": int(v.size), "merged_pairs": int((v < tau).sum()),
+                    "closest_kl_to_tau": float(v[np.argmin(np.abs(v - tau))]) if v.size else None,
+                    "rel_clearance": float(np.min(np.abs(v - tau)) / tau) if v.size else None})
+    return out
+
+
+def relative_margin(up):
+    """up (K, H, W): (top-1 - top-2) / top-1 at each pixel, float32 — how
+    close the official argmax is to a tie, in the relative units float32
+    noise of the maps lives in (the maps are attention probabilities,
+    ~1/4096 each: an absolute margin would excuse whole low-attention
+    regions). A pixel whose top-1 is 0 is a tie (0); one map: no tie (1)."""
+    up = np.asarray(up, dtype=np.float64)
+    if up.shape[0] < 2:
+        return np.ones(up.shape[1:], dtype=np.float32)
+    s = np.sort(up, axis=0)
+    with np.errstate(all="ignore"):
+        m = np.where(s[-1] > 0, (s[-1] - s[-2]) / s[-1], 0.0)
+    return m.astype(np.float32)
+
+
+def official(DiffSeg, w64, w32, w16, w8, tau):
+    """DiffSeg([tau] * 3, False, 16).segment on the weights, recording what
+    the merges decided. Returns the segments (512, 512), the merged maps
+    (K, 64, 64) float32, the relative margin of the final argmax (512, 512),
+    the report and the first merge's (256, 4096) membership."""
+    class Recording(DiffSeg):
+        def aggregate_weights(self, *a, **k):
+            self.aggregated = super().aggregate_weights(*a, **k)
+            return self.aggregated
+
+        def KL(self, x, Y):
+            out = super().KL(x, Y)
+            if out.dtype == np.float16:          # the first merge's 16 blocks of anchors
+                self.kl16.append(out.numpy())
+            else:
+                self.kl64[self.iter].append(np.asarray(out))
+            return out
+
+        def mask_merge(self, it, *a, **k):
+            self.iter = it
+            out = super().mask_merge(it, *a, **k)
+            self.merged = out
+            return out
+
+    seg = Recording([tau] * 3, False, 16)
+    seg.kl16, seg.kl64 = [], {1: [], 2: []}
+    with np.errstate(all="ignore"):
+        pred = seg.segment(w64, w32, w16, w8)
+    merged = np.asarray(seg.merged)[:, 0].astype(np.float32)
+    kl16 = np.concatenate(seg.kl16)
+    report = first_merge_report(kl16, seg.aggregated, tau)
+    up = np.asarray(seg.upsampled)[..., 0]
+    margin = relative_margin(up)
+    srt = np.sort(up, axis=0)
+    report["segments"] = int(len(np.unique(pred[0])))
+    report["merged_maps"] = int(merged.shape[0])
+    report["min_argmax_margin"] = float((srt[-1] - srt[-2]).min()) if up.shape[0] > 1 else None
+    report["min_relative_margin"] = float(margin.min())
+    report["pixels_relative_margin_below_1e-4"] = int((margin < 1e-4).sum())
+    report["later_merges"] = later_merge_report([seg.kl64[1], seg.kl64[2]], tau)
+    member = kl16.reshape(256, 4096).astype(np.float32) < np.float32(np.float16(tau))
+    return pred[0].astype(np.int32), merged, margin, report, member
+
+
+def load_segmentor(repo):
+    import tf_shim
+    tf_shim.install()
+    # by path: diffseg/ has no __init__.py, and this script is named diffseg.py
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("diffseg_segmentor", os.path.join(repo, "diffseg", "segmentor.py"))
+    segmentor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(segmentor)
+    return segmentor.DiffSeg
+
+
+def case_weights(model, img, fmseg_bin=None):
+    """fmseg's attention maps on IMG (diffseg_dump.lua, by FMSEG_BIN: another
+    build, for the noise checks), summed as diffusion_model.py does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        from PIL import Image
+        Image.fromarray(img).save(os.path.join(tmp, "image.png"))
+        args = ["tests/tools/methods/diffseg_dump.lua", "maps", model, os.path.join(tmp, "image.png"),
+                os.path.join(tmp, "maps.safetensors"), "300"]
+        if fmseg_bin:
+            subprocess.check_call([fmseg_bin, "run", *args], cwd=ROOT)
+        else:
+            fmseg(*args)
+        maps = load_safetensors(os.path.join(tmp, "maps.safetensors"))
+    return official_weights(maps)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default="/work/ext/diffseg")
     ap.add_argument("--case", help="only this case (the model is then left as it is)")
+    ap.add_argument("--fmseg", help="check only: the attention maps from this fmseg binary (another build); "
+                    "prints how its official result differs from the fixture's, writes nothing")
+    ap.add_argument("--decisions", help="also save each case's first-merge membership (256, 4096) here, "
+                    "as <case>.npy, to compare builds")
     args = ap.parse_args()
-    import tf_shim
-    tf_shim.install()
-    # by path: diffseg/ has no __init__.py, and this script is named diffseg.py
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("diffseg_segmentor",
-                                                  os.path.join(args.repo, "diffseg", "segmentor.py"))
-    segmentor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(segmentor)
-    DiffSeg = segmentor.DiffSeg
-
-    model = os.path.join(MODELS, MODEL) if args.case else make_model()
+    DiffSeg = load_segmentor(args.repo)
+    model = os.path.join(MODELS, MODEL) if (args.case or args.fmseg) else make_model()
     import torch
     import PIL
     for case, tau, (h, w), what in CASES:
         if args.case and case != args.case:
             continue
         img = case_image(h, w, seed=len(case))
-        with tempfile.TemporaryDirectory() as tmp:
-            from PIL import Image
-            Image.fromarray(img).save(os.path.join(tmp, "image.png"))
-            fmseg("tests/tools/methods/diffseg_dump.lua", "maps", model, os.path.join(tmp, "image.png"),
-                  os.path.join(tmp, "maps.safetensors"), "300")
-            maps = load_safetensors(os.path.join(tmp, "maps.safetensors"))
-        w64, w32, w16, w8 = official_weights(maps)
-        del maps
-
-        class Recording(DiffSeg):
-            def aggregate_weights(self, *a, **k):
-                self.aggregated = super().aggregate_weights(*a, **k)
-                return self.aggregated
-
-            def KL(self, x, Y):
-                out = super().KL(x, Y)
-                if out.dtype == np.float16:          # the first merge's 16 blocks of anchors
-                    self.kl16.append(out.numpy())
-                return out
-
-            def mask_merge(self, *a, **k):
-                out = super().mask_merge(*a, **k)
-                self.merged = out
-                return out
-
-        seg = Recording([tau] * 3, False, 16)
-        seg.kl16 = []
-        with np.errstate(all="ignore"):
-            pred = seg.segment(w64, w32, w16, w8)
-        merged = np.asarray(seg.merged)[:, 0].astype(np.float32)
-        report = first_merge_report(np.concatenate(seg.kl16), seg.aggregated, tau)
-        up = np.asarray(seg.upsampled)[..., 0]
-        srt = np.sort(up, axis=0)
-        report["segments"] = int(len(np.unique(pred[0])))
-        report["merged_maps"] = int(merged.shape[0])
-        report["min_argmax_margin"] = float((srt[-1] - srt[-2]).min()) if up.shape[0] > 1 else None
+        pred, merged, margin, report, member = official(DiffSeg, *case_weights(model, img, args.fmseg), tau)
         print(case, json.dumps(report))
+        if args.decisions:
+            np.save(os.path.join(args.decisions, case + ".npy"), member)
+        if args.fmseg:
+            ref = load_safetensors(os.path.join(ROOT, "tests", "fixtures", "methods", "diffseg-" + case,
+                                                "ref.safetensors"))
+            d = pred != ref["segments"]
+            print(case, "vs the fixture:", int(d.sum()), "segment pixels differ, relative margins",
+                  sorted(float(x) for x in ref["margin"][d]) if "margin" in ref else "-",
+                  "maps", merged.shape, "vs", ref["maps"].shape)
+            continue
         method = {
             "recipe": "diffseg",
             "params": {"image_size": 512, "timestep": 300, "prompt": "", "num_points": 16,
                        "kl_threshold": [tau] * 3, "refine": False, "crop": "center_square"},
             "models": {"sd": "../models/" + MODEL},
-            "outputs": {"segments": {"compare": "exact"}, "maps": {"compare": "float"}},
+            "outputs": {"segments": {"compare": "labels_relative", "margin": "margin"},
+                        "maps": {"compare": "float"}},
             "generator": {"script": "tests/tools/methods/diffseg.py",
                           "repos": {"google/diffseg": git_commit(args.repo)},
                           "tensorflow": "tests/tools/methods/tf_shim.py (numpy " + np.__version__ + ")",
                           "torch": torch.__version__, "PIL": PIL.__version__},
             "first_merge": report,
-            "notes": (f"{what}: tau {tau} for the three merges, 16x16 anchors. The image ({h}x{w}) is "
-                      "centre-cropped to a square and resized to 512 as data/*_data.py do (here by the "
-                      "recipe, crop = center_square); segments come back at 512x512, as the official "
-                      "scores them. Attention maps are fmseg's own (tests/tools/methods/diffseg_dump.lua); "
-                      "everything after them is DiffSeg.segment through tf_shim.py: weight_R = sum of "
-                      "temp/5 over R's layers (diffusion_model.py), aggregate_weights, the first merge in "
-                      "float16 (first_merge counts the float16 zeros, NaN KL pairs and dropped anchors), "
-                      "two merges in float64, x8 bilinear, argmax. segments: the official's ids (merged "
-                      "maps in their order), int32; maps: attns_merged [K, 64, 64] as float32."),
+            "notes": NOTES.format(what=what, tau=tau, h=h, w=w),
         }
-        write_fixture("diffseg-" + case, method, img,
-                      {"segments": pred[0].astype(np.int32), "maps": merged})
+        write_fixture("diffseg-" + case, method, img, {"segments": pred, "maps": merged, "margin": margin})
 
 
 if __name__ == "__main__":
