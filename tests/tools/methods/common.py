@@ -284,3 +284,28 @@ def clear_threshold(best, target, clearance=1e-4):
     mids = (v[gaps] + v[gaps + 1]) / 2
     t = float(mids[np.argmin(np.abs(mids - target))])
     return round(t, 6)
+
+
+def run_clip_cases(doc, cases, make_case, model_dir, model_name, make_model=None):
+    """The main() of a generator whose official code loads an openai CLIP
+    checkpoint: parses [--ext DIR] [CASE...], makes the tiny model when it
+    is missing (make_model()), converts it to the openai layout once and
+    runs make_case(name, case, ext, ckpt, tmp) for each case."""
+    import argparse
+    import tempfile
+
+    import torch
+
+    import mm_stubs
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--ext", default=os.environ.get("FMSEG_EXT", os.path.join(ROOT, "..", "ext")))
+    ap.add_argument("cases", nargs="*", help=f"of {', '.join(cases)} (default all)")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    mm_stubs.install()
+    if make_model and not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+        make_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_openai_checkpoint(model_dir, os.path.join(tmp, model_name + ".pt"))
+        for name in a.cases or cases:
+            make_case(name, cases[name], a.ext, ckpt, tmp)

@@ -42,11 +42,9 @@ the SFR pass's best query probability at which no SFR patch label can flip
 under float32 noise (sfr_slack: pixels within 1e-5 of a tie may go either
 way, and still no patch's most frequent query changes).
 """
-import argparse
 import contextlib
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -319,19 +317,8 @@ def make_case(name, case, ext, ckpt, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ext", default=os.environ.get("FMSEG_EXT", os.path.join(common.ROOT, "..", "ext")))
-    ap.add_argument("cases", nargs="*", help=f"of {', '.join(CASES)} (default all)")
-    a = ap.parse_args()
-    import torch
-    torch.set_num_threads(2)
-    mm_stubs.install()
-    if not os.path.exists(os.path.join(MODEL, "model.safetensors")):
-        common.make_clip(MODEL_NAME, seed=12, v_layers=12)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = common.save_openai_checkpoint(MODEL, os.path.join(tmp, MODEL_NAME + ".pt"))
-        for name in a.cases or CASES:
-            make_case(name, CASES[name], a.ext, ckpt, tmp)
+    common.run_clip_cases(__doc__, CASES, make_case, MODEL, MODEL_NAME,
+                          make_model=lambda: common.make_clip(MODEL_NAME, seed=12, v_layers=12))
 
 
 if __name__ == "__main__":

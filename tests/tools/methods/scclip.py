@@ -30,10 +30,8 @@ scores postprocess_result receives x logit_scale), labels (pred_sem_seg),
 margin (top-1 minus top-2 class probability; prob_thd tuned clear of every
 pixel's top-1 by 1e-4, common.clear_threshold).
 """
-import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -273,19 +271,8 @@ def write_case(name, case, ext, img, size, args, out, present, c, extra):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ext", default=os.environ.get("FMSEG_EXT", os.path.join(common.ROOT, "..", "ext")))
-    ap.add_argument("cases", nargs="*", help=f"of {', '.join(CASES)} (default all)")
-    a = ap.parse_args()
-    import torch
-    torch.set_num_threads(2)
-    mm_stubs.install()
-    if not os.path.exists(os.path.join(MODEL, "model.safetensors")):
-        common.make_clip(MODEL_NAME, seed=12, v_layers=12)
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = common.save_openai_checkpoint(MODEL, os.path.join(tmp, MODEL_NAME + ".pt"))
-        for name in a.cases or CASES:
-            make_case(name, CASES[name], a.ext, ckpt, tmp)
+    common.run_clip_cases(__doc__, CASES, make_case, MODEL, MODEL_NAME,
+                          make_model=lambda: common.make_clip(MODEL_NAME, seed=12, v_layers=12))
 
 
 if __name__ == "__main__":

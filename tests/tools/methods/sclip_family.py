@@ -35,11 +35,9 @@ model types; they need transformers, timm, fairscale, einops).
 Needs Debian's python3-torch, python3-torchvision, python3-opencv,
 python3-numpy, python3-pil and python3-regex (CLIP's tokenizer).
 """
-import argparse
 import contextlib
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -343,17 +341,7 @@ def make_case(name, case, ext, ckpt, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ext", default=os.environ.get("FMSEG_EXT", os.path.join(common.ROOT, "..", "ext")))
-    ap.add_argument("cases", nargs="*", help=f"of {', '.join(CASES)} (default all)")
-    a = ap.parse_args()
-    import torch
-    torch.set_num_threads(2)
-    mm_stubs.install()
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = common.save_openai_checkpoint(MODEL, os.path.join(tmp, "clip-b16-tiny.pt"))
-        for name in a.cases or CASES:
-            make_case(name, CASES[name], a.ext, ckpt, tmp)
+    common.run_clip_cases(__doc__, CASES, make_case, MODEL, "clip-b16-tiny")
 
 
 if __name__ == "__main__":
