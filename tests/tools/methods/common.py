@@ -309,3 +309,17 @@ def run_clip_cases(doc, cases, make_case, model_dir, model_name, make_model=None
         ckpt = save_openai_checkpoint(model_dir, os.path.join(tmp, model_name + ".pt"))
         for name in a.cases or cases:
             make_case(name, cases[name], a.ext, ckpt, tmp)
+
+
+def write_inputs(tmp, name, h, w, classes):
+    """The test image (h, w) as tmp/name.png and the class file tmp/name.txt
+    that an mmseg-style segmentor reads (name_path); returns the image and
+    both paths."""
+    from PIL import Image
+    img = test_image(h, w)
+    image_path = os.path.join(tmp, name + ".png")
+    Image.fromarray(img).save(image_path)
+    name_path = os.path.join(tmp, name + ".txt")
+    with open(name_path, "w") as f:
+        f.write("\n".join(classes) + "\n")
+    return img, image_path, name_path

@@ -235,15 +235,9 @@ def sfr_slack(sfr, temp_thd, patch, clearance=1e-5):
 def make_case(name, case, ext, ckpt, tmp):
     repo = os.path.join(ext, REPO[0])
     h, w = case["size"]
-    img = common.test_image(h, w)
-    image_path = os.path.join(tmp, name + ".png")
-    from PIL import Image
-    Image.fromarray(img).save(image_path)
-    args = dict(case["args"])
     classes = case["classes"]
-    name_path = os.path.join(tmp, name + ".txt")
-    with open(name_path, "w") as f:
-        f.write("\n".join(classes) + "\n")
+    img, image_path, name_path = common.write_inputs(tmp, name, h, w, classes)
+    args = dict(case["args"])
 
     def official(**changes):
         return run_official(repo, ckpt, name_path, case["base"], dict(args, **changes), image_path, case["scale"])

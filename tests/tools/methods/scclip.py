@@ -202,15 +202,9 @@ CLEAR = dict(lof=1e-4, knn=1e-6, beta=1e-6, zero=1e-6)
 def try_size(name, case, size, ext, ckpt, tmp):
     repo = os.path.join(ext, REPO[0])
     h, w = size
-    img = common.test_image(h, w)
-    image_path = os.path.join(tmp, name + ".png")
-    from PIL import Image
-    Image.fromarray(img).save(image_path)
-    args = dict(case["args"])
     classes = case["classes"]
-    name_path = os.path.join(tmp, name + ".txt")
-    with open(name_path, "w") as f:
-        f.write("\n".join(classes) + "\n")
+    img, image_path, name_path = common.write_inputs(tmp, name, h, w, classes)
+    args = dict(case["args"])
 
     def official(**changes):
         return run_official(repo, ckpt, name_path, dict(args, **changes), image_path, case["scale"])

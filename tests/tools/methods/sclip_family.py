@@ -275,15 +275,9 @@ def make_case(name, case, ext, ckpt, tmp):
     repo_name, repo_id = REPOS[method]
     repo = os.path.join(ext, repo_name)
     h, w = case["size"]
-    img = common.test_image(h, w)
-    image_path = os.path.join(tmp, name + ".png")
-    from PIL import Image
-    Image.fromarray(img).save(image_path)
-    args = dict(case["args"])
     classes = case["classes"]
-    name_path = os.path.join(tmp, name + ".txt")
-    with open(name_path, "w") as f:
-        f.write("\n".join(classes) + "\n")
+    img, image_path, name_path = common.write_inputs(tmp, name, h, w, classes)
+    args = dict(case["args"])
 
     def official(**changes):
         return run_official(method, repo, ckpt, name_path, dict(args, **changes), image_path, case["scale"])
