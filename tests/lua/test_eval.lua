@@ -183,13 +183,7 @@ end
 
 -- ---- end to end: fmseg eval ----------------------------------------------------------
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, out:gsub("rc=%d+%s*$", "")
-end
+local run = tiny.run
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 

@@ -23,13 +23,7 @@ local FIX = ROOT .. "/tests/fixtures/prepare"
 local q = fs.quote
 local tmp = tiny.tmpdir("prepare")
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, (out:gsub("rc=%d+%s*$", ""))
-end
+local run = tiny.run
 
 local function prepare(args) return run(FMSEG .. " prepare " .. args) end
 

@@ -23,12 +23,7 @@ local tmp = tiny.tmpdir("report")
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), out:gsub("rc=%d+%s*$", "")
-end
+local run = tiny.run
 
 local function count(s, plain)
   local n, at = 0, 1

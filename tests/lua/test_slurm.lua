@@ -26,12 +26,7 @@ pcall(ffi.cdef, "int getpid(void);")
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function capture(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
+local capture = tiny.run
 
 local function sleep(s) os.execute("sleep " .. s) end
 

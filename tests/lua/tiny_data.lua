@@ -13,6 +13,14 @@ function M.sh(cmd)
   return rc == 0 or rc == true
 end
 
+-- Runs a shell command: its exit code and its stdout and stderr together.
+function M.run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+end
+
 function M.tmpdir(tag)
   local p = io.popen("mktemp -d /tmp/fmseg_" .. (tag or "test") .. "_XXXXXX")
   local dir = p:read("*l")
