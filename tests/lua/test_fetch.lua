@@ -402,7 +402,7 @@ local function main()
     tap.ok(rc == 1 and err:find("fmseg fetch openai/clip-vit-base-patch16", 1, true),
            "with no model anywhere, demo says: fmseg fetch openai/clip-vit-base-patch16", out .. err)
     -- the commands' --model takes the hub id too (classify also reads the
-    -- tokenizer files, which do not go through hf.open)
+    -- tokenizer's files, which tokenizer.load resolves itself)
     rc, out, err = sh(("cd %s && %s HF_HOME=%s %s classify --model openai/clip-vit-base-patch16 %s --labels 'a cat,a dog'")
       :format(Q(cwd), CLEAN, Q(home7), Q(FMSEG), Q(core.root .. "/tests/data/astronaut.jpg")))
     tap.ok(rc == 0 and out:find("a cat", 1, true) ~= nil, "fmseg classify --model openai/clip-vit-base-patch16", out .. err)

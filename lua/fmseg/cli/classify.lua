@@ -24,7 +24,6 @@ local parser = args.parser("classify", 'classify --model DIR IMAGE --labels "a c
 
 -- → { {label =, prob =}, ... } in the order of `labels`
 function M.classify(model_dir, image_path, labels)
-  model_dir = require("fmseg.io.hf").resolve(model_dir)   -- a hub id: its snapshot in the cache
   local clip = require("fmseg.models.clip")
   local processor = require("fmseg.models.clip_processor").load(model_dir)
   local tokenizer = require("fmseg.text.tokenizer").load(model_dir)

@@ -16,6 +16,7 @@
 -- terminal escapes, control characters and NFC are done as ftfy 6.3 does.
 -- Ids are the vocabulary's (0-based), ready for the text encoder.
 local fs = require("fmseg.io.fs")
+local hf = require("fmseg.io.hf")
 local json = require("fmseg.io.json")
 local U = require("fmseg.text.unicode")
 
@@ -480,6 +481,7 @@ end
 -- when present, for the context length and pad token).
 function M.load(dir)
   if type(dir) ~= "string" then error("tokenizer.load: expected a directory path", 2) end
+  dir = hf.resolve(dir)   -- a hub id in the cache names its snapshot, as for the model files
   local vocab_path, merges_path = dir .. "/vocab.json", dir .. "/merges.txt"
   local vocab = json.decode(read_file(vocab_path), vocab_path)
   if type(vocab) ~= "table" then error("tokenizer: " .. vocab_path .. " is not a JSON object", 0) end
