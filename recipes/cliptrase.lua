@@ -53,6 +53,7 @@
 -- checked against torchvision in tests/lua/test_protocol_crop.lua), so the
 -- recipe then receives the crop itself.
 local clipseg = require("fmseg.method.clipseg")
+local cluster = require("fmseg.cluster")
 local core = require("fmseg.core")
 local image = require("fmseg.image")
 local masks = require("fmseg.masks")
@@ -235,56 +236,9 @@ function recipe.denoise(w)
   return a:sub_(cls):relu_()
 end
 
--- sklearn DBSCAN(eps, min_samples).fit_predict on the rows of x (N, D):
--- neighbours within eps (Euclidean, ≤, itself included; distances in
--- double precision), core points with at least min_samples, clusters grown
--- from the core points in index order (sklearn's dbscan_inner) → a Lua
--- array of 0-based labels, −1 for noise, and the number of clusters.
-function recipe.dbscan(x, eps, min_samples)
-  x = x:contiguous()
-  local n, d = x:size(1), x:size(2)
-  local xp = x:ptr()
-  local nbrs = {}
-  for i = 1, n do nbrs[i] = { i } end
-  for i = 0, n - 1 do
-    for j = i + 1, n - 1 do
-      local s = 0.0
-      local a, b = i * d, j * d
-      for t = 0, d - 1 do
-        local diff = xp[a + t] - xp[b + t]
-        s = s + diff * diff
-      end
-      if math.sqrt(s) <= eps then
-        local ni, nj = nbrs[i + 1], nbrs[j + 1]
-        ni[#ni + 1] = j + 1
-        nj[#nj + 1] = i + 1
-      end
-    end
-  end
-  local labels, core_pt = {}, {}
-  for i = 1, n do labels[i] = -1; core_pt[i] = #nbrs[i] >= min_samples end
-  local count = 0
-  for i = 1, n do
-    if labels[i] == -1 and core_pt[i] then
-      local stack, j = {}, i
-      while true do
-        if labels[j] == -1 then
-          labels[j] = count
-          if core_pt[j] then
-            for _, v in ipairs(nbrs[j]) do
-              if labels[v] == -1 then stack[#stack + 1] = v end
-            end
-          end
-        end
-        if #stack == 0 then break end
-        j = stack[#stack]
-        stack[#stack] = nil
-      end
-      count = count + 1
-    end
-  end
-  return labels, count
-end
+-- sklearn DBSCAN(eps, min_samples).fit_predict on the rows of x (N, D)
+-- (fmseg.cluster.dbscan) → 0-based labels (−1 noise), cluster count
+recipe.dbscan = cluster.dbscan
 
 -- ---- 6. cluster regions and the vote --------------------------------------------------------
 

@@ -28,6 +28,7 @@ defaults.output_mode = "coco_rle"
 local recipe = {
   name = "sam_amg",
   needs = { "sam" },
+  produces = "instances",          -- a mask source for `regions:` (CorrCLIP)
   defaults = defaults,
 }
 

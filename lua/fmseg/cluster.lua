@@ -1,16 +1,18 @@
 -- fmseg.cluster — clustering and spectral tools over feature matrices:
 -- k-means (scikit-learn's KMeans with k-means++), the silhouette score,
 -- symmetric and generalized symmetric eigenproblems (LAPACK), and the
--- graph pieces that normalized cuts and spectral clustering share.
--- Thin wrappers over core/cluster.c.
+-- graph pieces that normalized cuts and spectral clustering share: thin
+-- wrappers over core/cluster.c. DBSCAN (scikit-learn's, on points or on a
+-- precomputed distance matrix) is written here in Lua: it runs on a few
+-- hundred rows at most (CLIPtrase's patches, CorrCLIP's regions).
 --
 --   local cluster = require("fmseg.cluster")
 --   local labels, centers = cluster.kmeans(x, 4, { seed = 0 })   -- x (N, D)
 --   local w, v = cluster.eigh(a)                  -- v:select(1, i): i-th eigenvector
 --   local w, v = cluster.laplacian_eigs(W, { first = 0, count = 3 })
 --
--- Labels are 0-based int32 tensors; eigenvalues ascend and eigenvectors are
--- the ROWS of v.
+-- Labels are 0-based int32 tensors (DBSCAN's: 0-based Lua arrays, −1 for
+-- noise); eigenvalues ascend and eigenvectors are the ROWS of v.
 local core = require("fmseg.core")
 local T = require("fmseg.tensor")
 local ffi, C, check = core.ffi, core.C, core.check
@@ -223,6 +225,89 @@ function M.eigengap(w, k_min)
     error(("eigengap: %d eigenvalues give no gap for %d or more clusters"):format(#vals, k_min or 2), 2)
   end
   return best_i + 1
+end
+
+-- DBSCAN ---------------------------------------------------------------------------
+
+-- Clusters grown from the core points in index order, as scikit-learn's
+-- dbscan_inner: nbrs[i] lists i's neighbours (1-based, itself included
+-- where it counts) → a Lua array of 0-based labels, −1 for noise, and the
+-- number of clusters.
+local function dbscan_grow(nbrs, min_samples)
+  local n = #nbrs
+  local labels, core_pt = {}, {}
+  for i = 1, n do labels[i] = -1; core_pt[i] = #nbrs[i] >= min_samples end
+  local count = 0
+  for i = 1, n do
+    if labels[i] == -1 and core_pt[i] then
+      local stack, j = {}, i
+      while true do
+        if labels[j] == -1 then
+          labels[j] = count
+          if core_pt[j] then
+            for _, v in ipairs(nbrs[j]) do
+              if labels[v] == -1 then stack[#stack + 1] = v end
+            end
+          end
+        end
+        if #stack == 0 then break end
+        j = stack[#stack]
+        stack[#stack] = nil
+      end
+      count = count + 1
+    end
+  end
+  return labels, count
+end
+
+-- dbscan(x (N, D), eps, min_samples) → labels, count: scikit-learn's
+-- DBSCAN(eps, min_samples).fit_predict(x): neighbours within eps
+-- (Euclidean, ≤, itself included; distances in double precision), labels
+-- 0-based in a Lua array, −1 for noise.
+function M.dbscan(x, eps, min_samples)
+  x = matrix(x, "dbscan")
+  local n, d = x:size(1), x:size(2)
+  local xp = x:ptr()
+  local nbrs = {}
+  for i = 1, n do nbrs[i] = { i } end
+  for i = 0, n - 1 do
+    for j = i + 1, n - 1 do
+      local s = 0.0
+      local a, b = i * d, j * d
+      for t = 0, d - 1 do
+        local diff = xp[a + t] - xp[b + t]
+        s = s + diff * diff
+      end
+      if math.sqrt(s) <= eps then
+        local ni, nj = nbrs[i + 1], nbrs[j + 1]
+        ni[#ni + 1] = j + 1
+        nj[#nj + 1] = i + 1
+      end
+    end
+  end
+  return dbscan_grow(nbrs, min_samples)
+end
+
+-- dbscan_precomputed(dist (N, N), eps, min_samples) → labels, count:
+-- DBSCAN(eps, min_samples, metric = 'precomputed').fit_predict(dist): j
+-- is i's neighbour when dist[i][j] ≤ eps, the diagonal included as it is
+-- (scikit-learn's radius_neighbors on the matrix as given).
+function M.dbscan_precomputed(dist, eps, min_samples)
+  dist = matrix(dist, "dbscan_precomputed")
+  local n = dist:size(1)
+  if dist:size(2) ~= n then
+    error("dbscan_precomputed: expected a square matrix, got " .. T.shape_string(dist:shape()), 2)
+  end
+  local p = dist:ptr()
+  local nbrs = {}
+  for i = 0, n - 1 do
+    local row = {}
+    for j = 0, n - 1 do
+      if p[i * n + j] <= eps then row[#row + 1] = j + 1 end
+    end
+    nbrs[i + 1] = row
+  end
+  return dbscan_grow(nbrs, min_samples)
 end
 
 return M

@@ -246,13 +246,17 @@ end
 -- method's dense features; the patch grid's scores are bilinearly upsampled
 -- to the (padded) window and the padding cut off again. size = {H, W}
 -- (no padding) upsamples the grid's scores straight to that size instead.
-function M.window_scores(state, x, pad_multiple, size)
+-- box = {y1, x1, y2, x2}, where the window lies in the prepared input
+-- (default: all of x); dense finds it and the padding in state.window, for
+-- features that depend on more than the pixels (CorrCLIP's region masks).
+function M.window_scores(state, x, pad_multiple, size, box)
   local h, w = x:size(3), x:size(4)
   local corner = pad_multiple == "corner"
   if pad_multiple == "patch" or corner then pad_multiple = state.patch_size end
   local pad = M.pad_size(h, w, pad_multiple)
   if pad and corner then pad = { 0, pad[1] + pad[2], 0, pad[3] + pad[4] } end
   local input = pad and M.pad(x, pad) or x
+  state.window = { box = box or { 0, 0, h, w }, pad = pad or { 0, 0, 0, 0 } }
   local feats, gh, gw, extra = state.dense(state, input)
   feats = nn.normalize(feats)
   local cos = M.patch_logits(feats, state.text, gh, gw)
@@ -286,16 +290,17 @@ function M.windows(h, w, crop, stride)
   return out
 end
 
--- Sliding-window inference: x (1, 3, h, w), score(window) → (Q, wh, ww) at
--- the window's size; returns (Q, h, w), the windows' scores summed and
--- divided by how many windows cover each pixel.
+-- Sliding-window inference: x (1, 3, h, w), score(window, box) → (Q, wh,
+-- ww) at the window's size (box as M.windows gives it); returns (Q, h, w),
+-- the windows' scores summed and divided by how many windows cover each
+-- pixel.
 function M.slide(x, crop, stride, score)
   local h, w = x:size(3), x:size(4)
   local sum
   local count = T.zeros({ 1, h, w })
   for _, win in ipairs(M.windows(h, w, crop, stride)) do
     local y1, x1, y2, x2 = win[1], win[2], win[3], win[4]
-    local s = score(x:narrow(3, y1 + 1, y2 - y1):narrow(4, x1 + 1, x2 - x1):contiguous())
+    local s = score(x:narrow(3, y1 + 1, y2 - y1):narrow(4, x1 + 1, x2 - x1):contiguous(), win)
     sum = sum or T.zeros({ s:size(1), h, w })
     local region = sum:narrow(2, y1 + 1, y2 - y1):narrow(3, x1 + 1, x2 - x1)
     local added = region + s
@@ -456,8 +461,8 @@ end
 function M.infer(state, x, size)
   local p = state.params
   if (p.slide_crop or 0) > 0 then
-    return M.slide(x, p.slide_crop, p.slide_stride, function(win)
-      return M.window_scores(state, win, p.pad_multiple)
+    return M.slide(x, p.slide_crop, p.slide_stride, function(win, box)
+      return M.window_scores(state, win, p.pad_multiple, nil, box)
     end)
   end
   local pad = p.pad_multiple == "corner" and "corner" or 0     -- windows' padding only, but MaskCLIP's

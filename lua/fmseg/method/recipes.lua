@@ -8,8 +8,10 @@
 --     segment = function(state, image, previous, source) → result }
 -- `previous` is the result of the recipe before this one when the config
 -- chains them (`refine: {recipe: sam_refine, params: {...}}` beside
--- `recipe:`), else nil; `source` = {path, stem} of the image's file when
--- it came from one. See README.md ("Writing a recipe") and fmseg.method.segment
+-- `recipe:`), or the mask source's instances for a recipe that declares
+-- `regions = true` (`regions: {recipe: sam_amg, ...}`; such a source
+-- declares `produces = "instances"`), else nil; `source` = {path, stem}
+-- of the image's file when it came from one. See README.md ("Writing a recipe") and fmseg.method.segment
 -- for the result kinds.
 local core = require("fmseg.core")
 local fs = require("fmseg.io.fs")

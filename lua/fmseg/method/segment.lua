@@ -15,8 +15,11 @@
 -- Composition: `refine: {recipe: sam_refine, params: {...}}` next to
 -- `recipe: sclip` runs a second recipe after the first, whose segment
 -- gets the first one's result: segment(state, img, previous_result).
--- `modifiers: [{name: resclip, params: {...}}]` changes the recipe itself
--- (its state, after setup): see fmseg.method.modifiers.
+-- `regions: {recipe: sam_amg, params: {...}}` is a mask source: it runs
+-- first, and a recipe that declares `regions = true` (CorrCLIP) gets its
+-- instances as `previous`. `modifiers: [{name: resclip, params: {...}}]`
+-- changes the recipe itself (its state, after setup): see
+-- fmseg.method.modifiers.
 local classes_mod = require("fmseg.method.classes")
 local config = require("fmseg.io.config")
 local image = require("fmseg.image")
@@ -43,17 +46,37 @@ local function load_models(recipe, cfg, loaded)
   end
 end
 
--- The config's `refine` step ({recipe = name, params = {...}}), or nil.
-local function refine_step(cfg, classes, loaded)
-  local spec = config.get(cfg, "refine")
+-- The config's step under KEY ({recipe = name, params = {...}}: `refine`,
+-- `regions`), or nil; example names a recipe for the message.
+local function extra_step(cfg, key, example, classes, loaded)
+  local spec = config.get(cfg, key)
   if spec == nil then return nil end
   if type(spec) ~= "table" or type(spec.recipe) ~= "string" then
-    error("config: `refine` must be a mapping with a recipe name, e.g. {recipe: sam_refine, params: {...}}", 0)
+    error(("config: `%s` must be a mapping with a recipe name, e.g. {recipe: %s, params: {...}}"):format(
+      key, example), 0)
   end
   local recipe = recipes.load(spec.recipe)
-  local params = recipes.params(recipe, config.get(cfg, "refine.params", {}))
+  local params = recipes.params(recipe, config.get(cfg, key .. ".params", {}))
   load_models(recipe, cfg, loaded)
   return { recipe = recipe, params = params, state = recipe.setup(params, loaded, classes, cfg) }
+end
+
+-- The mask source of a recipe that needs one, checked before any image.
+local function regions_step(recipe, cfg, classes, loaded)
+  local spec = config.get(cfg, "regions")
+  if recipe.regions and spec == nil then
+    error(("config: recipe %s needs `regions`, a mask source such as {recipe: sam_amg, params: {...}}"):format(
+      recipe.name), 0)
+  end
+  if spec ~= nil and not recipe.regions then
+    error(("config: recipe %s takes no `regions` (only recipes that use region masks do, e.g. corrclip)"):format(
+      recipe.name), 0)
+  end
+  local step = extra_step(cfg, "regions", "sam_amg", classes, loaded)
+  if step and step.recipe.produces ~= "instances" then
+    error(("config: regions.recipe %s does not produce instance masks (sam_amg does)"):format(step.recipe.name), 0)
+  end
+  return step
 end
 
 function M.session(cfg)
@@ -63,10 +86,11 @@ function M.session(cfg)
   local loaded = {}
   load_models(recipe, cfg, loaded)
   local mods = modifiers.from_config(cfg)        -- names and params checked first
+  local regions = regions_step(recipe, cfg, classes, loaded)
   local state = modifiers.apply(mods, recipe, recipe.setup(params, loaded, classes, cfg), loaded)
-  local refine = refine_step(cfg, classes, loaded)
+  local refine = extra_step(cfg, "refine", "sam_refine", classes, loaded)
   return setmetatable({ recipe = recipe, params = params, classes = classes, models = loaded,
-                        state = state, refine = refine, cfg = cfg }, Session)
+                        state = state, regions = regions, refine = refine, cfg = cfg }, Session)
 end
 
 local KINDS = { semantic = true, segments = true, instances = true }
@@ -90,7 +114,12 @@ end
 -- when it came from a file; recipes get it as their fourth argument
 -- (sam_refine finds a per-image coarse map by it).
 function Session:segment(img, source)
-  local result = check_result(self.recipe.name, self.recipe.segment(self.state, img, nil, source), img)
+  local regions
+  if self.regions then
+    local r = self.regions
+    regions = check_result(r.recipe.name, r.recipe.segment(r.state, img, nil, source), img)
+  end
+  local result = check_result(self.recipe.name, self.recipe.segment(self.state, img, regions, source), img)
   if self.refine then
     local r = self.refine
     result = check_result(r.recipe.name, r.recipe.segment(r.state, img, result, source), img)

@@ -24,7 +24,7 @@ local M = {}
 M.MARGIN = 1e-5
 M.RELATIVE_MARGIN = 1e-4
 local COMPARES = { float = true, float_sign = true, exact = true, labels = true, labels_relative = true }
-local CONFIG_KEYS = { "recipe", "params", "models", "classes", "refine", "modifiers" }
+local CONFIG_KEYS = { "recipe", "params", "models", "classes", "regions", "refine", "modifiers" }
 
 function M.is_fixture(dir) return fs.exists(dir .. "/method.json") end
 

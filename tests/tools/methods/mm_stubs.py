@@ -48,6 +48,13 @@ class BaseDataElement:
         for k, v in data.items():
             setattr(self, k, v)
 
+    def __getattr__(self, name):
+        # metainfo fields read as attributes (data_sample.img_path)
+        meta = self.__dict__.get("_metainfo", {})
+        if name in meta:
+            return meta[name]
+        raise AttributeError(name)
+
 
 class PixelData(BaseDataElement):
     pass
