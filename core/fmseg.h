@@ -229,6 +229,23 @@ int fm_image_save_palette_png(const char *path, const fm_tensor *labels,
                               const uint8_t *palette, int32_t ncolors);
 /* 8-bit palette PNGs read back as their indices (H, W) U8 */
 fm_tensor *fm_image_load_indices(const char *path);
+/* zlib data (RFC 1950) inflated into a new buffer (fm_free) of *out_len
+ * bytes; NULL with a message when the data is corrupt or would inflate to
+ * more than max_out bytes (core/image.c, stb's inflate). */
+uint8_t *fm_zlib_inflate(const uint8_t *in, int64_t n, int64_t max_out, int64_t *out_len);
+
+/* ---- TIFF label maps (core/tiff.c) ---------------------------------------- */
+
+/* Baseline TIFF with one 8- or 16-bit unsigned sample per pixel (grey or
+ * palette indices): either byte order, strips, uncompressed or PackBits,
+ * the first image of the file -> (H, W) I32 of the raw values (0..65535).
+ * The 16-bit label maps of ADE20K-Full and PASCAL Context-459 are such
+ * files. Anything else (tiles, LZW, Deflate, ...) and truncated or corrupt
+ * files are errors naming the path; the pixel limit of fm_image_load holds. */
+fm_tensor *fm_tiff_load(const char *path);
+/* labels (H, W) U8 or I32 in [0, 65535] -> an uncompressed little-endian
+ * 16-bit greyscale TIFF, laid out as PIL 9.4 writes a uint16 array. */
+int fm_tiff_save_u16(const char *path, const fm_tensor *labels);
 
 /* ---- safetensors (core/safetensors.c) ----------------------------------- */
 
@@ -248,6 +265,51 @@ fm_tensor *fm_safetensors_get(fm_safetensors *st, const char *name);
 /* Writes F32 / I32 / U8 tensors (any strides). */
 int fm_safetensors_save(const char *path, int64_t n, const char *const *names,
                         const fm_tensor *const *tensors);
+
+/* ---- MATLAB MAT-files (core/mat.c) --------------------------------------- */
+
+/* Level 5 (MATLAB 5 to 7.2, what scipy.io.loadmat reads; 7.3 files are
+ * HDF5 and refused): either byte order, variables compressed or not.
+ * fm_mat_open reads and checks the whole file: a truncated or corrupt one
+ * is refused there, naming the path, the offset and the variable.
+ * The file is a tree of nodes (ids): the variables; below a cell its
+ * elements, below a struct each element's fields (element 0's fields in
+ * field order, then element 1's...), both in MATLAB's linear
+ * (column-major) order. Objects, function handles and opaque values are
+ * FM_MAT_OTHER nodes, skipped. Bad ids give -1 / NULL with a message. */
+typedef struct fm_mat fm_mat;
+typedef enum fm_mat_node_kind {
+  FM_MAT_NUMERIC = 0, FM_MAT_CHAR = 1, FM_MAT_SPARSE = 2, FM_MAT_CELL = 3,
+  FM_MAT_STRUCT = 4, FM_MAT_OTHER = 5
+} fm_mat_node_kind;
+fm_mat *fm_mat_open(const char *path);
+void fm_mat_close(fm_mat *m);
+int64_t fm_mat_nvars(const fm_mat *m);
+int64_t fm_mat_var(const fm_mat *m, int64_t i);           /* node of variable i */
+int32_t fm_mat_kind(const fm_mat *m, int64_t node);       /* fm_mat_node_kind */
+const char *fm_mat_name(const fm_mat *m, int64_t node);   /* variable or field; "" in a cell */
+/* MATLAB's class(): "double", "uint8", "logical", "char", "cell", "struct",
+ * ...; a sparse matrix is "double" or "logical" */
+const char *fm_mat_class(const fm_mat *m, int64_t node);
+/* The type a numeric or char node's values are stored as ("uint8", "uint16",
+ * "double", ...; "" for other nodes): MATLAB narrows integer-valued data,
+ * and scipy's loadmat returns the stored type (mat_dtype=False). */
+const char *fm_mat_storage(const fm_mat *m, int64_t node);
+int32_t fm_mat_ndim(const fm_mat *m, int64_t node);
+int64_t fm_mat_dim(const fm_mat *m, int64_t node, int32_t d);
+int32_t fm_mat_is_complex(const fm_mat *m, int64_t node);
+int64_t fm_mat_nfields(const fm_mat *m, int64_t node);    /* struct */
+const char *fm_mat_field(const fm_mat *m, int64_t node, int64_t f);
+int64_t fm_mat_nchildren(const fm_mat *m, int64_t node);  /* cell, struct */
+int64_t fm_mat_child(const fm_mat *m, int64_t node, int64_t i);
+/* A numeric, char or sparse node's values, row-major with MATLAB's
+ * dimensions (as numpy's arrays from scipy): uint8 and logical -> U8,
+ * double and single -> F32 (doubles rounded to the nearest float), the
+ * other integers -> I32 (a value outside int32 is an error naming it),
+ * char -> I32 of its UTF-16 code units (code points where the file holds
+ * UTF-8, as scipy writes); sparse matrices dense, within the pixel limit
+ * of fm_image_set_max_pixels. Complex is refused. */
+fm_tensor *fm_mat_tensor(const fm_mat *m, int64_t node);
 
 /* ---- PAMR (core/pamr.c) --------------------------------------------------- */
 

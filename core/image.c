@@ -560,3 +560,29 @@ fm_tensor *fm_image_load_indices(const char *path) {
   free(png.idat);
   return out;
 }
+
+/* ---- zlib streams for other readers (MAT files' compressed variables) ------- */
+
+/* stb's inflate reports a full output buffer and corrupt data alike, so the
+ * buffer grows (x4) from a guess until the data fits or max_out is reached. */
+uint8_t *fm_zlib_inflate(const uint8_t *in, int64_t n, int64_t max_out, int64_t *out_len) {
+  const char *what = "fm_zlib_inflate";
+  if (!in || n <= 0 || n > INT_MAX || !out_len)
+    return fm__error_null("%s: bad input (%" PRId64 " bytes)", what, n);
+  if (max_out <= 0 || max_out > INT_MAX) max_out = INT_MAX;
+  int64_t cap = n < max_out / 4 ? 4 * n : max_out;
+  if (cap < 65536) cap = max_out < 65536 ? max_out : 65536;
+  for (;;) {
+    uint8_t *out = malloc((size_t)cap);
+    if (!out) return fm__error_null("%s: out of memory (%" PRId64 " bytes)", what, cap);
+    int got = stbi_zlib_decode_buffer((char *)out, (int)cap, (const char *)in, (int)n);
+    if (got >= 0) {
+      *out_len = got;
+      return out;
+    }
+    free(out);
+    if (cap >= max_out)
+      return fm__error_null("%s: corrupt zlib data, or it inflates to more than %" PRId64 " bytes", what, max_out);
+    cap = cap < max_out / 4 ? cap * 4 : max_out;
+  }
+}

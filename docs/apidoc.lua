@@ -18,6 +18,7 @@ local MODULES = {
   { "fmseg.image", "decode, write and convert images" },
   { "fmseg.masks", "binary masks, boxes, COCO RLE" },
   { "fmseg.io.hub", "the Hugging Face hub: download a repository, find it in the cache" },
+  { "fmseg.io.mat", "MATLAB .mat files (level 5), such as SBD's annotations" },
   { "fmseg.cluster", "k-means, spectral and eigen helpers" },
   { "fmseg.models", "load a model by kind from a Hugging Face directory" },
   { "fmseg.models.clip", "CLIP (transformers' CLIPModel)" },

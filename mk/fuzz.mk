@@ -24,7 +24,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
                 -Icore -I/usr/include/stb -I/usr/include/luajit-2.1
 FUZZ_LIBS    := $(filter-out -fopenmp,$(LIBS)) -lgomp
 
-FUZZ_C_TARGETS   := safetensors yaml image png_indices palette_png rle_string rle_roundtrip
+FUZZ_C_TARGETS   := safetensors yaml image png_indices palette_png rle_string rle_roundtrip tiff matfile
 FUZZ_LUA_TARGETS := json hf_index yaml_config set_override tokenizer classes voc_xml
 FUZZ_ALL         := $(FUZZ_C_TARGETS) $(FUZZ_LUA_TARGETS)
 FUZZ_TARGETS     ?= $(FUZZ_ALL)
@@ -45,6 +45,8 @@ FUZZ_MAXLEN_set_override  := 1024
 FUZZ_MAXLEN_tokenizer     := 1024
 FUZZ_MAXLEN_classes       := 2048
 FUZZ_MAXLEN_voc_xml       := 4096
+FUZZ_MAXLEN_tiff          := 8192
+FUZZ_MAXLEN_matfile       := 8192
 FUZZ_MAXLEN_DEFAULT       := 4096
 
 # clang 14 has no _Float16 on x86 (diffseg.c) and leaves the dispatcher of a

@@ -11,6 +11,25 @@ function M.load(path) return T.wrap(C.fm_image_load(path)) end
 -- (H, W) uint8 indices of an 8-bit palette PNG (or grey levels)
 function M.load_indices(path) return T.wrap(C.fm_image_load_indices(path)) end
 
+-- (H, W) int32 values of a TIFF label map: baseline TIFF, one 8- or 16-bit
+-- sample, uncompressed or PackBits (the 16-bit maps of ADE20K-Full and
+-- PASCAL Context-459, 65535 unlabelled)
+function M.load_tiff(path) return T.wrap(C.fm_tiff_load(path)) end
+
+-- A label map by its file name: .tif / .tiff (any case) through load_tiff,
+-- anything else as a PNG's indices.
+function M.load_labels(path)
+  if path:lower():match("%.tiff?$") then return M.load_tiff(path) end
+  return M.load_indices(path)
+end
+
+-- (H, W) labels in [0, 65535] → an uncompressed 16-bit greyscale TIFF, as
+-- PIL writes Image.fromarray(uint16_array).save(path)
+function M.save_tiff16(path, labels)
+  if labels:dtype() ~= "uint8" and labels:dtype() ~= "int32" then labels = labels:int() end
+  check(C.fm_tiff_save_u16(path, labels:is_contiguous() and labels or labels:contiguous()))
+end
+
 local function as_u8(img)
   if img:dtype() ~= "uint8" then img = img:byte() end
   return img:is_contiguous() and img or img:contiguous()
@@ -68,6 +87,28 @@ end
 function M.resize_cv2(img, oh, ow)
   local out = T.new({ oh, ow, img:size(3) }, "uint8")
   check(C.fm_image_resize_cv2_linear(out, as_u8(img)))
+  return out
+end
+
+-- cv2.resize(lab, (ow, oh), interpolation=cv2.INTER_NEAREST) of (H, W)
+-- labels of any dtype, as OpenCV 4.6's resizeNN picks sources: index
+-- floor(x * (1 / (ow / w))), at most w - 1, in double (detectron2's ADE20K-Full
+-- script resizes its int32 class maps so).
+function M.resize_nearest_cv2(lab, oh, ow)
+  lab = lab:contiguous()
+  local h, w = lab:size(1), lab:size(2)
+  local function index(out, inn)
+    local inv, idx = 1 / (out / inn), {}
+    for i = 0, out - 1 do idx[i] = math.min(math.floor(i * inv), inn - 1) end
+    return idx
+  end
+  local ys, xs = index(oh, h), index(ow, w)
+  local out = T.new({ oh, ow }, lab:dtype())
+  local src, dst = lab:ptr(), out:ptr()
+  for y = 0, oh - 1 do
+    local row, o = ys[y] * w, y * ow
+    for x = 0, ow - 1 do dst[o + x] = src[row + xs[x]] end
+  end
   return out
 end
 

@@ -1,8 +1,9 @@
 -- `fmseg prepare` against the official converters: tests/fixtures/prepare/
 -- holds tiny raw datasets in the public layouts and what mmsegmentation's
 -- pascal_context.py (with the Detail API), coco_stuff164k.py, SCLIP's
--- cvt_coco_object.py and cityscapesScripts' json2labelImg wrote from them
--- (tests/tools/make_prepare_fixtures.py). Each case runs ./fmseg prepare
+-- cvt_coco_object.py, cityscapesScripts' json2labelImg and ov-seg's
+-- prepare_ade20k_full_sem_seg.py and prepare_pascal_context.py wrote from
+-- them (tests/tools/make_prepare_fixtures.py). Each case runs ./fmseg prepare
 -- on a copy of the raw files and compares every output pixel for pixel
 -- (split files byte for byte), then checks resuming, the errors for a
 -- missing raw folder or file, malformed entries, and that fmseg eval's
@@ -40,11 +41,11 @@ local function copy(from, to)
   tiny.sh(("cp -r %s/. %s"):format(q(from), q(to)))
 end
 
--- nil when both label PNGs hold the same values at the same size, else why
+-- nil when both label maps (PNG or TIFF) hold the same values at the same size, else why
 local function pixel_diff(got_path, want_path)
-  local ok, got = pcall(image.load_indices, got_path)
+  local ok, got = pcall(image.load_labels, got_path)
   if not ok then return "cannot read " .. got_path .. ": " .. tostring(got) end
-  local want = image.load_indices(want_path)
+  local want = image.load_labels(want_path)
   local gs, ws = got:shape(), want:shape()
   if gs[1] ~= ws[1] or gs[2] ~= ws[2] then
     return ("%s: size %dx%d, expected %dx%d"):format(got_path, gs[1], gs[2], ws[1], ws[2])
@@ -68,7 +69,7 @@ local function compare_tree(got_root, want_root, label)
     local g, w = got_root .. "/" .. rel, want_root .. "/" .. rel
     if not fs.exists(g) then
       problems[#problems + 1] = rel .. " missing"
-    elseif rel:match("%.png$") then
+    elseif rel:match("%.png$") or rel:match("%.tif$") then
       problems[#problems + 1] = pixel_diff(g, w)
     elseif fs.read(g) ~= fs.read(w) then
       problems[#problems + 1] = rel .. " differs byte for byte"
@@ -95,7 +96,7 @@ local function def(name) return config.load(ROOT .. "/configs/_base_/datasets/" 
 do
   local rc, out = prepare("--help")
   local listed = true
-  for _, name in ipairs({ "context", "coco_stuff164k", "coco_object", "cityscapes" }) do
+  for _, name in ipairs({ "context", "context459", "coco_stuff164k", "coco_object", "cityscapes", "ade847" }) do
     listed = listed and out:find("\n  " .. name .. " ", 1, true) ~= nil
   end
   tap.ok(rc == 0 and listed and out:find("default RAW_DIR", 1, true) and out:find("--data ROOT", 1, true),
@@ -161,8 +162,8 @@ do
     and out:find("VOCdevkit/VOC2010", 1, true), "missing JPEGImages: named, with the layout", out)
   rc, out = prepare("context " .. q(tmp .. "/nowhere"))
   tap.ok(rc == 1 and out:find("raw folder " .. tmp .. "/nowhere not found", 1, true), "missing RAW_DIR", out)
-  rc, out = prepare("ade847 " .. q(raw))
-  tap.ok(rc == 1 and out:find("unknown dataset 'ade847'", 1, true) and out:find("coco_object", 1, true),
+  rc, out = prepare("ade150 " .. q(raw))
+  tap.ok(rc == 1 and out:find("unknown dataset 'ade150'", 1, true) and out:find("coco_object", 1, true),
     "an unknown dataset lists the known ones", out)
 
   -- malformed entries: reported by file and entry, the rest converted
@@ -254,6 +255,196 @@ do
   rc, out = prepare("cityscapes " .. q(tmp .. "/coco"))
   tap.ok(rc == 1 and out:find("none of gtFine found under", 1, true) and out:find("gtFine_trainvaltest.zip", 1, true),
     "no gtFine: the layout expected", out)
+end
+
+-- ---- ADE20K-Full (847) and PASCAL Context-459: ov-seg's detectron2-style scripts --------------
+
+-- the expected tree in tmp with its *.gz unpacked (the larger official files are kept gzip'd)
+local function unpacked(from, label)
+  local to = tmp .. "/expected_" .. label
+  copy(from, to)
+  tiny.sh(("find %s -name '*.gz' -exec gzip -d {} +"):format(q(to)))
+  return to
+end
+
+local function write_file(path, bytes)
+  tiny.mkdir(path:match("^(.*)/"))
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+-- nil when two (H, W, 3) uint8 images are equal, else why
+local function image_diff(got, want, label)
+  if got:size(1) ~= want:size(1) or got:size(2) ~= want:size(2) then
+    return ("%s: %dx%d, expected %dx%d"):format(label, got:size(2), got:size(1), want:size(2), want:size(1))
+  end
+  local gp, wp, bad = got:contiguous():ptr(), want:contiguous():ptr(), 0
+  for i = 0, got:numel() - 1 do if gp[i] ~= wp[i] then bad = bad + 1 end end
+  return bad > 0 and ("%s: %d bytes differ"):format(label, bad) or nil
+end
+
+do
+  local ade = require("fmseg.eval.prepare_ade847")
+  local raw = tmp .. "/ade847/ADE20K_2021_17_01"
+  copy(FIX .. "/ade847/raw/ADE20K_2021_17_01", raw)
+  local want = unpacked(FIX .. "/ade847/expected", "ade847")
+  local rc, out = prepare("ade847 " .. q(raw))
+  tap.ok(rc == 0 and out:find("prepare ade847 labels  4/4", 1, true), "prepare ade847: 4 validation images", out)
+  compare_tree(raw .. "/annotations_detectron2", want .. "/annotations_detectron2",
+    "ade847 (R / 10 * 256 + G, the 847 ids to trainIds, 65535 elsewhere, cv2 nearest past 512)")
+  tap.ok(not fs.exists(raw .. "/images_detectron2/training") and not fs.exists(raw .. "/annotations_detectron2/training")
+    and #files_under(raw .. "/images_detectron2/validation") == 4, "ade847: only the validation images, as the official")
+  -- the images: the pixels the official hands PIL's JPEG encoder, ours stb's
+  local sources = { ADE_val_00000001 = "validation/cultural/apse__indoor", ADE_val_00000002 = "validation/urban/street",
+                    ADE_val_00000003 = "validation/urban/street", ADE_val_00000004 = "validation/urban/street" }
+  local problems = {}
+  for name, folder in pairs(sources) do
+    local pre = image.load(want .. "/pre_jpeg/" .. name .. ".png")
+    local got = ade.convert_image(image.load(("%s/images/ADE/%s/%s.jpg"):format(raw, folder, name)))
+    problems[#problems + 1] = image_diff(got, pre, name)
+    local written = image.load(raw .. "/images_detectron2/validation/" .. name .. ".jpg")
+    if written:size(1) ~= pre:size(1) or written:size(2) ~= pre:size(2) then
+      problems[#problems + 1] = name .. ".jpg: not the size of the official's"
+    end
+  end
+  tap.ok(#problems == 0, "ade847 images: resized (cv2 INTER_LINEAR past 512) to the official's pixels, "
+    .. "JPEGs of their size", table.concat(problems, "\n"))
+  no_temporaries(raw, "ade847")
+
+  rc, out = prepare("ade847 -q " .. q(raw))
+  tap.ok(rc == 0 and count_of(out, "validation/<name>%.tif: 4 files, 0 written, (%d+) already there") == 4,
+    "ade847 rerun: all skipped", out)
+  os.remove(raw .. "/annotations_detectron2/validation/ADE_val_00000002.tif")
+  rc, out = prepare("ade847 -q " .. q(raw))
+  tap.ok(rc == 0 and count_of(out, "validation/<name>%.tif: 4 files, (%d+) written, 3 already there") == 1,
+    "a deleted label map is written again", out)
+  compare_tree(raw .. "/annotations_detectron2", want .. "/annotations_detectron2", "ade847 after the resume")
+  local ds = data.open(def("ade847"), { root = raw })
+  local lab = ds:labels(2)
+  tap.ok(#ds.items == 4 and ds.items[1].id == "ADE_val_00000001" and lab:size(1) == 527 and lab:size(2) == 512
+    and ds:image(2):size(1) == 527, "data.open(ade847) reads the result: images and labels at the resized size")
+  local other = tmp .. "/ade847_out"
+  rc, out = prepare(("ade847 -q %s -o %s"):format(q(raw), q(other)))
+  tap.ok(rc == 0 and #data.open(def("ade847"), { root = other }).items == 4, "-o ROOT: both folders written there", out)
+  compare_tree(other .. "/annotations_detectron2", want .. "/annotations_detectron2", "ade847 -o ROOT")
+
+  -- problems with single images: named, the rest converted
+  local bad = tmp .. "/ade847_bad/ADE20K_2021_17_01"
+  copy(FIX .. "/ade847/raw/ADE20K_2021_17_01", bad)
+  local street = bad .. "/images/ADE/validation/urban/street"
+  os.remove(street .. "/ADE_val_00000002_seg.png")
+  write_file(street .. "/ADE_val_00000003_seg.png", "not a png")
+  local dup = bad .. "/images/ADE/validation/zz/ADE_val_00000001.jpg"
+  write_file(dup, fs.read(bad .. "/images/ADE/validation/cultural/apse__indoor/ADE_val_00000001.jpg"))
+  rc, out = prepare("ade847 -q " .. q(bad))
+  tap.eq(rc, 1, "ade847 with broken files: exit 1")
+  tap.ok(out:find(street .. "/ADE_val_00000002_seg.png: not found", 1, true), "a missing _seg.png is named", out)
+  tap.ok(out:find(street .. "/ADE_val_00000003_seg.png: fm_image_load: " .. street .. "/ADE_val_00000003_seg.png", 1, true),
+    "an unreadable _seg.png is named", out)
+  tap.ok(out:find(dup .. ": same file name as " .. bad .. "/images/ADE/validation/cultural/apse__indoor/ADE_val_00000001.jpg",
+    1, true), "two images of one name are reported (the outputs are flat)", out)
+  tap.ok(pixel_diff(bad .. "/annotations_detectron2/validation/ADE_val_00000001.tif",
+    want .. "/annotations_detectron2/validation/ADE_val_00000001.tif") == nil
+    and not fs.exists(bad .. "/annotations_detectron2/validation/ADE_val_00000003.tif"),
+    "the good image is converted as the official, the bad ones not at all")
+  rc, out = prepare("ade847 " .. q(tmp .. "/coco"))
+  tap.ok(rc == 1 and out:find("no ADE_val_*.jpg under " .. tmp .. "/coco/images", 1, true)
+    and out:find("ADE20K_2021_17_01.zip", 1, true),
+    "no validation images: the layout expected", out)
+  rc, out = prepare("ade847 " .. q(tmp .. "/cityscapes"))
+  tap.ok(rc == 1 and out:find(tmp .. "/cityscapes/images not found", 1, true), "no images/: named", out)
+end
+
+-- A level-5 MAT file, little-endian, uncompressed, one matrix `name` of
+-- class `class` (11: uint16) whose data is stored as MAT type `mi`.
+local function mat_file(name, class, dims, mi, bytes)
+  local function u32(v)
+    return string.char(v % 256, math.floor(v / 256) % 256, math.floor(v / 65536) % 256, math.floor(v / 16777216) % 256)
+  end
+  local function el(typ, payload) return u32(typ) .. u32(#payload) .. payload .. string.rep("\0", (8 - #payload % 8) % 8) end
+  local d = {}
+  for i, v in ipairs(dims) do d[i] = u32(v) end
+  local body = el(6, u32(class) .. u32(0)) .. el(5, table.concat(d)) .. el(1, name) .. el(mi, bytes)
+  local text = "MATLAB 5.0 MAT-file, written by test_prepare.lua"
+  return text .. string.rep(" ", 116 - #text) .. string.rep("\0", 8) .. string.char(0, 1) .. "IM"
+    .. u32(14) .. u32(#body) .. body
+end
+
+do
+  local raw = tmp .. "/context459/VOC2010"
+  copy(FIX .. "/context459/raw/VOC2010", raw)
+  local want = FIX .. "/context459/expected"
+  local rc, out = prepare("context459 " .. q(raw))
+  tap.ok(rc == 0 and out:find("prepare context459  4/4", 1, true) and out:find("1 without a .mat skipped", 1, true),
+    "prepare context459: the 4 val ids with a .mat (one listed id has none)", out)
+  compare_tree(raw .. "/annotations_detectron2", want .. "/annotations_detectron2",
+    "context459 (LabelMap - 1 in uint16: compressed, plain, big-endian and two-variable MAT files)")
+  tap.ok(not fs.exists(raw .. "/annotations_detectron2/pc459_val/2008_000008.tif"), "context459: a train id is left out")
+  tap.eq(fs.read(raw .. "/ImageSets/SegmentationContext/val.txt"), "2008_000002\n2008_000003\n2008_000007\n2010_000001\n",
+    "ImageSets/SegmentationContext/val.txt, absent, is written with the ids converted")
+  no_temporaries(raw, "context459")
+  local ds = data.open(def("context459"), { root = raw })
+  local lab = ds:labels(3)
+  tap.ok(#ds.items == 4 and ds.items[3].id == "2008_000007" and lab:size(1) == 8 and lab:size(2) == 12
+    and lab:get(1, 1) == 65535 and lab:get(1, 2) == 458 and lab:get(1, 3) == 255,
+    "data.open(context459) reads the result (0 -> 65535, 459 -> 458, 256 -> 255)")
+  rc, out = prepare("context459 -q " .. q(raw))
+  tap.ok(rc == 0 and count_of(out, "4 files, 0 written, (%d+) already there") == 4
+    and not out:find("SegmentationContext/val.txt (it was not there", 1, true), "context459 rerun: all skipped", out)
+  -- -o ROOT: labels and val.txt there, JPEGImages linked
+  local other = tmp .. "/context459_out"
+  rc, out = prepare(("context459 -q %s -o %s"):format(q(raw), q(other)))
+  tap.ok(rc == 0 and fs.is_dir(other .. "/JPEGImages") and #data.open(def("context459"), { root = other }).items == 4,
+    "-o ROOT: JPEGImages linked, readable with --data ROOT", out)
+  -- without pascalcontext_val.txt the configs' val.txt gives the ids; without either, both are named
+  os.remove(raw .. "/pascalcontext_val.txt")
+  os.remove(raw .. "/annotations_detectron2/pc459_val/2008_000003.tif")
+  rc, out = prepare("context459 -q " .. q(raw))
+  tap.ok(rc == 0 and count_of(out, "4 files, (%d+) written, 3 already there") == 1
+    and out:find("ids of " .. raw .. "/ImageSets/SegmentationContext/val.txt", 1, true),
+    "no pascalcontext_val.txt: the ids of ImageSets/SegmentationContext/val.txt", out)
+  os.remove(raw .. "/ImageSets/SegmentationContext/val.txt")
+  rc, out = prepare("context459 " .. q(raw))
+  tap.ok(rc == 1 and out:find("neither " .. raw .. "/pascalcontext_val.txt nor", 1, true)
+    and out:find("CAT-Seg's datasets/pascalcontext_val.txt", 1, true), "no id list at all: both named, where to get one", out)
+  rc, out = prepare("context459 " .. q(tmp .. "/context"))
+  tap.ok(rc == 1 and out:find(tmp .. "/context/trainval not found", 1, true) and out:find("trainval.tar.gz", 1, true),
+    "no trainval/: named, with the layout", out)
+
+  -- a val.txt already there (mmsegmentation's, `prepare context`) listing an id that gets no label
+  local listed = tmp .. "/context459_listed/VOC2010"
+  copy(FIX .. "/context459/raw/VOC2010", listed)
+  tiny.write(listed .. "/ImageSets/SegmentationContext/val.txt", "2008_000002\n2008_000009\n")
+  rc, out = prepare("context459 -q " .. q(listed))
+  tap.ok(rc == 1 and out:find(listed .. "/ImageSets/SegmentationContext/val.txt lists 1 id(s) with no "
+    .. "annotations_detectron2/pc459_val/<id>.tif (2008_000009), which fmseg eval context459 reads", 1, true)
+    and fs.read(listed .. "/ImageSets/SegmentationContext/val.txt") == "2008_000002\n2008_000009\n",
+    "ids of an existing val.txt that get no label are reported, and the file is left as it is", out)
+
+  -- bad MAT files: each named, the rest converted
+  local bad = tmp .. "/context459_bad/VOC2010"
+  copy(FIX .. "/context459/raw/VOC2010", bad)
+  local mats = bad .. "/trainval/"
+  local cut = fs.read(mats .. "2008_000002.mat")
+  write_file(mats .. "2008_000002.mat", cut:sub(1, #cut - 40))
+  write_file(mats .. "2008_000003.mat", mat_file("LabelMap", 11, { 2, 3 }, 2, string.char(1, 2, 3, 4, 5, 6)))
+  write_file(mats .. "2008_000007.mat", mat_file("Segmentation", 11, { 1, 2 }, 4, string.char(1, 0, 2, 0)))
+  write_file(mats .. "2008_000009.mat", "MATLAB 7.3 MAT-file, Platform: GLNXA64" .. string.rep("\0", 100))
+  rc, out = prepare("context459 -q " .. q(bad))
+  tap.eq(rc, 1, "context459 with bad MAT files: exit 1")
+  tap.ok(out:find(mats .. "2008_000002.mat: offset 128: a variable of 254 bytes, but the file has 214 left", 1, true),
+    "a truncated MAT file is named", out)
+  tap.ok(out:find(mats .. "2008_000003.mat: LabelMap (uint16) is stored as uint8, expected uint16", 1, true),
+    "LabelMap stored as another type is refused (the official arithmetic is uint16)", out)
+  tap.ok(out:find(mats .. "2008_000007.mat: no variable LabelMap (variables: Segmentation)", 1, true),
+    "a MAT file without LabelMap is named with what it holds", out)
+  tap.ok(out:find(mats .. "2008_000009.mat: not a MAT-file of level 5 (MATLAB 5 to 7.2)", 1, true),
+    "a file that is no level-5 MAT file is refused, saying so", out)
+  tap.ok(pixel_diff(bad .. "/annotations_detectron2/pc459_val/2010_000001.tif",
+    want .. "/annotations_detectron2/pc459_val/2010_000001.tif") == nil
+    and fs.read(bad .. "/ImageSets/SegmentationContext/val.txt") == "2010_000001\n",
+    "the good file is converted as the official, and val.txt lists only it")
 end
 
 -- ---- polygons: masks.rle_from_polygon (core/masks.c) against pycocotools --------------------

@@ -35,6 +35,15 @@ end
 tap.raises(function() R.sclip.setup(recipes.params(R.sclip, { slide_crop = 0, pamr_steps = 10 }), {}, nil) end,
            "PAMR only with the sliding window", "sclip: whole-image PAMR (which SCLIP's code skips) is refused")
 
+-- Class files: "\," is a comma inside one name (ADE20K-Full's "building, edifice" is one query).
+do
+  local c = require("fmseg.method.classes").parse("wall\nbuilding\\, edifice\nperson, man\\, woman, kid\n")
+  tap.eq(table.concat(c.queries, "|"), "wall|building, edifice|person|man, woman|kid",
+         "classes: an escaped comma stays inside its name, plain commas separate synonyms")
+  tap.eq(table.concat(c.query_class, " "), "1 2 3 3 3", "classes: each query's class")
+  tap.eq(c.names[2], "building, edifice", "classes: the display name keeps its comma")
+end
+
 -- Every shipped config of these methods resolves: known recipe, parameters
 -- the recipe accepts, as many class lines as the dataset has classes.
 do

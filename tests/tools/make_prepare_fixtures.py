@@ -25,6 +25,27 @@ official converters write from them, running their own code unmodified:
               and once with "trainIds" (the expected *_labelTrainIds.png:
               what mmsegmentation's cityscapes.py writes from the polygons).
 
+  ade847      facebookresearch/ov-seg datasets/prepare_ade20k_full_sem_seg.py
+              (commit 36f49d496714998058d115ffb6172d9d84c59065; the file last
+              changed in 2a3a047973f9db3d3695d01098351f251ffc362e; byte for
+              byte cvlab-kaist/CAT-Seg's datasets/prepare_ade20k_full.py at
+              6d3a188af95165147fe2f34a8237fa7d2633e784), run as
+              __main__ on ADE20K_2021_17_01 with an index_ade20k.pkl of the
+              two lists it reads (folder, filename). The images are PNG
+              bytes under the release's .jpg names, so that no JPEG decoder
+              stands between the two sides; Image.save is wrapped to keep
+              what the script hands PIL's JPEG encoder (expected/pre_jpeg/).
+  context459  the same commit's datasets/prepare_pascal_context.py (its
+              convert_pc459 is CAT-Seg's prepare_pascal_context_459.py's) on
+              VOC2010 with trainval/<id>.mat written by scipy.io.savemat
+              (compressed, plain, two variables) and by hand (big-endian),
+              pascalcontext_val.txt, and for its 59-class half a labels.txt
+              and 59_labels.txt (not committed: fmseg does not read them).
+  tiff        TIFF files for core/tiff.c from PIL (with libtiff for PackBits
+              and strips) and tifffile, with their values (values.json).
+
+Official files over 64 KB are kept gzip'd (gzip -dc gives them back).
+
 Only the names the converters import from mmcv / mmengine (mkdir_or_exist,
 track_progress, track_parallel_progress) and cityscapesScripts' unused
 pyquaternion are stubbed. Nothing fetched is copied into this repository.
@@ -33,7 +54,8 @@ pyquaternion are stubbed. Nothing fetched is copied into this repository.
         --mmseg DIR_WITH_pascal_context.py_AND_coco_stuff164k.py \\
         --detail-api /path/to/detail-api/PythonAPI \\
         --sclip /path/to/SCLIP --cityscapes-scripts /path/to/cityscapesScripts \\
-        --cocoapi /path/to/cocoapi/PythonAPI
+        --cocoapi /path/to/cocoapi/PythonAPI --ov-seg /path/to/ov-seg
+    # one or more cases alone:  --only ade847 context459 tiff --ov-seg /path/to/ov-seg
 
 polygons.json: pycocotools' frPyObjects (cocodataset/cocoapi commit
 8c9bcc3cf640524c4c20a9c40e89cb6a2f2fa0e9, built in place) on convex,
@@ -41,10 +63,15 @@ concave, self-crossing, self-touching, repeated-point and out-of-image
 polygons, for core/masks.c's fm_rle_from_polygon.
 """
 import argparse
+import ast
+import gzip
 import importlib.util
 import json
 import os
+import pickle
+import runpy
 import shutil
+import struct
 import sys
 import tempfile
 import types
@@ -281,19 +308,235 @@ def make_polygons(args):
                              "8c9bcc3cf640524c4c20a9c40e89cb6a2f2fa0e9)", "cases": out}, f, separators=(",", ":"))
 
 
+# ---- ADE20K-Full (847) ---------------------------------------------------------------------
+
+def png_named(path, arr):
+    """A PNG under the release's .jpg name: PIL (the official) and stb (fmseg) open
+    images by content, and a lossless file keeps their decoders out of the
+    comparison (libjpeg-turbo and stb decode the same JPEG a grey level apart)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def ade_picture(rng, h, w):
+    """Blocks, a diagonal gradient and edges: every cv2 INTER_LINEAR weight is exercised."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + 2 * yy) % 256], -1)
+    for _ in range(6):
+        y0, x0 = rng.randint(0, h - 4), rng.randint(0, w - 4)
+        img[y0:y0 + rng.randint(3, h // 2 + 4), x0:x0 + rng.randint(3, w // 2 + 4)] = rng.randint(0, 256, 3)
+    return img.astype(np.uint8)
+
+
+def ade_seg(rng, h, w, ids):
+    """A _seg.png: R = 10 * (id // 256) + 0..9 (the script's R / 10 truncates), G = id % 256, B an instance."""
+    def blocks(lo, hi):
+        return rng.randint(lo, hi, ((h + 6) // 7, (w + 8) // 9)).repeat(7, 0).repeat(9, 1)[:h, :w]
+    cls = np.array(ids)[blocks(0, len(ids))]
+    r = 10 * (cls // 256) + blocks(0, 10)
+    r = np.where(r > 255, 10 * (cls // 256), r)
+    return np.stack([r, cls % 256, blocks(0, 256)], -1).astype(np.uint8)
+
+
+def gz_if_large(path):
+    """Files over 64 KB are kept gzip'd (gzip -dc gives the official's bytes back)."""
+    if os.path.getsize(path) > 65536:
+        with open(path, "rb") as f, gzip.GzipFile(path + ".gz", "wb", mtime=0) as g:
+            g.write(f.read())
+        os.remove(path)
+
+
+def make_ade847(args):
+    rng = np.random.RandomState(847)
+    script = os.path.join(args.ov_seg, "datasets", "prepare_ade20k_full_sem_seg.py")
+    src = open(script).read()
+    # the script's own table, for ids inside and outside it
+    table = ast.literal_eval(src[src.index("ADE20K_SEM_SEG_FULL_CATEGORIES = [") + 33:src.index("\n]\n") + 2])
+    known = [c["id"] for c in table]
+    ids = known[:3] + [max(known), min(known), 312, 2598, 3144] + [1, 7, 5000, 6655]   # the last four: unmapped
+    case = fresh("ade847")
+    raw = os.path.join(case, "raw", "ADE20K_2021_17_01")
+    files = [("validation/cultural/apse__indoor", "ADE_val_00000001", 23, 31),     # no resize
+             ("validation/urban/street", "ADE_val_00000002", 530, 515),           # h >= w > 512: 527 x 512
+             ("validation/urban/street", "ADE_val_00000003", 512, 700),           # h not over 512: kept
+             ("validation/urban/street", "ADE_val_00000004", 513, 600),           # w >= h > 512: 512 x 599
+             ("training/home/bedroom", "ADE_train_00000001", 20, 18)]             # the script skips training
+    folders, names = [], []
+    for folder, name, h, w in files:
+        d = os.path.join(raw, "images", "ADE", folder)
+        png_named(os.path.join(d, name + ".jpg"), ade_picture(rng, h, w))
+        Image.fromarray(ade_seg(rng, h, w, ids)).save(os.path.join(d, name + "_seg.png"))
+        folders.append("ADE20K_2021_17_01/images/ADE/" + folder)
+        names.append(name + ".jpg")
+    exp = os.path.join(case, "expected")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(raw, os.path.join(tmp, "ADE20K_2021_17_01"))
+        # index_ade20k.pkl as far as the script reads it (folder, filename)
+        with open(os.path.join(tmp, "ADE20K_2021_17_01", "index_ade20k.pkl"), "wb") as f:
+            pickle.dump({"folder": folders, "filename": names}, f)
+        # what Image.save is handed for each JPEG: the pixels before PIL's encoder
+        pre = os.path.join(exp, "pre_jpeg")
+        os.makedirs(pre)
+        save = Image.Image.save
+
+        def recording_save(self, fp, *a, **k):
+            if str(fp).endswith(".jpg"):
+                save(self, os.path.join(pre, os.path.basename(str(fp))[:-4] + ".png"))
+            return save(self, fp, *a, **k)
+
+        Image.Image.save = recording_save
+        cwd = os.getcwd()
+        os.environ["DETECTRON2_DATASETS"] = tmp
+        try:
+            runpy.run_path(script, run_name="__main__")
+        finally:
+            Image.Image.save = save
+            os.chdir(cwd)
+        out = os.path.join(tmp, "ADE20K_2021_17_01", "annotations_detectron2", "validation")
+        dst = os.path.join(exp, "annotations_detectron2", "validation")
+        shutil.copytree(out, dst)
+        for f in os.listdir(dst):
+            gz_if_large(os.path.join(dst, f))
+    for f in os.listdir(pre):
+        gz_if_large(os.path.join(pre, f))
+
+
+# ---- PASCAL Context-459 ----------------------------------------------------------------------
+
+def mat_be(path, name, arr):
+    """A big-endian level-5 MAT file (scipy writes native order only), uncompressed."""
+    def el(typ, payload):
+        pad = (-len(payload)) % 8
+        return struct.pack(">II", typ, len(payload)) + payload + b"\0" * pad
+    h, w = arr.shape
+    body = (el(6, struct.pack(">II", 11, 0)) + el(5, struct.pack(">ii", h, w)) + el(1, name.encode())
+            + el(4, arr.astype(">u2").tobytes(order="F")))
+    head = b"MATLAB 5.0 MAT-file, big-endian, written by make_prepare_fixtures.py".ljust(116) + b"\0" * 8
+    with open(path, "wb") as f:
+        f.write(head + struct.pack(">H", 0x0100) + b"MI" + struct.pack(">II", 14, len(body)) + body)
+
+
+def make_context459(args):
+    import scipy.io
+    rng = np.random.RandomState(459)
+    case = fresh("context459")
+    raw = os.path.join(case, "raw", "VOC2010")
+    os.makedirs(os.path.join(raw, "trainval"))
+    os.makedirs(os.path.join(raw, "JPEGImages"))
+    names = open(os.path.join(os.path.dirname(OUT), "..", "..", "configs", "_base_", "classes",
+                              "context459.txt")).read().split("\n")[:459]
+
+    def labelmap(h, w):
+        m = rng.randint(0, 460, (h, w)).astype(np.uint16)     # 0 unlabelled, 1..459
+        m[0, :3] = [0, 459, 256]
+        return m
+    cases = [("2008_000002", 9, 13, "compressed"), ("2008_000003", 11, 7, "plain"),
+             ("2008_000007", 8, 12, "big-endian"), ("2010_000001", 10, 14, "two variables"),
+             ("2008_000008", 6, 5, "train")]
+    for name, h, w, kind in cases:
+        m = labelmap(h, w)
+        path = os.path.join(raw, "trainval", name + ".mat")
+        if kind == "big-endian":
+            mat_be(path, "LabelMap", m)
+        elif kind == "two variables":
+            scipy.io.savemat(path, {"Comment": np.arange(5.0), "LabelMap": m}, do_compression=True)
+        else:
+            scipy.io.savemat(path, {"LabelMap": m}, do_compression=kind != "plain")
+        if kind != "big-endian":   # the header's text carries the time: a fixed one, for reproducible files
+            with open(path, "r+b") as f:
+                f.write(b"MATLAB 5.0 MAT-file, written by scipy.io.savemat (make_prepare_fixtures.py)".ljust(116))
+        back = scipy.io.loadmat(path)["LabelMap"]
+        assert back.dtype.kind == "u" and back.dtype.itemsize == 2 and (back == m).all(), path
+        Image.fromarray(rng.randint(0, 256, (h, w, 3)).astype(np.uint8)).save(
+            os.path.join(raw, "JPEGImages", name + ".jpg"), quality=50)   # this case's own generator: reproducible alone
+    # val ids: one without a .mat (skipped, as the script skips it); 2008_000008 is train
+    with open(os.path.join(raw, "pascalcontext_val.txt"), "w") as f:
+        f.write("2008_000002\n2008_000003\n2008_000007\n2008_000009\n2010_000001\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        vdir = os.path.join(tmp, "VOCdevkit", "VOC2010")
+        shutil.copytree(raw, vdir)
+        # labels.txt / 59_labels.txt: only the script's 59-class half reads them
+        with open(os.path.join(vdir, "labels.txt"), "w") as f:
+            f.write("".join("%d: %s\n" % (i + 1, n) for i, n in enumerate(names)))
+        with open(os.path.join(vdir, "59_labels.txt"), "w") as f:
+            f.write("".join("%d: %s\n" % (i + 1, n) for i, n in enumerate(names[:59])))
+        os.environ["DETECTRON2_DATASETS"] = tmp
+        runpy.run_path(os.path.join(args.ov_seg, "datasets", "prepare_pascal_context.py"), run_name="__main__")
+        shutil.copytree(os.path.join(vdir, "annotations_detectron2", "pc459_val"),
+                        os.path.join(case, "expected", "annotations_detectron2", "pc459_val"))
+
+
+# ---- TIFF files written by PIL / libtiff, for core/tiff.c ------------------------------------
+
+def make_tiff(args):
+    """Baseline variants the reader takes, and ones it refuses, with their values."""
+    from PIL import TiffImagePlugin
+    rng = np.random.RandomState(7)
+    d = fresh("tiff")
+    v16 = rng.randint(0, 65536, (9, 7)).astype(np.uint16)
+    v16[0, :4] = [0, 255, 256, 65535]
+    v8 = rng.randint(0, 256, (6, 11)).astype(np.uint8)
+    cases = {}
+
+    def put(name, arr, values=None, **kw):
+        img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+        img.save(os.path.join(d, name), **kw)
+        if values is not None:
+            back = np.array(Image.open(os.path.join(d, name)))
+            assert (back == values).all(), name
+            cases[name] = {"h": int(values.shape[0]), "w": int(values.shape[1]), "values": values.ravel().tolist()}
+
+    put("u16_le.tif", v16, v16)                                      # what the converters write
+    put("u16_be.tif", Image.frombuffer("I;16B", (7, 9), v16.astype(">u2").tobytes(), "raw", "I;16B", 0, 1), v16)
+    put("u8.tif", v8, v8)
+    pal = Image.fromarray(v8, "P")
+    pal.putpalette(list(range(256)) * 3)
+    put("u8_palette_packbits.tif", pal, v8, compression="packbits")
+    put("u16_packbits.tif", v16, v16, compression="packbits")
+    TiffImagePlugin.WRITE_LIBTIFF = True                             # libtiff's writer: several strips
+    strips = rng.randint(0, 65536, (31, 40)).astype(np.uint16)
+    put("u16_strips.tif", strips, strips, strip_size=240)      # 3 rows a strip: 11 strips, the last of 1 row
+    TiffImagePlugin.WRITE_LIBTIFF = False
+    # another writer: tifffile, big-endian in strips of 4 rows
+    import tifffile
+    tifffile.imwrite(os.path.join(d, "u16_be_strips_tifffile.tif"), strips, byteorder=">", rowsperstrip=4)
+    assert (np.array(Image.open(os.path.join(d, "u16_be_strips_tifffile.tif"))) == strips).all()
+    cases["u16_be_strips_tifffile.tif"] = {"h": 31, "w": 40, "values": strips.ravel().tolist()}
+    put("refused_deflate.tif", v16, compression="tiff_adobe_deflate")
+    put("refused_lzw.tif", v8, compression="tiff_lzw")
+    put("refused_rgb.tif", rng.randint(0, 256, (4, 5, 3)).astype(np.uint8))
+    put("refused_float.tif", rng.rand(4, 5).astype(np.float32))
+    put("refused_signed.tif", rng.randint(-9, 9, (4, 5)).astype(np.int32))
+    put("refused_bilevel.tif", Image.fromarray(v8 > 127))
+    with open(os.path.join(d, "values.json"), "w") as f:
+        json.dump({"source": "PIL %s (libtiff for PackBits and strips), tifffile %s" % (
+                       Image.__version__, tifffile.__version__),
+                   "cases": cases}, f, separators=(",", ":"))
+
+
+CASES = {"context": (make_context, ["mmseg", "detail_api"]), "coco": (make_coco, ["mmseg", "sclip"]),
+         "cityscapes": (make_cityscapes, ["cityscapes_scripts"]), "polygons": (make_polygons, ["cocoapi"]),
+         "ade847": (make_ade847, ["ov_seg"]), "context459": (make_context459, ["ov_seg"]),
+         "tiff": (make_tiff, [])}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mmseg", required=True, help="folder with mmseg's pascal_context.py and coco_stuff164k.py")
-    ap.add_argument("--detail-api", required=True, help="detail-api's PythonAPI, detail/_mask built in place")
-    ap.add_argument("--sclip", required=True, help="a checkout of wangf3014/SCLIP")
-    ap.add_argument("--cityscapes-scripts", required=True, help="a checkout of mcordts/cityscapesScripts")
-    ap.add_argument("--cocoapi", required=True, help="cocodataset/cocoapi's PythonAPI, pycocotools built in place")
+    ap.add_argument("--mmseg", help="folder with mmseg's pascal_context.py and coco_stuff164k.py")
+    ap.add_argument("--detail-api", help="detail-api's PythonAPI, detail/_mask built in place")
+    ap.add_argument("--sclip", help="a checkout of wangf3014/SCLIP")
+    ap.add_argument("--cityscapes-scripts", help="a checkout of mcordts/cityscapesScripts")
+    ap.add_argument("--cocoapi", help="cocodataset/cocoapi's PythonAPI, pycocotools built in place")
+    ap.add_argument("--ov-seg", help="a checkout of facebookresearch/ov-seg (its datasets/ scripts)")
+    ap.add_argument("--only", nargs="+", choices=sorted(CASES), help="these cases (default: all)")
     args = ap.parse_args()
     stub_frameworks()
-    make_context(args)
-    make_coco(args)
-    make_cityscapes(args)
-    make_polygons(args)
+    for name in args.only or list(CASES):
+        make, needs = CASES[name]
+        missing = ["--" + n.replace("_", "-") for n in needs if not getattr(args, n)]
+        if missing:
+            ap.error("case %s needs %s" % (name, " ".join(missing)))
+        make(args)
     print("written", os.path.normpath(OUT))
 
 

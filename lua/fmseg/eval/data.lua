@@ -1,12 +1,14 @@
 -- fmseg.eval.data — evaluation datasets in their public layouts, as
 -- mmsegmentation prepares them (PASCAL VOC, PASCAL Context, COCO-Stuff,
--- COCO-Object, ADE20K, Cityscapes) and PASCAL VOC detection XML for object
+-- COCO-Object, ADE20K, Cityscapes), ADE20K-Full and PASCAL Context-459 as
+-- detectron2-style scripts do, and PASCAL VOC detection XML for object
 -- discovery. The definitions live in configs/_base_/datasets/*.yaml:
 --
 --   data:
 --     name: voc21                      # how runs and tables name it
 --     title: VOC21                     # column header in tables (default: name)
---     task: semantic                   # semantic (mIoU) | discovery (CorLoc)
+--     task: semantic                   # semantic (mIoU) | discovery (CorLoc) |
+--                                      # interactive (NoC: fmseg.eval.interactive_data)
 --     root: data/VOCdevkit/VOC2012     # --data ROOT replaces it
 --     split: ImageSets/Segmentation/val.txt  # ids, one a line; without it
 --                                      # every image under `images` (recursive,
@@ -38,8 +40,10 @@
 --   end
 --
 -- Label maps come back as (H, W) uint8 or int32 tensors of class indices
--- in [0, num_classes) or ignore_index. Problems name the path at fault and
--- what was expected there.
+-- in [0, num_classes) or ignore_index. Annotations are palette or grey
+-- PNGs, or 16-bit TIFFs when annotation_suffix ends in .tif (ADE20K-Full,
+-- PASCAL Context-459: ignore_index 65535). Problems name the path at fault
+-- and what was expected there.
 local config = require("fmseg.io.config")
 local classes_mod = require("fmseg.method.classes")
 local core = require("fmseg.core")
@@ -97,6 +101,10 @@ function M.spec(cfg)
     plain[k] = get(k)
   end
   local name = plain.name or "?"
+  if plain.task == "interactive" then                 -- its own layouts: fmseg.eval.interactive_data
+    return { name = need(plain, "name", "string", name), title = opt(plain, "title", "string", name, name),
+             task = "interactive", root = need(plain, "root", "string", name), layout = get("layout") }
+  end
   local s = {
     name = need(plain, "name", "string", name),
     task = opt(plain, "task", "string", "semantic", name),
@@ -125,7 +133,7 @@ function M.spec(cfg)
   end
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
-    error(("dataset %s: data.task must be semantic or discovery, got %s"):format(name, s.task), 0)
+    error(("dataset %s: data.task must be semantic, discovery or interactive, got %s"):format(name, s.task), 0)
   end
   if s.task == "semantic" then
     local cls = config.get(cfg, "classes")
@@ -216,6 +224,10 @@ function M.open(cfg, opts)
   opts = opts or {}
   local s = M.spec(cfg)
   local root = opts.root or s.root
+  if s.task == "interactive" then
+    s.root = root
+    return require("fmseg.eval.interactive_data").open(s)
+  end
   if not is_dir(root) then
     error(("dataset %s: data root %s not found (set data.root or pass --data ROOT; expected %s under it)"):format(
       s.name, root, layout_hint(s)), 0)
@@ -292,7 +304,7 @@ end
 -- (H, W) class indices (uint8 or int32), ignore_index where unlabelled.
 function Dataset:labels(i)
   local path = self.items[i].annotation
-  local ok, lab = pcall(image.load_indices, path)
+  local ok, lab = pcall(image.load_labels, path)
   if not ok then error(("%s: %s"):format(path, tostring(lab)), 0) end
   if self.lut then
     local ok2, out = pcall(M.remap, lab, self.lut)

@@ -30,7 +30,9 @@ local M = {}
 
 M.DEFAULTS = { examples = 4, thumb = 256 }
 
-local PALETTE = viz.voc_palette(256)   -- the colours of pred/<id>.png and of the overlays
+-- the colours of pred/<id>.png and of the overlays; VOC's bit interleaving
+-- goes on past 255, for ADE847's and Context459's classes
+local PALETTE = viz.voc_palette(1024)
 
 -- Tableau's ten colours, the run colours of the charts (as fmseg table's).
 local COLOURS = { "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -273,16 +275,17 @@ local function example_images(rec, ds, ex, side)
       shots[#shots + 1] = { "boxes: prediction red, ground truth green", png_uri(boxed) }
       return shots
     end
-    local pred_file = ex.dir .. "/pred/" .. ex.id .. ".png"
-    if rec.protocol == "dataset_clusters" then pred_file = rec.dir .. "/pred/" .. ex.id .. ".png" end
-    local pok, pred = pcall(image.load_indices, pred_file)
+    local pred_file = (rec.protocol == "dataset_clusters" and rec.dir or ex.dir) .. "/pred/" .. ex.id
+    -- a 16-bit TIFF where the classes do not fit in a palette PNG (runs.lua)
+    pred_file = pred_file .. ((fs.exists(pred_file .. ".tif") and not fs.exists(pred_file .. ".png")) and ".tif" or ".png")
+    local pok, pred = pcall(image.load_labels, pred_file)
     if pok then
-      shots[#shots + 1] = { "prediction", png_uri(viz.overlay(small, resize_labels(pred, th, tw))) }
+      shots[#shots + 1] = { "prediction", png_uri(viz.overlay(small, resize_labels(pred, th, tw), { palette = PALETTE })) }
     else
       shots[#shots + 1] = { "prediction missing: " .. pred_file }
     end
     local gt = ds:labels(i)
-    shots[#shots + 1] = { "ground truth", png_uri(viz.overlay(small, resize_labels(gt, th, tw))) }
+    shots[#shots + 1] = { "ground truth", png_uri(viz.overlay(small, resize_labels(gt, th, tw), { palette = PALETTE })) }
     return shots
   end)
   if not ok then return nil, tostring(res) end

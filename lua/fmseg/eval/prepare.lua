@@ -1,6 +1,7 @@
 -- fmseg.eval.prepare — dataset conversion without Python: what
 -- mmsegmentation's tools/dataset_converters (and SCLIP's COCO-Object
--- script) write, from the archives as they unpack, so that
+-- script, and the detectron2-style scripts of ADE20K-Full and PASCAL
+-- Context-459) write, from the archives as they unpack, so that
 -- `fmseg eval CONFIG --data ROOT` reads the result directly.
 --
 --   local prepare = require("fmseg.eval.prepare")
@@ -23,7 +24,8 @@
 --   }
 --
 -- — while one that builds masks from other annotations gives `convert =
--- function(job)` (see prepare_context.lua). Every output is written through
+-- function(job)` or `module` (see prepare_context.lua, prepare_context459.lua,
+-- prepare_ade847.lua). Every output is written through
 -- a temporary file and a rename (fs.atomically) and skipped when already
 -- there, so an interrupted run resumes; problems with single entries are
 -- reported by file and entry, the rest is converted, and the run ends with
@@ -228,6 +230,23 @@ M.DATASETS = {
     layout = "VOCdevkit/VOC2010 of VOCtrainval_03-May-2010.tar: JPEGImages/<id>.jpg, and trainval_merged.json " ..
       "(the Detail API's; elsewhere: --json FILE)",
   },
+  context459 = {
+    definitions = { "context459" },
+    summary = "PASCAL Context 459 classes: annotations_detectron2/pc459_val/<id>.tif (16-bit) from trainval/<id>.mat "
+      .. "(detectron2-style prepare_pascal_context.py of ov-seg / CAT-Seg)",
+    module = "fmseg.eval.prepare_context459",
+    link = { "JPEGImages" },
+    layout = "VOCdevkit/VOC2010 of VOCtrainval_03-May-2010.tar: JPEGImages/<id>.jpg, trainval/<id>.mat of " ..
+      "trainval.tar.gz, pascalcontext_val.txt (CAT-Seg's datasets/; else ImageSets/SegmentationContext/val.txt)",
+  },
+  ade847 = {
+    definitions = { "ade847" },
+    summary = "ADE20K-Full 847 classes: images_detectron2/ and annotations_detectron2/validation/<name>.tif "
+      .. "(16-bit; detectron2-style prepare_ade20k_full_sem_seg.py)",
+    module = "fmseg.eval.prepare_ade847",
+    layout = "ADE20K_2021_17_01 as ADE20K_2021_17_01.zip unpacks: images/ADE/validation/<scene>/ADE_val_<n>.jpg, " ..
+      "each with its ADE_val_<n>_seg.png",
+  },
   coco_stuff164k = {
     definitions = { "coco_stuff164k" },
     summary = "COCO-Stuff 171 classes: annotations/*/<id>_labelTrainIds.png (mmseg coco_stuff164k.py)",
@@ -259,7 +278,7 @@ M.DATASETS = {
       "from gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip",
   },
 }
-M.ORDER = { "context", "coco_stuff164k", "coco_object", "cityscapes" }
+M.ORDER = { "context", "context459", "coco_stuff164k", "coco_object", "cityscapes", "ade847" }
 M.coco_stuff_lut, M.coco_object_lut, M.CITYSCAPES_TRAIN_IDS = coco_stuff_lut, coco_object_lut, CITYSCAPES_TRAIN_IDS
 
 -- Folders people need beside the converted labels: linked from RAW_DIR when

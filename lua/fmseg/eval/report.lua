@@ -8,7 +8,8 @@
 --
 -- Writes to the output directory: miou.md, miou.csv, miou.png,
 -- per_class_iou.csv, and corloc.md / corloc.csv / corloc.png when
--- discovery runs are among them; published.md / published.csv put each
+-- discovery runs are among them, noc.md / noc.csv / miou_per_click.png
+-- (NoC@85 / NoC@90 and the mIoU after each click) for interactive runs; published.md / published.csv put each
 -- measured number beside the one its paper or repository reports
 -- (configs/published.yaml, fmseg.eval.published) when there is one.
 local core = require("fmseg.core")
@@ -293,6 +294,67 @@ function M.bar_chart(g, task)
   return img
 end
 
+-- ---- interactive runs ------------------------------------------------------------
+
+local function noc_of(rec, key)
+  local v = rec and rec.NoC and rec.NoC[key]
+  return is_num(v) and v or nil
+end
+
+-- NoC@85 / NoC@90 per method (rows) and dataset (columns), as the
+-- interactive segmentation tables report them
+function M.noc_markdown(g)
+  local head, rule = { "| Method" }, { "| ---" }
+  for _, d in ipairs(g.datasets) do head[#head + 1] = d.title; rule[#rule + 1] = "---:" end
+  local lines = { "NoC@85 / NoC@90 (clicks; lower is better)", "",
+                  table.concat(head, " | ") .. " |", table.concat(rule, " | ") .. " |" }
+  for _, m in ipairs(g.methods) do
+    local row = { "| " .. m }
+    for _, d in ipairs(g.datasets) do
+      local rec = g.cells[m][d.name]
+      local a, b = noc_of(rec, "85"), noc_of(rec, "90")
+      row[#row + 1] = (a and b) and ("%.2f / %.2f"):format(a, b) or "-"
+    end
+    lines[#lines + 1] = table.concat(row, " | ") .. " |"
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+function M.noc_csv(g)
+  local lines = { "method,dataset,objects,NoC@80,NoC@85,NoC@90,over_max@85,over_max@90,mIoU@1,mIoU@5" }
+  local function num(v, scale) return is_num(v) and ("%.2f"):format(v * (scale or 1)) or "" end
+  for _, m in ipairs(g.methods) do
+    for _, d in ipairs(g.datasets) do
+      local r = g.cells[m][d.name]
+      if r then
+        local curve = r.mIoU_per_click or {}
+        lines[#lines + 1] = table.concat({ csv_field(m), csv_field(d.name), tostring(r.objects or ""),
+          num(noc_of(r, "80")), num(noc_of(r, "85")), num(noc_of(r, "90")),
+          tostring(r.over_max and r.over_max["85"] or ""), tostring(r.over_max and r.over_max["90"] or ""),
+          num(curve[1], 100), num(curve[5], 100) }, ",")
+      end
+    end
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- one line per (method, dataset): the mIoU after each click
+function M.curve_chart(g)
+  local series = {}
+  for _, m in ipairs(g.methods) do
+    for _, d in ipairs(g.datasets) do
+      local r = g.cells[m][d.name]
+      if r and r.mIoU_per_click and #r.mIoU_per_click > 0 then
+        local values = {}
+        for k, v in ipairs(r.mIoU_per_click) do values[k] = 100 * v end
+        series[#series + 1] = { name = ("%s, %s"):format(m, d.title), values = values }
+      end
+    end
+  end
+  if #series == 0 then return nil end
+  return require("fmseg.viz").line_chart(series, { title = "mIoU (%) per click", xlabel = "clicks" })
+end
+
 -- ---- fmseg table ----------------------------------------------------------------
 
 local function write(path, s)
@@ -326,6 +388,19 @@ function M.command(dirs, out)
             csv_field(p.source) }, ",")
         end
       end
+    end
+  end
+  local ig = M.grid(recs, "interactive")
+  if #ig.methods > 0 then
+    local md = M.noc_markdown(ig)
+    parts[#parts + 1] = md
+    write(out .. "/noc.md", md)
+    write(out .. "/noc.csv", M.noc_csv(ig))
+    written[#written + 1] = "noc.{md,csv}"
+    local chart = M.curve_chart(ig)
+    if chart then
+      fs.atomically(out .. "/miou_per_click.png", function(tmp) image.save_png(tmp, chart) end)
+      written[#written + 1] = "miou_per_click.png"
     end
   end
   if #compared > 0 then

@@ -20,6 +20,12 @@
 -- last image (or in `fmseg merge`, for shards) the features of the whole dataset are clustered and the
 -- clusters matched to classes once, and pred/<id>.png gets the matched classes.
 --
+-- data.task interactive (fmseg.eval.interactive): one item per object,
+-- items/<id>.json holding its clicks and the IoU after each; an item whose
+-- image or mask cannot be used is recorded as skipped, with the reason, and
+-- the run goes on; the totals (NoC, mIoU per click: also
+-- miou_per_click.csv / .png) come from sums that shards add up.
+--
 -- Shards: --shard I/N (1-based I) takes the images at positions I, I + N,
 -- I + 2N, ... of the split (after --limit). Shards may share a run
 -- directory (items have distinct ids; each writes its own metrics file) or
@@ -30,6 +36,7 @@ local fs = require("fmseg.io.fs")
 local data = require("fmseg.eval.data")
 local ev = require("fmseg.eval")
 local image = require("fmseg.image")
+local interactive = require("fmseg.eval.interactive")
 local json = require("fmseg.io.json")
 local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
@@ -267,7 +274,16 @@ function M.protocol(cfg, ds)
 end
 
 local function item_path(dir, id) return dir .. "/items/" .. id .. ".json" end
-local function pred_path(dir, id) return dir .. "/pred/" .. id .. ".png" end
+-- Predictions are kept as palette PNGs, or as 16-bit TIFFs where the
+-- classes (or the ignore value, an unlabelled prediction) do not fit in 8
+-- bits (ADE847, Context459).
+function M.wide_labels(k, ignore) return k > 256 or (ignore or 0) > 255 end
+local function pred_path(dir, id, wide) return dir .. "/pred/" .. id .. (wide and ".tif" or ".png") end
+local function save_pred(path, labels, palette, wide)
+  fs.atomically(path, function(tmp)
+    if wide then image.save_tiff16(tmp, labels) else viz.save_labels(tmp, labels, palette) end
+  end)
+end
 local function features_path(dir, id) return dir .. "/features/" .. id .. ".safetensors" end
 local function segments_path(dir, id) return dir .. "/segments/" .. id .. ".png" end
 
@@ -419,9 +435,9 @@ function M.cluster_pass(items, k, class_names, p, out)
       if not v then error(("%s: segment %d has pixels but no box"):format(segments_path(it.dir, id), sp[q]), 0) end
       pp[q] = v
     end
-    local png = pred_path(out, id)
+    local png = pred_path(out, id, M.wide_labels(k))
     mkdir_p(dirname(png))
-    fs.atomically(png, function(tmp) viz.save_labels(tmp, pred, palette) end)
+    save_pred(png, pred, palette, M.wide_labels(k))
     local segs = {}
     for _, sg in ipairs(it.rec.segments) do segs[#segs + 1] = { sg[1], map[sg[1]] } end
     images[#images + 1] = { id = id, segments = segs }
@@ -457,6 +473,7 @@ end
 
 -- Totals of items → the metrics record (without the selection fields).
 local function totals(ds, records)
+  if ds.task == "interactive" then return interactive.totals(records, ds.interactive) end
   if ds.task == "discovery" then
     local correct = 0
     for _, r in ipairs(records) do if r.correct then correct = correct + 1 end end
@@ -538,6 +555,10 @@ function M.summary_text(rec)
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
   end
+  if rec.task == "interactive" then
+    for _, l in ipairs(interactive.summary_lines(rec)) do lines[#lines + 1] = l end
+    return table.concat(lines, "\n") .. "\n"
+  end
   if rec.pending then
     lines[#lines + 1] = ("Segments and features of %d images kept; the dataset-level clustering and matching "
       .. "(eval.protocol dataset_clusters) run in `fmseg merge` over all shards."):format(rec.images or 0)
@@ -577,6 +598,16 @@ end
 local function write_metrics(dir, name, rec)
   write_json(dir .. "/" .. name .. ".json", rec)
   fs.write_atomic(dir .. "/" .. name .. ".md", M.summary_text(rec))
+  if rec.task == "interactive" and #rec.mIoU_per_click > 0 then
+    local base = dir .. "/" .. name:gsub("^metrics", "miou_per_click")
+    fs.write_atomic(base .. ".csv", interactive.curve_csv(rec))
+    local values = {}
+    for k, v in ipairs(rec.mIoU_per_click) do values[k] = 100 * v end
+    fs.atomically(base .. ".png", function(tmp)
+      image.save_png(tmp, viz.line_chart({ { name = rec.method or rec.recipe or "?", values = values } },
+        { title = ("mIoU (%%) per click, %s"):format(rec.title or rec.dataset or "?"), xlabel = "clicks" }))
+    end)
+  end
 end
 
 -- One process per run directory and shard (shards may share a directory):
@@ -635,11 +666,38 @@ function M.evaluate(opts)
   return rec
 end
 
+-- An interactive dataset needs an interactive recipe (embed / predict from
+-- clicks), and such a recipe an interactive dataset: refused before any image.
+function M.check_interactive(ds, recipe)
+  if ds.task == "interactive" and not recipe.interactive then
+    error(("eval: %s is an interactive dataset (data.task: interactive) and recipe %s segments without clicks; "
+      .. "use an interactive recipe (sam_clicks)"):format(ds.name, recipe.name), 0)
+  end
+  if ds.task ~= "interactive" and recipe.interactive then
+    error(("eval: recipe %s segments from clicks; %s is a %s dataset (data.task: interactive is needed)"):format(
+      recipe.name, ds.name, ds.task), 0)
+  end
+end
+
+-- One object of an interactive dataset: its record (clicks, IoUs) and last
+-- mask, or, when its image or mask cannot be used, a record saying why
+-- (reported on stderr; the run goes on).
+function M.score_interactive(ds, i, session, quiet)
+  local ok, rec, mask = pcall(interactive.score_item, ds, i, session.recipe, session.state, ds.interactive)
+  if ok then return rec, mask end
+  if type(rec) == "table" and rec.data_error then
+    if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(ds.items[i].id, rec.data_error)) end
+    return { id = ds.items[i].id, skipped = rec.data_error }
+  end
+  error(rec, 0)
+end
+
 -- evaluate() once the run is locked: the pending items, then the metrics.
 -- SIGINT / SIGTERM stop it after the image in flight with a partial summary
 -- (metrics*.partial.json) and rec.interrupted = the signal.
 function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
   local clusters = proto.name == "dataset_clusters"
+  if ds.task == "interactive" then ds.interactive = interactive.options(config.get(cfg, "eval")) end
   local records, pending = finished_records(dir, ds, selected, opts.quiet)
 
   local label = "eval " .. ds.name
@@ -649,12 +707,27 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
   if #pending > 0 then
     local session = require("fmseg.method.segment").session(cfg)
     recipe_name = session.recipe.name
+    M.check_interactive(ds, session.recipe)
     local palette = viz.voc_palette(256)
     core.C.fm_interrupt_catch(1)
     for n, i in ipairs(pending) do
       local item = ds.items[i]
       local ok, err = pcall(function()
         local t_img = now()
+        if ds.task == "interactive" then
+          local rec, stored = M.score_interactive(ds, i, session, opts.quiet)
+          rec.seconds = now() - t_img
+          if stored then
+            local png = pred_path(dir, item.id, false)
+            mkdir_p(dirname(png))
+            save_pred(png, stored, palette, false)
+          end
+          local path = item_path(dir, item.id)
+          mkdir_p(dirname(path))
+          write_json(path, rec, true)
+          records[i] = rec
+          return
+        end
         local img = ds:image(i)
         local result = session:segment(img, { path = item.image, stem = item.id })
         local rec, stored
@@ -665,9 +738,10 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
         end
         rec.seconds = now() - t_img
         if stored then
-          local png = pred_path(dir, item.id)
+          local wide = M.wide_labels(ds.num_classes, ds.ignore_index)
+          local png = pred_path(dir, item.id, wide)
           mkdir_p(dirname(png))
-          fs.atomically(png, function(tmp) viz.save_labels(tmp, stored, palette) end)
+          save_pred(png, stored, palette, wide)
         end
         local path = item_path(dir, item.id)
         mkdir_p(dirname(path))
@@ -840,6 +914,8 @@ function M.merge(dirs, out)
     merged = M.cluster_pass(items, base.num_classes, base.classes,
       { clusters = e.clusters, pca = e.pca, seed = e.seed, batch_size = e.batch_size, max_iter = e.max_iter,
         pca_solver = e.pca_solver, pca_seed = e.pca_seed }, out)
+  elseif base.task == "interactive" then
+    merged = interactive.merge(recs)
   elseif base.task == "discovery" then
     local correct, total = 0, 0
     for _, r in ipairs(recs) do correct, total = correct + r.correct, total + r.total end

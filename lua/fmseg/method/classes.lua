@@ -1,6 +1,8 @@
 -- fmseg.method.classes — class-name files: one class per line, synonyms
 -- comma-separated ("person, person in shirt, person in jeans"). The first
 -- synonym names the class in outputs; every synonym becomes a text query.
+-- "\," is a comma inside a name: the large-vocabulary lists (ADE20K-Full's
+-- "building, edifice") query such names whole.
 local fs = require("fmseg.io.fs")
 
 local M = {}
@@ -15,8 +17,8 @@ function M.parse(text, source)
     line = line:gsub("\r$", "")
     if line:match("%S") then
       local class = #names + 1
-      for word in line:gmatch("[^,]+") do
-        word = word:match("^%s*(.-)%s*$")
+      for word in line:gsub("\\,", "\0"):gmatch("[^,]+") do
+        word = word:match("^%s*(.-)%s*$"):gsub("%z", ",")
         if word ~= "" then
           queries[#queries + 1] = word
           query_class[#query_class + 1] = class
