@@ -72,17 +72,27 @@ function recipe.proxy_features(vfm, xv)
   return tokens:narrow(1, vfm.num_prefix_tokens + 1, n):contiguous(), out.grid[1], out.grid[2]
 end
 
--- F (N, D) → the proxy attention (N, N): softmax over each row of
--- S' = (F̂ F̂ᵀ - beta · mean) · gamma with negative entries masked out.
+-- F (N, D) → S = F̂ F̂ᵀ (N, N), F̂ the L2-normalised rows
+function recipe.proxy_similarity(feats)
+  local f = nn.normalize(feats)
+  return f:matmul(f, false, true)
+end
+
+-- S (N, N) → the proxy attention, in place: softmax over each row of
+-- S' = (S - beta · mean) · gamma with negative entries masked out; mean
+-- is S's own unless given (Trident takes it over a batch of windows).
 -- (A row with no entry left, which only a mean above 1/beta can cause,
 -- comes out as zeros where PyTorch would give NaN.)
-function recipe.proxy_attention(feats, beta, gamma)
-  local f = nn.normalize(feats)
-  local s = f:matmul(f, false, true)                                        -- S = F Fᵀ
-  s:sub_(beta * s:mean()):mul_(gamma)                                       -- (S - beta · mean(S)) · gamma
+function recipe.proxy_softmax(s, beta, gamma, mean)
+  s:sub_(beta * (mean or s:mean())):mul_(gamma)                             -- (S - beta · mean(S)) · gamma
   local keep = s:ge(0)                                                      -- S' < 0 → -inf
   s:sub_(s:max(2, true)):exp_():mul_(keep)
   return s:div_(s:sum(2, true):maximum(1e-30))
+end
+
+-- F (N, D) → the proxy attention (N, N) of S = F̂ F̂ᵀ
+function recipe.proxy_attention(feats, beta, gamma)
+  return recipe.proxy_softmax(recipe.proxy_similarity(feats), beta, gamma)
 end
 
 -- x: (B, T, C) tokens entering CLIP's last block on a gh x gw grid, attn

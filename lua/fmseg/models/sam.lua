@@ -331,16 +331,20 @@ local function get_rel_pos(rel_pos, size)
 end
 
 -- x (N, gh, gw, C) → (N, gh, gw, C): multi-head self-attention over each
--- grid with decomposed relative positions (core/sam_attention.c).
+-- grid with decomposed relative positions (core/sam_attention.c). With
+-- `keep` (a table) also keep.probs (N, heads, T, T), the softmax, and
+-- keep.v (N, T, C), the values.
 -- ref: transformers/models/sam/modeling_sam.py, SamVisionAttention
-local function vision_attention(attn, x, heads)
+local function vision_attention(attn, x, heads, keep)
   local n, gh, gw, c = unpack(x:shape())
   local qkv = nn.linear(x:reshape(n, gh * gw, c), attn.qkv.weight, attn.qkv.bias) -- (N, T, 3C)
   local q, k, v = qkv:narrow(3, 1, c), qkv:narrow(3, c + 1, c), qkv:narrow(3, 2 * c + 1, c)
   local rh = attn.rel_pos_h and get_rel_pos(attn.rel_pos_h, gh)
   local rw = attn.rel_pos_w and get_rel_pos(attn.rel_pos_w, gw)
   local out = T.new({ n, gh * gw, c })
-  check(C.fm_sam_attention(out, q, k, v, heads, 1 / math.sqrt(c / heads), rh, rw, gh, gw, nil))
+  local probs = keep and T.new({ n, heads, gh * gw, gh * gw }) or nil
+  check(C.fm_sam_attention(out, q, k, v, heads, 1 / math.sqrt(c / heads), rh, rw, gh, gw, probs))
+  if keep then keep.probs, keep.v = probs, v:clone() end
   q:free(); k:free(); v:free(); qkv:free()
   local y = nn.linear(out, attn.proj.weight, attn.proj.bias)
   out:free()
@@ -360,9 +364,10 @@ end
 -- are back before the next allocates (the big ones are freed explicitly).
 local function collect() collectgarbage() end
 
--- x (B, h, w, C) → (B, h, w, C), updated in place and returned.
+-- x (B, h, w, C) → (B, h, w, C), updated in place and returned; `keep`
+-- as vision_attention's (a global-attention layer).
 -- ref: SamVisionLayer.forward
-local function vision_layer_forward(layer, x, cfg)
+local function vision_layer_forward(layer, x, cfg, keep)
   local _, h, w = unpack(x:shape())
   local ln1, ln2 = layer.layer_norm1, layer.layer_norm2
   local y = nn.layer_norm(x, ln1.weight, ln1.bias, cfg.layer_norm_eps)
@@ -373,7 +378,7 @@ local function vision_layer_forward(layer, x, cfg)
     y:free()
     y = windows
   end
-  local a = vision_attention(layer.attn, y, cfg.num_attention_heads)
+  local a = vision_attention(layer.attn, y, cfg.num_attention_heads, keep)
   y:free()
   if ws > 0 then
     local full = window_unpartition(a, ws, hp, wp, h, w)
@@ -393,11 +398,20 @@ end
 -- pixel_values (B, C, S, S), S = vision image_size → image embeddings
 -- (B, output_channels, S/patch, S/patch). opts.hidden_states = true also
 -- returns {[0] = after the position embedding, [i] = after layer i} as
--- (B, h, w, C), the layout transformers returns.
+-- (B, h, w, C), the layout transformers returns. opts.attention = i (a
+-- global-attention layer, 1-based) returns third { probs = (B, heads, T, T)
+-- its attention softmax, v = (B, T, C) its values (heads side by side),
+-- grid = {h, w} } over the T = h * w tokens (Trident's last_attn, last_v;
+-- B x heads x T² floats: 805 MB for ViT-B at 1024).
 -- ref: transformers/models/sam/modeling_sam.py, SamVisionEncoder
 function SAM:encode_image(pixel_values, opts)
   opts = opts or {}
   local cfg, enc = self.config.vision, self.vision_encoder
+  local want = opts.attention
+  if want and not (enc.layers[want] and enc.layers[want].window_size == 0) then
+    error(("sam: attention = %s is not a global-attention layer of 1..%d"):format(
+      tostring(want), #enc.layers), 2)
+  end
   local shape = pixel_values:shape()
   if #shape ~= 4 or shape[2] ~= cfg.num_channels or shape[3] ~= cfg.image_size or shape[4] ~= cfg.image_size then
     error(("sam: pixel_values %s, expected [B, %d, %d, %d] (SAM's encoder takes its fixed input size)"):format(
@@ -409,8 +423,9 @@ function SAM:encode_image(pixel_values, opts)
   patches:free()
   if enc.pos_embed then x:add_(enc.pos_embed) end
   local hidden = opts.hidden_states and { [0] = x:clone() } or nil
+  local kept = want and { grid = { x:size(2), x:size(3) } } or nil
   for i, layer in ipairs(enc.layers) do
-    x = vision_layer_forward(layer, x, cfg)
+    x = vision_layer_forward(layer, x, cfg, i == want and kept or nil)
     if hidden then hidden[i] = x:clone() end
     collect()
   end
@@ -423,7 +438,7 @@ function SAM:encode_image(pixel_values, opts)
   y = nn.conv2d(y, neck.conv2.weight, nil, { padding = 1 })
   y = nn.layer_norm_channels(y, neck.layer_norm2.weight, neck.layer_norm2.bias, SAM_LAYER_NORM_EPS)
   collect()
-  return y, hidden
+  return y, hidden, kept
 end
 
 -- Prompt encoder --------------------------------------------------------------------
