@@ -138,9 +138,10 @@ static fm_tensor *fm__image_from_stb(unsigned char *pixels, int w, int h) {
   return img;
 }
 
-/* Whole files into memory: stb's JPEG path is checked first (above), and
- * the palette reader walks the chunks itself. */
-static uint8_t *fm__read_file(const char *path, size_t *n) {
+/* Whole files into memory (internal.h): stb's JPEG path is checked first
+ * (above), the palette reader walks the chunks itself, and the TIFF and
+ * MAT-file readers parse the bytes. */
+uint8_t *fm__read_file(const char *path, size_t *n) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   uint8_t *buf = NULL;

@@ -28,6 +28,10 @@ fm_tensor *fm__tensor_on(fm_storage *storage, size_t offset, int32_t dtype,
 /* Errors: printf-style, returns -1 so `return fm__error(...)` reads well. */
 int fm__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void *fm__error_null(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A whole file into a malloc'd buffer of *n bytes (free it); NULL with
+ * errno set (the file's, ENOMEM, EIO) when it cannot be read. */
+uint8_t *fm__read_file(const char *path, size_t *n);
+
 /* "[2, 17, 48]" into buf */
 const char *fm__shape_str(const fm_tensor *t, char *buf, size_t len);
 

@@ -34,6 +34,7 @@
  * reads on any host. */
 #include "internal.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -569,36 +570,6 @@ static int fm__mat_matrix(fm_mat *m, const fm__mat_buf *b, int64_t at, int64_t e
 
 /* ---- the file ------------------------------------------------------------ */
 
-static uint8_t *fm__mat_read_file(const char *path, int64_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return fm__error_null("%s: cannot open", path);
-  uint8_t *buf = NULL;
-  size_t cap = 0, len = 0;
-  for (;;) {
-    if (len == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *grown = realloc(buf, cap);
-      if (!grown) {
-        free(buf);
-        fclose(f);
-        return fm__error_null("%s: out of memory reading it", path);
-      }
-      buf = grown;
-    }
-    size_t r = fread(buf + len, 1, cap - len, f);
-    len += r;
-    if (r == 0) break;
-  }
-  bool failed = ferror(f);
-  fclose(f);
-  if (failed) {
-    free(buf);
-    return fm__error_null("%s: read error", path);
-  }
-  *n = (int64_t)len;
-  return buf;
-}
-
 /* Keeps buf (the file or an inflated variable) until fm_mat_close. */
 static int fm__mat_keep(fm_mat *m, uint8_t *buf) {
   uint8_t **bufs = fm__mat_grow(m->bufs, &m->bufs_cap, m->nbufs + 1, sizeof *bufs);
@@ -691,9 +662,15 @@ fm_mat *fm_mat_open(const char *path) {
     free(m);
     return fm__error_null("%s: out of memory", path);
   }
-  int64_t n = 0;
-  uint8_t *p = fm__mat_read_file(path, &n);
-  if (!p || fm__mat_keep(m, p) != 0 || fm__mat_header_block(m, p, n) != 0 ||
+  size_t len = 0;
+  uint8_t *p = fm__read_file(path, &len);
+  if (!p) {
+    fm__error("%s: cannot open (%s)", path, strerror(errno));
+    fm_mat_close(m);
+    return NULL;
+  }
+  int64_t n = (int64_t)len;
+  if (fm__mat_keep(m, p) != 0 || fm__mat_header_block(m, p, n) != 0 ||
       fm__mat_variables(m, p, n) != 0) {
     fm_mat_close(m);
     return NULL;

@@ -305,34 +305,11 @@ static fm_tensor *fm__tif_decode(const uint8_t *bytes, size_t n, char *msg, size
 
 /* ---- the public functions ------------------------------------------------------ */
 
-static uint8_t *fm__tif_read_file(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  uint8_t *buf = NULL;
-  size_t cap = 0, len = 0;
-  for (;;) {
-    if (len == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *grown = realloc(buf, cap);
-      if (!grown) { free(buf); fclose(f); errno = ENOMEM; return NULL; }
-      buf = grown;
-    }
-    size_t r = fread(buf + len, 1, cap - len, f);
-    len += r;
-    if (r == 0) break;
-  }
-  bool failed = ferror(f);
-  fclose(f);
-  if (failed) { free(buf); errno = EIO; return NULL; }
-  *n = len;
-  return buf;
-}
-
 fm_tensor *fm_tiff_load(const char *path) {
   const char *what = "fm_tiff_load";
   if (!path) return fm__error_null("%s: path is NULL", what);
   size_t n = 0;
-  uint8_t *bytes = fm__tif_read_file(path, &n);
+  uint8_t *bytes = fm__read_file(path, &n);
   if (!bytes) return fm__error_null("%s: %s: cannot open (%s)", what, path, strerror(errno));
   char msg[512] = "";
   fm_tensor *out = fm__tif_decode(bytes, n, msg, sizeof msg);

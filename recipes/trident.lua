@@ -72,6 +72,7 @@
 --   multiples of p; sam_refine embeds the image itself (the same where the
 --   sides are multiples of p, as in trident-dino8-refine).
 local clipseg = require("fmseg.method.clipseg")
+local image = require("fmseg.image")
 local nn = require("fmseg.nn")
 local predictor = require("fmseg.sam.predictor")
 local recipes = require("fmseg.method.recipes")
@@ -105,13 +106,6 @@ recipe.defaults.area_thd, recipe.defaults.pad_multiple = nil, nil
 -- get_sam_sim's fixed bounds of τ
 local NEG_COS_THRESH, MAX_COS_THRESH = 0.6, 0.9
 
--- Python's round(): half to even
-local function round_half_even(v)
-  local f = math.floor(v)
-  local d = v - f
-  if d > 0.5 or (d == 0.5 and f % 2 == 1) then return f + 1 end
-  return f
-end
 
 -- ---- 0. the input -------------------------------------------------------------------------
 
@@ -168,7 +162,7 @@ function recipe.splice(windows, gh, gw, patch)
   local first = windows[1]
   local fh, fw = first.grid[1], first.grid[2]
   local th, tw = first.clip_grid[1], first.clip_grid[2]
-  local r = fw % tw == 0 and fw / tw or round_half_even(fh / th)
+  local r = fw % tw == 0 and fw / tw or image.round_half_even(fh / th)
   if r < 1 then
     error(("trident: the VFM's %dx%d grid is under half of CLIP's %dx%d per window"):format(fh, fw, th, tw), 0)
   end

@@ -142,13 +142,16 @@ function M.resize_nearest_pil(lab, oh, ow)
   return out
 end
 
--- Python's round(): half to even (torchvision's CenterCrop offsets)
-local function round_half_even(v)
+-- Python's round() of a number: the nearest integer, halves to the even
+-- one, as the reference code computes sizes and offsets with it
+-- (torchvision's CenterCrop, detectron2-style resizes, Trident's grids).
+function M.round_half_even(v)
   local f = math.floor(v)
   local d = v - f
   if d > 0.5 or (d == 0.5 and f % 2 == 1) then return f + 1 end
   return f
 end
+local round_half_even = M.round_half_even
 
 -- torchvision Resize(n) of a PIL image of h x w: the size it resizes to, the
 -- short side n and the long one int(n * long / short)

@@ -12,7 +12,6 @@ local tiny = require("tiny_data")
 local config = require("fmseg.io.config")
 local core = require("fmseg.core")
 local data = require("fmseg.eval.data")
-local ev = require("fmseg.eval")
 local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
 local json = require("fmseg.io.json")
@@ -24,11 +23,6 @@ local RECIPE = ROOT .. "/tests/lua/recipes/test_wide_labels.lua"
 local IGNORE = 65535
 local q = fs.quote
 local tmp = tiny.tmpdir("wide")
-
-local function near(a, b)
-  if a ~= a or b ~= b then return a ~= a and b ~= b end
-  return math.abs(a - b) <= 1e-12
-end
 
 local function def(name) return config.load(ROOT .. "/configs/_base_/datasets/" .. name .. ".yaml") end
 
@@ -79,44 +73,14 @@ end
 
 -- mmseg's intersect_and_union with 65535 ignored, counted directly
 local function expected_metrics(truth, k)
-  local inter, area_pred, area_label = {}, {}, {}
-  for c = 0, k - 1 do inter[c], area_pred[c], area_label[c] = 0, 0, 0 end
-  for _, t in pairs(truth) do
-    for i = 0, t.h * t.w - 1 do
-      local g, p = t.gt[i], t.pred[i]
-      if g ~= IGNORE then
-        area_label[g] = area_label[g] + 1
-        if p < k then area_pred[p] = area_pred[p] + 1 end
-        if p == g then inter[g] = inter[g] + 1 end
-      end
-    end
-  end
-  local iou, acc, si, sl = {}, {}, 0, 0
-  for c = 0, k - 1 do
-    local union = area_pred[c] + area_label[c] - inter[c]
-    iou[c + 1] = union > 0 and inter[c] / union or 0 / 0
-    acc[c + 1] = area_label[c] > 0 and inter[c] / area_label[c] or 0 / 0
-    si, sl = si + inter[c], sl + area_label[c]
-  end
-  return { IoU = iou, Acc = acc, aAcc = si / sl, mIoU = ev.nanmean(iou), mAcc = ev.nanmean(acc) }
+  local items = {}
+  for _, t in pairs(truth) do items[#items + 1] = { gt = t.gt, pred = t.pred, n = t.h * t.w } end
+  return tiny.direct_metrics(items, k, IGNORE)
 end
 
 local function same_numbers(got, want, what)
-  if not got then return tap.ok(false, what, "no metrics.json") end
-  local bad
-  for _, key in ipairs({ "aAcc", "mIoU", "mAcc" }) do
-    if not near(got[key], want[key]) then bad = ("%s: got %s, want %s"):format(key, tostring(got[key]), tostring(want[key])) end
-  end
-  if #got.IoU ~= #want.IoU then bad = ("%d IoU values, want %d"):format(#got.IoU, #want.IoU) end
-  for c = 1, #want.IoU do
-    local g = got.IoU[c] == json.null and 0 / 0 or got.IoU[c]
-    local a = got.Acc[c] == json.null and 0 / 0 or got.Acc[c]
-    if not near(g, want.IoU[c]) or not near(a, want.Acc[c]) then
-      bad = ("class %d: IoU %s want %s, Acc %s want %s"):format(c - 1, tostring(g), tostring(want.IoU[c]),
-                                                                tostring(a), tostring(want.Acc[c]))
-    end
-  end
-  return tap.ok(bad == nil, what, bad)
+  local ok, why = tiny.same_metrics(got, want)
+  return tap.ok(ok, what, why)
 end
 
 local function labels_equal(lab, t)

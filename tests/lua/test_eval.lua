@@ -222,28 +222,9 @@ end
 -- mmseg's intersect_and_union, counted directly over the chosen images;
 -- `fill` replaces unlabelled predictions (instances over background).
 local function expected_metrics(indices, k, fill)
-  local inter, area_pred, area_label = {}, {}, {}
-  for c = 0, k - 1 do inter[c], area_pred[c], area_label[c] = 0, 0, 0 end
-  for _, n in ipairs(indices) do
-    local t = truth[n]
-    for i = 0, H * W - 1 do
-      local g, p = t.gt[i], t.pred[i]
-      if p == 255 and fill then p = fill end
-      if g ~= 255 then
-        area_label[g] = area_label[g] + 1
-        if p < k then area_pred[p] = area_pred[p] + 1 end
-        if p == g then inter[g] = inter[g] + 1 end
-      end
-    end
-  end
-  local iou, acc, si, sl = {}, {}, 0, 0
-  for c = 0, k - 1 do
-    local union = area_pred[c] + area_label[c] - inter[c]
-    iou[c + 1] = union > 0 and inter[c] / union or 0 / 0
-    acc[c + 1] = area_label[c] > 0 and inter[c] / area_label[c] or 0 / 0
-    si, sl = si + inter[c], sl + area_label[c]
-  end
-  return { IoU = iou, Acc = acc, aAcc = si / sl, mIoU = ev.nanmean(iou), mAcc = ev.nanmean(acc) }
+  local items = {}
+  for _, n in ipairs(indices) do items[#items + 1] = { gt = truth[n].gt, pred = truth[n].pred, n = H * W } end
+  return tiny.direct_metrics(items, k, 255, fill)
 end
 
 local function range(a, b, step)
@@ -253,20 +234,8 @@ local function range(a, b, step)
 end
 
 local function same_numbers(got, want, what)
-  if not got then return tap.ok(false, what, "no metrics.json") end
-  local bad
-  for _, key in ipairs({ "aAcc", "mIoU", "mAcc" }) do
-    if not near(got[key], want[key]) then bad = ("%s: got %s, want %s"):format(key, tostring(got[key]), tostring(want[key])) end
-  end
-  for c = 1, #want.IoU do
-    local g = got.IoU[c] == json.null and 0 / 0 or got.IoU[c]
-    local a = got.Acc[c] == json.null and 0 / 0 or got.Acc[c]
-    if not near(g, want.IoU[c]) or not near(a, want.Acc[c]) then
-      bad = ("class %d: IoU %s want %s, Acc %s want %s"):format(c - 1, tostring(g), tostring(want.IoU[c]),
-                                                                tostring(a), tostring(want.Acc[c]))
-    end
-  end
-  return tap.ok(bad == nil, what, bad)
+  local ok, why = tiny.same_metrics(got, want)
+  return tap.ok(ok, what, why)
 end
 
 local function identical(a, b)

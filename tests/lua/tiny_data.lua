@@ -117,4 +117,61 @@ function M.rng(seed)
   end
 end
 
+-- mmseg's intersect_and_union counted directly, the naive twin of the
+-- confusion tables: items { {gt = {[i] = label}, pred = {[i] = label}, n =
+-- pixels}, ... } (0-based arrays), k classes, gt == ignore skipped,
+-- predictions >= k counted nowhere, `fill` replacing an unlabelled (255)
+-- prediction when given.
+function M.direct_metrics(items, k, ignore, fill)
+  local ev = require("fmseg.eval")
+  local inter, area_pred, area_label = {}, {}, {}
+  for c = 0, k - 1 do inter[c], area_pred[c], area_label[c] = 0, 0, 0 end
+  for _, t in ipairs(items) do
+    for i = 0, t.n - 1 do
+      local g, p = t.gt[i], t.pred[i]
+      if p == 255 and fill then p = fill end
+      if g ~= ignore then
+        area_label[g] = area_label[g] + 1
+        if p < k then area_pred[p] = area_pred[p] + 1 end
+        if p == g then inter[g] = inter[g] + 1 end
+      end
+    end
+  end
+  local iou, acc, si, sl = {}, {}, 0, 0
+  for c = 0, k - 1 do
+    local union = area_pred[c] + area_label[c] - inter[c]
+    iou[c + 1] = union > 0 and inter[c] / union or 0 / 0
+    acc[c + 1] = area_label[c] > 0 and inter[c] / area_label[c] or 0 / 0
+    si, sl = si + inter[c], sl + area_label[c]
+  end
+  return { IoU = iou, Acc = acc, aAcc = si / sl, mIoU = ev.nanmean(iou), mAcc = ev.nanmean(acc) }
+end
+
+-- Whether a run's metrics record `got` equals `want` (direct_metrics'):
+-- aAcc, mIoU, mAcc and every class's IoU and Acc within 1e-12 (NaN equal
+-- to NaN, JSON null read as NaN). → true, or false and what differs.
+function M.same_metrics(got, want)
+  local json = require("fmseg.io.json")
+  if not got then return false, "no metrics.json" end
+  local function near(a, b)
+    if a ~= a or b ~= b then return a ~= a and b ~= b end
+    return math.abs(a - b) <= 1e-12
+  end
+  local function num(v) return v == json.null and 0 / 0 or v end
+  for _, key in ipairs({ "aAcc", "mIoU", "mAcc" }) do
+    if not near(got[key], want[key]) then
+      return false, ("%s: got %s, want %s"):format(key, tostring(got[key]), tostring(want[key]))
+    end
+  end
+  if #got.IoU ~= #want.IoU then return false, ("%d IoU values, want %d"):format(#got.IoU, #want.IoU) end
+  for c = 1, #want.IoU do
+    local g, a = num(got.IoU[c]), num(got.Acc[c])
+    if not near(g, want.IoU[c]) or not near(a, want.Acc[c]) then
+      return false, ("class %d: IoU %s want %s, Acc %s want %s"):format(c - 1, tostring(g), tostring(want.IoU[c]),
+                                                                       tostring(a), tostring(want.Acc[c]))
+    end
+  end
+  return true
+end
+
 return M

@@ -82,20 +82,13 @@ M.ADE_IDS = {
 M.MAX_SIZE = 512   -- the script's max_size
 M.JPEG_QUALITY = 75   -- PIL's default for Image.save(".jpg")
 
--- Python's round() of a float: half to even
-local function round_half_even(v)
-  local f = math.floor(v)
-  local d = v - f
-  if d > 0.5 or (d == 0.5 and f % 2 == 1) then return f + 1 end
-  return f
-end
 
 -- The size the script resizes an h x w image to, or nil when it keeps it:
 -- only when both sides are over max_size.
 function M.target_size(h, w)
   local max = M.MAX_SIZE
-  if w >= h and h > max then return max, round_half_even(w / h * max) end
-  if h >= w and w > max then return round_half_even(h / w * max), max end
+  if w >= h and h > max then return max, image.round_half_even(w / h * max) end
+  if h >= w and w > max then return image.round_half_even(h / w * max), max end
   return nil
 end
 

@@ -714,31 +714,21 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
       local item = ds.items[i]
       local ok, err = pcall(function()
         local t_img = now()
-        if ds.task == "interactive" then
-          local rec, stored = M.score_interactive(ds, i, session, opts.quiet)
-          rec.seconds = now() - t_img
-          if stored then
-            local png = pred_path(dir, item.id, false)
-            mkdir_p(dirname(png))
-            save_pred(png, stored, palette, false)
-          end
-          local path = item_path(dir, item.id)
-          mkdir_p(dirname(path))
-          write_json(path, rec, true)
-          records[i] = rec
-          return
-        end
-        local img = ds:image(i)
-        local result = session:segment(img, { path = item.image, stem = item.id })
         local rec, stored
-        if clusters then
-          rec = M.score_segment_features(ds, i, img, result, recipe_name, dir)
+        if ds.task == "interactive" then
+          rec, stored = M.score_interactive(ds, i, session, opts.quiet)   -- stored: the last mask
         else
-          rec, stored = M.score(ds, i, img, result, recipe_name)
+          local img = ds:image(i)
+          local result = session:segment(img, { path = item.image, stem = item.id })
+          if clusters then
+            rec = M.score_segment_features(ds, i, img, result, recipe_name, dir)
+          else
+            rec, stored = M.score(ds, i, img, result, recipe_name)
+          end
         end
         rec.seconds = now() - t_img
         if stored then
-          local wide = M.wide_labels(ds.num_classes, ds.ignore_index)
+          local wide = ds.task ~= "interactive" and M.wide_labels(ds.num_classes, ds.ignore_index)
           local png = pred_path(dir, item.id, wide)
           mkdir_p(dirname(png))
           save_pred(png, stored, palette, wide)

@@ -142,34 +142,21 @@ def make_case(name, case, ext, ckpt, tmp):
         seg.mask_generator_type = "sam2"
         seg.mask_generator = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **AMG)
         watch(seg, record)
-        captured = {}
-        real_slide = seg.forward_slide
-
-        def forward_slide(*a, **k):
-            captured["blended"] = real_slide(*a, **k)
-            return captured["blended"]
-        seg.forward_slide = forward_slide
         data = mm_stubs.test_pipeline(image_path, case["scale"])
-        with torch.no_grad():
-            sample = seg.test_step(data)[0]
-            prob_thd = case["prob_thd"]
-            if prob_thd > 0:
-                best = sample.seg_logit.data.float().numpy().max(0)
-                prob_thd = common.clear_threshold(best, prob_thd, 1e-5)
-                seg.prob_thd = prob_thd
-                sample = mm_stubs.SegDataSample(metainfo=data["data_samples"][0].metainfo)
-                seg.postprocess_result(captured["blended"], [sample])
+        sample, prob_thd, blended = mm_stubs.test_step_tuned(seg, data, "forward_slide", case["prob_thd"],
+                                                             probs_field="seg_logit")
         # the labels without the map correction (every pixel in the lowest id)
         kept = seg.instance_masks
         seg.instance_masks = torch.zeros_like(kept)
         plain = mm_stubs.SegDataSample(metainfo=data["data_samples"][0].metainfo)
-        seg.postprocess_result(captured["blended"], [plain])
+        with torch.no_grad():
+            seg.postprocess_result(blended, [plain])
         seg.instance_masks = kept
     corrected = int((plain.pred_sem_seg.data != sample.pred_sem_seg.data).sum())
     probs = sample.seg_logit.data.float().numpy()
     labels = sample.pred_sem_seg.data[0].numpy().astype(np.int32)
     regions = seg.instance_masks[0].numpy().astype(np.int32)
-    logits = (captured["blended"][0] * 40).float().numpy()
+    logits = (blended[0] * 40).float().numpy()
     margin = common.top2_margin(probs)
     masks = seg.mask_generator.generate(img)
     present = np.unique(labels)

@@ -183,6 +183,31 @@ def test_pipeline(path, scale):
     return dict(inputs=[inputs], data_samples=[SegDataSample(metainfo=meta)])
 
 
+def test_step_tuned(seg, data, scores_method, prob_thd, probs_field="seg_logits"):
+    """seg.test_step(data) with seg.<scores_method> watched (what it returns
+    is kept: the scores postprocess_result receives). With a background
+    threshold, it is moved into a gap of the best class probabilities
+    (common.clear_threshold, clear by 1e-5) and the labels are made again by
+    the official postprocess_result. -> sample, prob_thd, the scores."""
+    import common
+    captured = {}
+    real = getattr(seg, scores_method)
+
+    def watched(*a, **k):
+        captured["scores"] = real(*a, **k)
+        return captured["scores"]
+    setattr(seg, scores_method, watched)
+    with torch.no_grad():
+        sample = seg.test_step(data)[0]
+        if prob_thd > 0:
+            best = getattr(sample, probs_field).data.float().numpy().max(0)
+            prob_thd = common.clear_threshold(best, prob_thd, 1e-5)
+            seg.prob_thd = prob_thd
+            sample = SegDataSample(metainfo=data["data_samples"][0].metainfo)
+            seg.postprocess_result(captured["scores"], [sample])
+    return sample, prob_thd, captured["scores"]
+
+
 # ---- install ----------------------------------------------------------------------
 
 def _module(name, **attrs):

@@ -269,29 +269,14 @@ def run_official(trident, torch, case, dino_repo, image_path, name_path):
                         sam_mask_coff=refine["sam_mask_coff"], sam_iou_thresh=refine["sam_iou_thresh"])
                    if refine else {}),
                 **args)
-            captured = {}
-            real_seg = seg.get_trident_seg
-
-            def get_trident_seg(*a, **k):
-                captured["logits"] = real_seg(*a, **k)
-                return captured["logits"]
-            seg.get_trident_seg = get_trident_seg
             data = mm_stubs.test_pipeline(image_path, case["scale"])
-            with torch.no_grad():
-                sample = seg.test_step(data)[0]
-                prob_thd = case["prob_thd"]
-                if prob_thd > 0:
-                    best = sample.seg_logits.data.float().numpy().max(0)
-                    prob_thd = common.clear_threshold(best, prob_thd, 1e-5)
-                    seg.prob_thd = prob_thd
-                    sample = mm_stubs.SegDataSample(metainfo=data["data_samples"][0].metainfo)
-                    seg.postprocess_result(captured["logits"], [sample])
+            sample, prob_thd, scores = mm_stubs.test_step_tuned(seg, data, "get_trident_seg", case["prob_thd"])
     finally:
         torch.hub.load = hub
         trident.sam_refinement = real_refinement
         unwatch()
         unrefine()
-    return seg, sample, captured["logits"], prob_thd, record
+    return seg, sample, scores, prob_thd, record
 
 
 def fmseg_params(case, prob_thd):
