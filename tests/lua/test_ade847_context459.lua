@@ -72,10 +72,10 @@ local function write_layout(root, layout, items)
 end
 
 -- mmseg's intersect_and_union with 65535 ignored, counted directly
-local function expected_metrics(truth, k)
+local function expected_metrics(truth, k, ignore)
   local items = {}
   for _, t in pairs(truth) do items[#items + 1] = { gt = t.gt, pred = t.pred, n = t.h * t.w } end
-  return tiny.direct_metrics(items, k, IGNORE)
+  return tiny.direct_metrics(items, k, ignore or IGNORE)
 end
 
 local function same_numbers(got, want, what)
@@ -142,6 +142,19 @@ for _, case in ipairs(CASES) do
     case.name, case.k, want.mIoU))
   tap.ok(want.IoU[case.never + 1] == 0 and want.IoU[255 + 1] > 0 and want.IoU[2 + 1] ~= want.IoU[2 + 1],
     case.name .. ": the data has a class only predicted (IoU 0), class 255 scored, classes absent (NaN)")
+  -- the official evaluations' IoUMetric: its ignore_index 255, 65535 pixels scored
+  local out_mm = tmp .. "/run_mmseg_" .. case.name
+  rc, log = tiny.run(("%s eval %s --data %s -o %s --quiet --set data.metric_ignore_index=255"):format(FMSEG, q(cfg),
+    q(root), q(out_mm)))
+  tap.eq(rc, 0, case.name .. ": fmseg eval with data.metric_ignore_index 255 runs", log)
+  local mm = json.decode(tiny.read(out_mm .. "/metrics.json") or "null")
+  local want_mm = expected_metrics(truth, case.k, 255)
+  same_numbers(mm, want_mm, ("%s: metric_ignore_index 255 as mmseg's IoUMetric: class 255 skipped, 65535 pixels' "
+    .. "predictions in the union (mIoU %.4f)"):format(case.name, want_mm.mIoU))
+  local mm_255 = want_mm.IoU[255 + 1]                               -- 0 or NaN: never above 0
+  tap.ok(want_mm.mIoU ~= want.mIoU and want.IoU[255 + 1] > 0 and (mm_255 ~= mm_255 or mm_255 == 0),
+    case.name .. ": the two semantics differ on this data (class 255 scored, or not)",
+    ("mIoU %s / %s, class 255 IoU %s / %s"):format(want.mIoU, want_mm.mIoU, want.IoU[256], want_mm.IoU[256]))
   local first = case.ids[1]
   local ok, pred = pcall(image.load_tiff, out .. "/pred/" .. first .. ".tif")
   local pred_ok = ok

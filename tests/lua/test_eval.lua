@@ -42,7 +42,7 @@ do
   local m2 = ev.metrics(s2)
   tap.ok(m2.IoU[3] == 0 and m2.Acc[3] ~= m2.Acc[3], "a class only predicted: IoU 0, Acc NaN")
   tap.ok(near(m2.mIoU, (4 / 6 + 0) / 2), "and its IoU 0 enters the mean")
-  tap.raises(function() ev.add(ev.stats(3), { { 3, 0, 1 } }) end, "outside a 3-class table",
+  tap.raises(function() ev.add(ev.stats(3), { { 4, 0, 1 } }) end, "outside a 3-class table",
              "entries outside the table are refused")
 end
 

@@ -119,9 +119,10 @@ end
 
 -- mmseg's intersect_and_union counted directly, the naive twin of the
 -- confusion tables: items { {gt = {[i] = label}, pred = {[i] = label}, n =
--- pixels}, ... } (0-based arrays), k classes, gt == ignore skipped,
--- predictions >= k counted nowhere, `fill` replacing an unlabelled (255)
--- prediction when given.
+-- pixels}, ... } (0-based arrays), k classes, gt == ignore skipped; as its
+-- histc, labels and predictions outside 0..k-1 are counted nowhere (a
+-- label 65535 with ignore 255 still counts its prediction); `fill`
+-- replacing an unlabelled (255) prediction when given.
 function M.direct_metrics(items, k, ignore, fill)
   local ev = require("fmseg.eval")
   local inter, area_pred, area_label = {}, {}, {}
@@ -131,9 +132,9 @@ function M.direct_metrics(items, k, ignore, fill)
       local g, p = t.gt[i], t.pred[i]
       if p == 255 and fill then p = fill end
       if g ~= ignore then
-        area_label[g] = area_label[g] + 1
-        if p < k then area_pred[p] = area_pred[p] + 1 end
-        if p == g then inter[g] = inter[g] + 1 end
+        if g >= 0 and g < k then area_label[g] = area_label[g] + 1 end
+        if p >= 0 and p < k then area_pred[p] = area_pred[p] + 1 end
+        if p == g and g >= 0 and g < k then inter[g] = inter[g] + 1 end
       end
     end
   end

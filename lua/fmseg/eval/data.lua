@@ -29,6 +29,12 @@
 --     center_crop: false               # an evaluation protocol's centred square
 --     resize: ~                        # and size (fmseg.eval.protocol; DiffSeg's)
 --     short_side_crop: ~               # or CLIP's Resize(n) + CenterCrop(n) (CLIPtrase's)
+--     metric_ignore_index: ~           # the value mmseg's IoUMetric skips when a
+--                                      # config never sets it (255), on maps whose
+--                                      # unlabelled value is ignore_index (65535): the
+--                                      # pixels of class 255 skipped, the unlabelled
+--                                      # ones' predictions counted in the union, as the
+--                                      # official A-847 / PC-459 scores (fmseg.eval)
 --     ignore_as_background: false      # unlabelled pixels scored as the background
 --                                      # class (CLIPtrase's gts[gts == 255] = C);
 --                                      # an image with no labelled pixel is skipped
@@ -97,7 +103,8 @@ function M.spec(cfg)
   for _, k in ipairs({ "name", "title", "task", "root", "split", "images", "image_suffix", "annotations",
                        "annotation_suffix", "num_classes", "reduce_zero_label", "label_map",
                        "ignore_index", "background", "remove_hards", "class_names",
-                       "center_crop", "resize", "short_side_crop", "ignore_as_background" }) do
+                       "center_crop", "resize", "short_side_crop", "ignore_as_background",
+                       "metric_ignore_index" }) do
     plain[k] = get(k)
   end
   local name = plain.name or "?"
@@ -123,6 +130,7 @@ function M.spec(cfg)
     resize = opt(plain, "resize", "number", nil, name),
     short_side_crop = opt(plain, "short_side_crop", "number", nil, name),
     ignore_as_background = opt(plain, "ignore_as_background", "boolean", false, name),
+    metric_ignore_index = opt(plain, "metric_ignore_index", "number", nil, name),
   }
   if s.short_side_crop and (s.center_crop or s.resize) then
     error(("dataset %s: data.short_side_crop is a protocol of its own; drop center_crop / resize"):format(name), 0)
@@ -249,6 +257,7 @@ function M.open(cfg, opts)
   check_files(items, "annotation", "annotations", s, root)
   local ds = setmetatable({ spec = s, root = root, items = items, name = s.name, title = s.title,
                             task = s.task, num_classes = s.num_classes, ignore_index = s.ignore_index,
+                            metric_ignore_index = s.metric_ignore_index,
                             background = s.background, class_names = s.class_names,
                             classes = s.classes }, Dataset)
   if s.task == "semantic" then ds.lut = M.label_table(s) end

@@ -156,10 +156,12 @@ function M.image_miou(entries, k)
   local tp, label, pred, seen = {}, {}, {}, {}
   for _, e in ipairs(entries) do
     local g, p, c = e[1], e[2], e[3]
-    label[g] = (label[g] or 0) + c
-    seen[g] = true
+    if g < k then                          -- row k: unlabelled pixels mmseg scores, predictions only
+      label[g] = (label[g] or 0) + c
+      seen[g] = true
+      if g == p then tp[g] = (tp[g] or 0) + c end
+    end
     if p < k then pred[p] = (pred[p] or 0) + c; seen[p] = true end
-    if g == p then tp[g] = (tp[g] or 0) + c end
   end
   local sum, n = 0, 0
   for c in pairs(seen) do
@@ -359,7 +361,9 @@ local function heat_map(rec, run_no)
   local k, names = rec.confusion.k, rec.classes or {}
   local rows = {}
   for g = 0, k - 1 do rows[g] = 0 end
-  for _, e in ipairs(rec.confusion.entries or {}) do rows[e[1]] = rows[e[1]] + e[3] end
+  for _, e in ipairs(rec.confusion.entries or {}) do
+    if e[1] < k then rows[e[1]] = rows[e[1]] + e[3] end    -- row k (scored unlabelled pixels) not drawn
+  end
   local cols = {}
   for j = 1, k do cols[j] = names[j] or ("class " .. (j - 1)) end
   cols[k + 1] = "(no class)"
@@ -386,7 +390,7 @@ local function heat_map(rec, run_no)
   end
   for _, e in ipairs(rec.confusion.entries or {}) do
     local g, p, c = e[1], e[2], e[3]
-    if c > 0 and rows[g] > 0 then
+    if c > 0 and g < k and rows[g] > 0 then
       local v = c / rows[g]
       local x, y = left + p * cs, top + g * cs
       local tip = ("ground truth %s, predicted %s: %s%% of its pixels (%d)"):format(cols[g + 1], cols[p + 1],

@@ -9,7 +9,10 @@
 --
 -- The confusion table has K rows (ground truth) and K + 1 columns: the last
 -- column counts labelled pixels that received no class (a recipe's
--- "unlabelled" value, an unmatched segment). With area_label = row sum,
+-- "unlabelled" value, an unmatched segment). Row K, when used, holds the
+-- pixels whose label is no class but that mmseg's IoUMetric still scores
+-- (its own ignore_index 255 on 65535-unlabelled maps, data.metric_ignore_index):
+-- their predictions count in area_pred, never in area_label. With area_label = row sum,
 -- area_pred = column sum and tp the diagonal:
 --   IoU_c = tp / (area_pred + area_label - tp), Acc_c = tp / area_label,
 --   aAcc = sum tp / sum area_label;
@@ -23,11 +26,12 @@ local M = {}
 
 -- ---- confusion counts ------------------------------------------------------
 
--- Stats over K classes: counts[g * (K + 1) + p] (0-based g, p), exact in
--- doubles up to 2^53 pixels.
+-- Stats over K classes: counts[g * (K + 1) + p] (0-based g in 0..K, the
+-- row K of unlabelled pixels that are scored, p in 0..K), exact in doubles
+-- up to 2^53 pixels.
 function M.stats(k)
   local counts = {}
-  for i = 0, k * (k + 1) - 1 do counts[i] = 0 end
+  for i = 0, (k + 1) * (k + 1) - 1 do counts[i] = 0 end
   return { k = k, counts = counts }
 end
 
@@ -46,7 +50,7 @@ function M.add(stats, entries)
   local k1 = stats.k + 1
   for _, e in ipairs(entries) do
     local g, p, c = e[1], e[2], e[3]
-    if g < 0 or g >= stats.k or p < 0 or p > stats.k then
+    if g < 0 or g > stats.k or p < 0 or p > stats.k then
       error(("eval: confusion entry (%d, %d) outside a %d-class table"):format(g, p, stats.k), 0)
     end
     stats.counts[g * k1 + p] = stats.counts[g * k1 + p] + c
@@ -63,7 +67,7 @@ end
 
 function M.entries(stats)
   local out, k1 = {}, stats.k + 1
-  for i = 0, stats.k * k1 - 1 do
+  for i = 0, k1 * k1 - 1 do
     local c = stats.counts[i]
     if c ~= 0 then out[#out + 1] = { math.floor(i / k1), i % k1, c } end
   end
@@ -111,6 +115,45 @@ function M.image_entries(pred, gt, k, ignore)
   return M.sparse(conf)
 end
 
+-- mmseg's IoUMetric as the official configs of ADE20K-Full and PASCAL
+-- Context-459 run it: its own ignore_index (metric_ignore, 255: they never
+-- set it) on maps whose unlabelled value is another (`unlabelled`,
+-- 65535). Pixels labelled metric_ignore are skipped, whichever class that
+-- is; pixels labelled `unlabelled` go to row K (histc leaves the label out
+-- of area_label but counts the prediction in area_pred); a prediction
+-- equal to `unlabelled` is "no class" (column K). → sparse entries.
+function M.mmseg_entries(pred, gt, k, unlabelled, metric_ignore)
+  local g_ = gt:dtype() == "int32" and gt:contiguous() or gt:int()
+  local p_ = pred:dtype() == "int32" and pred:contiguous() or pred:int()
+  if g_:numel() ~= p_:numel() then
+    error(("eval: prediction %s and ground truth %s differ in shape"):format(T.shape_string(pred:shape()),
+      T.shape_string(gt:shape())), 0)
+  end
+  local gp, pp = g_:ptr(), p_:ptr()
+  local counts = {}
+  for i = 0, g_:numel() - 1 do
+    local g, q = gp[i], pp[i]
+    if g ~= metric_ignore then
+      if g == unlabelled then g = k
+      elseif g < 0 or g >= k then
+        error(("gt value %d at pixel %d is outside [0, %d) and is neither %d nor %d"):format(g, i, k, unlabelled,
+          metric_ignore), 0)
+      end
+      if q == unlabelled then q = k
+      elseif q < 0 or q >= k then
+        error(("prediction: pred value %d at pixel %d is outside [0, %d) (%d means unlabelled)"):format(q, i, k,
+          unlabelled), 0)
+      end
+      local key = g * (k + 1) + q
+      counts[key] = (counts[key] or 0) + 1
+    end
+  end
+  local out = {}
+  for key, c in pairs(counts) do out[#out + 1] = { math.floor(key / (k + 1)), key % (k + 1), c } end
+  table.sort(out, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  return out
+end
+
 -- ---- metrics -----------------------------------------------------------------
 
 local function nanmean(xs)
@@ -130,10 +173,10 @@ function M.metrics(stats)
   for c = 0, k - 1 do
     tp[c + 1], area_label[c + 1], area_pred[c + 1] = cnt[c * k1 + c], 0, 0
   end
-  for g = 0, k - 1 do
+  for g = 0, k do                 -- row k: scored unlabelled pixels, in area_pred only
     for p = 0, k do
       local v = cnt[g * k1 + p]
-      area_label[g + 1] = area_label[g + 1] + v
+      if g < k then area_label[g + 1] = area_label[g + 1] + v end
       if p < k then area_pred[p + 1] = area_pred[p + 1] + v end
     end
   end

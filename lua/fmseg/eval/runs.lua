@@ -217,6 +217,12 @@ function M.score(ds, i, img, result, recipe_name)
       item.image, w, h), 0)
   end
   local k, ignore = ds.num_classes, ds.ignore_index
+  local function entries_of(lab)        -- mmseg's IoUMetric ignore semantics when the dataset asks
+    if ds.metric_ignore_index and ds.metric_ignore_index ~= ignore then
+      return ev.mmseg_entries(lab, gt, k, ignore, ds.metric_ignore_index)
+    end
+    return ev.image_entries(lab, gt, k, ignore)
+  end
   local entries, stored
   local ok, err = pcall(function()
     if result.kind == "segments" then
@@ -225,7 +231,7 @@ function M.score(ds, i, img, result, recipe_name)
       stored = ev.relabel_segments(result.labels, class_of, ignore)
     else
       stored = result.kind == "instances" and paint_instances(result, h, w, ds) or as_int(result.labels)
-      entries = ev.image_entries(stored, gt, k, ignore)
+      entries = entries_of(stored)
     end
   end)
   -- A recipe's sweep of one parameter (result.sweep = {param, values, pick,
@@ -238,7 +244,7 @@ function M.score(ds, i, img, result, recipe_name)
       sweep = { param = sw.param, values = sw.values, pick = sw.pick, entries = {} }
       for j, v in ipairs(sw.values) do
         local lab = as_int(sw.labels(v))
-        sweep.entries[j] = ev.image_entries(lab, gt, k, ignore)
+        sweep.entries[j] = entries_of(lab)
       end
     end)
   end
