@@ -42,6 +42,7 @@ local T = require("fmseg.tensor")
 local recipe = {
   name = "persam",
   needs = { "sam" },
+  oneshot = true,        -- takes its reference per item in a one-shot evaluation (set_reference)
   defaults = {
     ref_image = false,   -- path of the reference image
     ref_mask = false,    -- path of its mask image (read as the official code reads it: see load_mask)
@@ -137,29 +138,41 @@ function recipe.cascade(predictor, pos, neg, step1)
   return logits:select(1, best3):contiguous(), iou3:get(best3), box, trace
 end
 
--- The reference (persam.py before its test loop): params.ref_image and
--- params.ref_mask → predictor, features (1, C, h, w) of the reference, the
--- mask on their grid (h, w), the mask image (H, W, 3).
-function recipe.reference(params, models, name)
-  if not params.ref_image or not params.ref_mask then
-    error(("%s: set params.ref_image and params.ref_mask (the reference image and its object mask)"):format(
-      name), 0)
+-- The reference (persam.py before its test loop): the image at ref_image
+-- and its mask at ref_mask, embedded by `predictor` → features (1, C, h,
+-- w) of the reference, the mask on their grid (h, w), the mask image
+-- (H, W, 3). `name` (the recipe's) starts the messages.
+function recipe.embed_reference(predictor, ref_image, ref_mask, name)
+  if not ref_image or not ref_mask then
+    error(("%s: set params.ref_image and params.ref_mask (the reference image and its object mask), "
+      .. "or evaluate on a one-shot dataset (data.task: oneshot), whose items bring theirs"):format(name), 0)
   end
-  if params.output ~= "instances" and params.output ~= "semantic" then
-    error(("%s: output must be instances or semantic, got %s"):format(name, tostring(params.output)), 0)
-  end
-  local predictor = require("fmseg.sam.predictor").new(models.sam)
-  local ok, ref = pcall(image.load, params.ref_image)
-  if not ok then error(("%s: cannot read the reference image %s: %s"):format(name, params.ref_image, ref), 0) end
-  local mask_img = recipe.load_mask(params.ref_mask)
+  local ok, ref = pcall(image.load, ref_image)
+  if not ok then error(("%s: cannot read the reference image %s: %s"):format(name, ref_image, ref), 0) end
+  local mask_img = recipe.load_mask(ref_mask)
   if mask_img:size(1) ~= ref:size(1) or mask_img:size(2) ~= ref:size(2) then
-    error(("%s: ref_mask %s is %dx%d, ref_image %s %dx%d"):format(name, params.ref_mask, mask_img:size(2),
-      mask_img:size(1), params.ref_image, ref:size(2), ref:size(1)), 0)
+    error(("%s: ref_mask %s is %dx%d, ref_image %s %dx%d"):format(name, ref_mask, mask_img:size(2),
+      mask_img:size(1), ref_image, ref:size(2), ref:size(1)), 0)
   end
   predictor:set_image(ref)
   local feats = predictor.image_embeddings
   local grid = recipe.mask_on_grid(predictor.processor, mask_img, feats:size(3), feats:size(4))
-  return predictor, feats, grid, mask_img
+  return feats, grid, mask_img
+end
+
+-- The checks and the predictor of setup; the reference is set now from
+-- params, or per item by a one-shot evaluation (cfg's data.task: oneshot,
+-- set_reference before each class's images).
+function recipe.prepare(params, models, cfg, name, set_reference)
+  if params.output ~= "instances" and params.output ~= "semantic" then
+    error(("%s: output must be instances or semantic, got %s"):format(name, tostring(params.output)), 0)
+  end
+  local state = { params = params, predictor = require("fmseg.sam.predictor").new(models.sam) }
+  local oneshot = type(cfg) == "table" and type(cfg.data) == "table" and cfg.data.task == "oneshot"
+  if not oneshot or params.ref_image or params.ref_mask then
+    set_reference(state, params.ref_image, params.ref_mask)
+  end
+  return state
 end
 
 -- The location map: target (C) against the features of the predictor's
@@ -184,11 +197,15 @@ function recipe.attention_similarity(sim, h, w)
   return nn.interpolate(z, h, w, { mode = "bilinear" }):reshape(h, w):sigmoid_()
 end
 
-function recipe.setup(params, models)
-  local predictor, feats, grid = recipe.reference(params, models, "persam")
-  local target, embedding = recipe.target_feature(feats, grid, params.ref_mask)
-  predictor:reset_image()
-  return { params = params, predictor = predictor, target = target, target_embedding = embedding }
+-- The reference's target feature and embedding into state.
+function recipe.set_reference(state, ref_image, ref_mask)
+  local feats, grid = recipe.embed_reference(state.predictor, ref_image, ref_mask, "persam")
+  state.target, state.target_embedding = recipe.target_feature(feats, grid, ref_mask)
+  state.predictor:reset_image()
+end
+
+function recipe.setup(params, models, _, cfg)
+  return recipe.prepare(params, models, cfg, "persam", recipe.set_reference)
 end
 
 -- The result of a cascade: a semantic map or one instance, with the dump.
@@ -214,6 +231,7 @@ end
 
 function recipe.segment(state, img)
   local predictor = state.predictor
+  if not state.target then error("persam: no reference set (params.ref_image and params.ref_mask)", 0) end
   predictor:set_image(img)
   local feats = predictor.image_embeddings
   local sim = recipe.location(predictor, state.target, { img:size(1), img:size(2) })

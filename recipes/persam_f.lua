@@ -39,6 +39,7 @@ local persam = require("fmseg.method.recipes").load("persam")
 local recipe = {
   name = "persam_f",
   needs = { "sam" },
+  oneshot = true,          -- takes its reference per item in a one-shot evaluation (set_reference)
   defaults = {
     ref_image = false,     -- path of the reference image
     ref_mask = false,      -- path of its mask (read as PerSAM reads it: see recipes/persam.lua)
@@ -132,15 +133,21 @@ local function weighted(x, weights)
   return (x:select(1, 1) * weights[1] + x:select(1, 2) * weights[2]) + x:select(1, 3) * weights[3]
 end
 
-function recipe.setup(params, models)
+function recipe.setup(params, models, _, cfg)
   if type(params.epochs) ~= "number" or params.epochs < 1 or params.epochs % 1 ~= 0 then
     error(("persam_f: epochs must be a positive integer, got %s"):format(tostring(params.epochs)), 0)
   end
   if type(params.lr) ~= "number" or params.lr <= 0 then
     error(("persam_f: lr must be a positive number, got %s"):format(tostring(params.lr)), 0)
   end
-  local predictor, feats, grid, mask_img = persam.reference(params, models, "persam_f")
-  local mean, max = persam.masked_stats(feats, grid, params.ref_mask)
+  return persam.prepare(params, models, cfg, "persam_f", recipe.set_reference)
+end
+
+-- The reference: its target feature, and the mask weights fitted on it.
+function recipe.set_reference(state, ref_image, ref_mask)
+  local params, predictor = state.params, state.predictor
+  local feats, grid, mask_img = persam.embed_reference(predictor, ref_image, ref_mask, "persam_f")
+  local mean, max = persam.masked_stats(feats, grid, ref_mask)
   local target = nn.normalize(max / 2 + mean / 2)
   local hw = { mask_img:size(1), mask_img:size(2) }
   local sim = persam.location(predictor, target, hw)
@@ -148,10 +155,9 @@ function recipe.setup(params, models)
   local _, _, low = predictor:predict({ points = { pos }, labels = { 1 }, multimask = true })
   local L = predictor:upsample_logits(low):reshape(3, hw[1] * hw[2])
   local t = mask_img:select(3, 1):float():gt(0):reshape(hw[1] * hw[2])
-  local weights, loss = recipe.fit_weights(L, t, params.lr, params.epochs)
+  state.weights, state.loss = recipe.fit_weights(L, t, params.lr, params.epochs)
+  state.target, state.ref_point = target, pos
   predictor:reset_image()
-  return { params = params, predictor = predictor, target = target, weights = weights, loss = loss,
-           ref_point = pos }
 end
 
 -- The box of a binary (H, W) mask, or nil when it is empty.
@@ -162,6 +168,7 @@ end
 
 function recipe.segment(state, img)
   local predictor, weights = state.predictor, state.weights
+  if not state.target then error("persam_f: no reference set (params.ref_image and params.ref_mask)", 0) end
   predictor:set_image(img)
   local hw = { img:size(1), img:size(2) }
   local sim = persam.location(predictor, state.target, hw)

@@ -8,7 +8,8 @@
 --     name: voc21                      # how runs and tables name it
 --     title: VOC21                     # column header in tables (default: name)
 --     task: semantic                   # semantic (mIoU) | discovery (CorLoc) |
---                                      # interactive (NoC: fmseg.eval.interactive_data)
+--                                      # interactive (NoC: fmseg.eval.interactive_data) |
+--                                      # oneshot (PerSeg's mIoU: fmseg.eval.oneshot)
 --     root: data/VOCdevkit/VOC2012     # --data ROOT replaces it
 --     split: ImageSets/Segmentation/val.txt  # ids, one a line; without it
 --                                      # every image under `images` (recursive,
@@ -108,9 +109,11 @@ function M.spec(cfg)
     plain[k] = get(k)
   end
   local name = plain.name or "?"
-  if plain.task == "interactive" then                 -- its own layouts: fmseg.eval.interactive_data
+  if plain.task == "interactive" or plain.task == "oneshot" then
+    -- their own layouts: fmseg.eval.interactive_data, fmseg.eval.oneshot
     return { name = need(plain, "name", "string", name), title = opt(plain, "title", "string", name, name),
-             task = "interactive", root = need(plain, "root", "string", name), layout = get("layout") }
+             task = plain.task, root = need(plain, "root", "string", name), layout = get("layout"),
+             ref_idx = get("ref_idx") }
   end
   local s = {
     name = need(plain, "name", "string", name),
@@ -141,7 +144,7 @@ function M.spec(cfg)
   end
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
-    error(("dataset %s: data.task must be semantic, discovery or interactive, got %s"):format(name, s.task), 0)
+    error(("dataset %s: data.task must be semantic, discovery, interactive or oneshot, got %s"):format(name, s.task), 0)
   end
   if s.task == "semantic" then
     local cls = config.get(cfg, "classes")
@@ -232,9 +235,9 @@ function M.open(cfg, opts)
   opts = opts or {}
   local s = M.spec(cfg)
   local root = opts.root or s.root
-  if s.task == "interactive" then
+  if s.task == "interactive" or s.task == "oneshot" then
     s.root = root
-    return require("fmseg.eval.interactive_data").open(s)
+    return require(s.task == "interactive" and "fmseg.eval.interactive_data" or "fmseg.eval.oneshot").open(s)
   end
   if not is_dir(root) then
     error(("dataset %s: data root %s not found (set data.root or pass --data ROOT; expected %s under it)"):format(

@@ -8,8 +8,9 @@
 --
 -- Writes to the output directory: miou.md, miou.csv, miou.png,
 -- per_class_iou.csv, and corloc.md / corloc.csv / corloc.png when
--- discovery runs are among them, noc.md / noc.csv / miou_per_click.png
--- (NoC@85 / NoC@90 and the mIoU after each click) for interactive runs; published.md / published.csv put each
+-- discovery runs are among them, oneshot_miou.{md,csv,png} for one-shot
+-- runs (PerSeg), noc.md / noc.csv / miou_per_click.png (NoC@85 / NoC@90
+-- and the mIoU after each click) for interactive runs; published.md / published.csv put each
 -- measured number beside the one its paper or repository reports
 -- (configs/published.yaml, fmseg.eval.published) when there is one.
 local core = require("fmseg.core")
@@ -367,7 +368,8 @@ function M.command(dirs, out)
   fs.mkdir_p(out)
   local parts, written = {}, {}
   local compared, compared_csv = {}, { "task,method,dataset,measured,published,difference,source" }
-  for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" } }) do
+  for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" },
+                          { task = "oneshot", name = "oneshot_miou" } }) do
     local g = M.grid(recs, spec.task)
     if #g.methods > 0 then
       local md = M.markdown(g, spec.task)

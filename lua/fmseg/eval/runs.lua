@@ -26,6 +26,11 @@
 -- the run goes on; the totals (NoC, mIoU per click: also
 -- miou_per_click.csv / .png) come from sums that shards add up.
 --
+-- data.task oneshot (fmseg.eval.oneshot): each item brings its class's
+-- reference, handed to the recipe (set_reference) when it changes;
+-- items/<id>.json holds the item's intersection, union and target pixels,
+-- the totals PerSAM's per-class IoU and their mean.
+--
 -- Shards: --shard I/N (1-based I) takes the images at positions I, I + N,
 -- I + 2N, ... of the split (after --limit). Shards may share a run
 -- directory (items have distinct ids; each writes its own metrics file) or
@@ -37,6 +42,7 @@ local data = require("fmseg.eval.data")
 local ev = require("fmseg.eval")
 local image = require("fmseg.image")
 local interactive = require("fmseg.eval.interactive")
+local oneshot = require("fmseg.eval.oneshot")
 local json = require("fmseg.io.json")
 local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
@@ -480,6 +486,7 @@ end
 -- Totals of items → the metrics record (without the selection fields).
 local function totals(ds, records)
   if ds.task == "interactive" then return interactive.totals(records, ds.interactive) end
+  if ds.task == "oneshot" then return oneshot.totals(records, ds.classes) end
   if ds.task == "discovery" then
     local correct = 0
     for _, r in ipairs(records) do if r.correct then correct = correct + 1 end end
@@ -561,8 +568,9 @@ function M.summary_text(rec)
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
   end
-  if rec.task == "interactive" then
-    for _, l in ipairs(interactive.summary_lines(rec)) do lines[#lines + 1] = l end
+  if rec.task == "interactive" or rec.task == "oneshot" then
+    local mod = rec.task == "interactive" and interactive or oneshot
+    for _, l in ipairs(mod.summary_lines(rec)) do lines[#lines + 1] = l end
     return table.concat(lines, "\n") .. "\n"
   end
   if rec.pending then
@@ -675,6 +683,10 @@ end
 -- An interactive dataset needs an interactive recipe (embed / predict from
 -- clicks), and such a recipe an interactive dataset: refused before any image.
 function M.check_interactive(ds, recipe)
+  if ds.task == "oneshot" and not recipe.oneshot then
+    error(("eval: %s is a one-shot dataset (data.task: oneshot) and recipe %s takes no reference; use one "
+      .. "that does (persam, persam_f)"):format(ds.name, recipe.name), 0)
+  end
   if ds.task == "interactive" and not recipe.interactive then
     error(("eval: %s is an interactive dataset (data.task: interactive) and recipe %s segments without clicks; "
       .. "use an interactive recipe (sam_clicks)"):format(ds.name, recipe.name), 0)
@@ -696,6 +708,37 @@ function M.score_interactive(ds, i, session, quiet)
     return { id = ds.items[i].id, skipped = rec.data_error }
   end
   error(rec, 0)
+end
+
+-- One item of a one-shot dataset: its class's reference set when it is not
+-- the one in place, the image segmented and its mask counted against the
+-- annotation → record, the predicted mask. An item whose image, mask or
+-- reference cannot be used is recorded as skipped, with the reason
+-- (reported on stderr; the run goes on).
+function M.score_oneshot(ds, i, session, quiet)
+  local item, state = ds.items[i], session.state
+  local ok, img, gt = pcall(function()
+    local key = item.reference.image .. "\0" .. item.reference.mask
+    if state.oneshot_reference ~= key then
+      state.oneshot_reference = nil
+      session.recipe.set_reference(state, item.reference.image, item.reference.mask)
+      state.oneshot_reference = key
+    end
+    local im, m = ds:image(i), ds:mask(i)
+    if m:size(1) ~= im:size(1) or m:size(2) ~= im:size(2) then
+      error(("%s is %dx%d but its image %s is %dx%d"):format(item.annotation, m:size(2), m:size(1), item.image,
+        im:size(2), im:size(1)), 0)
+    end
+    return im, m
+  end)
+  if not ok then
+    if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(item.id, tostring(img))) end
+    return { id = item.id, class = item.class, skipped = tostring(img) }
+  end
+  local result = session:segment(img, { path = item.image, stem = item.id })
+  local pred = oneshot.prediction(result, img:size(1), img:size(2))
+  local inter, union, target = oneshot.counts(pred, gt)
+  return { id = item.id, class = item.class, intersection = inter, union = union, target = target }, pred
 end
 
 -- evaluate() once the run is locked: the pending items, then the metrics.
@@ -723,6 +766,8 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
         local rec, stored
         if ds.task == "interactive" then
           rec, stored = M.score_interactive(ds, i, session, opts.quiet)   -- stored: the last mask
+        elseif ds.task == "oneshot" then
+          rec, stored = M.score_oneshot(ds, i, session, opts.quiet)
         else
           local img = ds:image(i)
           local result = session:segment(img, { path = item.image, stem = item.id })
@@ -734,7 +779,7 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
         end
         rec.seconds = now() - t_img
         if stored then
-          local wide = ds.task ~= "interactive" and M.wide_labels(ds.num_classes, ds.ignore_index)
+          local wide = ds.task == "semantic" and M.wide_labels(ds.num_classes, ds.ignore_index)
           local png = pred_path(dir, item.id, wide)
           mkdir_p(dirname(png))
           save_pred(png, stored, palette, wide)
@@ -912,6 +957,8 @@ function M.merge(dirs, out)
         pca_solver = e.pca_solver, pca_seed = e.pca_seed }, out)
   elseif base.task == "interactive" then
     merged = interactive.merge(recs)
+  elseif base.task == "oneshot" then
+    merged = oneshot.merge(recs)
   elseif base.task == "discovery" then
     local correct, total = 0, 0
     for _, r in ipairs(recs) do correct, total = correct + r.correct, total + r.total end
