@@ -19,6 +19,7 @@ local MODULES = {
   { "fmseg.masks", "binary masks, boxes, COCO RLE" },
   { "fmseg.io.hub", "the Hugging Face hub: download a repository, find it in the cache" },
   { "fmseg.io.mat", "MATLAB .mat files (level 5), such as SBD's annotations" },
+  { "fmseg.io.pickle", "Python pickles of plain data, such as refer's refs(unc).p" },
   { "fmseg.cluster", "k-means, spectral and eigen helpers" },
   { "fmseg.models", "load a model by kind from a Hugging Face directory" },
   { "fmseg.models.clip", "CLIP (transformers' CLIPModel)" },

@@ -25,7 +25,7 @@ FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
 FUZZ_LIBS    := $(filter-out -fopenmp,$(LIBS)) -lgomp
 
 FUZZ_C_TARGETS   := safetensors yaml image png_indices palette_png rle_string rle_roundtrip tiff matfile
-FUZZ_LUA_TARGETS := json hf_index yaml_config set_override tokenizer classes voc_xml
+FUZZ_LUA_TARGETS := json hf_index yaml_config set_override tokenizer classes voc_xml pickle
 FUZZ_ALL         := $(FUZZ_C_TARGETS) $(FUZZ_LUA_TARGETS)
 FUZZ_TARGETS     ?= $(FUZZ_ALL)
 
@@ -39,6 +39,7 @@ FUZZ_MAXLEN_palette_png   := 8192
 FUZZ_MAXLEN_rle_string    := 4096
 FUZZ_MAXLEN_rle_roundtrip := 8192
 FUZZ_MAXLEN_json          := 4096
+FUZZ_MAXLEN_pickle        := 4096
 FUZZ_MAXLEN_hf_index      := 4096
 FUZZ_MAXLEN_yaml_config   := 4096
 FUZZ_MAXLEN_set_override  := 1024

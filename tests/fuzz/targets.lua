@@ -62,6 +62,33 @@ function T.json(s)
   if not deep_equal(v, again) then fail("json round trip changed " .. show(s) .. " into " .. show(text)) end
 end
 
+-- ---- pickles: fmseg.io.pickle (refer's refs(unc).p) ----------------------------
+
+-- Any bytes: an error naming the input and an offset, or a value of plain
+-- data only (tables, strings, numbers, booleans, json.null) without cycles
+-- the reader cannot make.
+function T.pickle(s)
+  local pickle = require("fmseg.io.pickle")
+  local ok, v = pcall(pickle.loads, s, "fuzz.pkl")
+  if not ok then
+    if not tostring(v):find("^fuzz.pkl: ") then fail("pickle error without the input's name: " .. tostring(v)) end
+    return
+  end
+  local seen = {}
+  local function walk(x, depth)
+    if depth > 10000 then fail("pickle: nesting past 10000") end
+    local t = type(x)
+    if t == "table" and x ~= json.null then
+      if seen[x] then return end                 -- memoised objects are shared, as in Python
+      seen[x] = true
+      for k, y in pairs(x) do walk(k, depth + 1); walk(y, depth + 1) end
+    elseif t ~= "string" and t ~= "number" and t ~= "boolean" and x ~= json.null then
+      fail("pickle: a value of type " .. t)
+    end
+  end
+  walk(v, 0)
+end
+
 -- ---- sharded checkpoint index: fmseg.io.hf ------------------------------------
 
 -- The input is model.safetensors.index.json in a directory that holds one

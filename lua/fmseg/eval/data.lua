@@ -9,7 +9,8 @@
 --     title: VOC21                     # column header in tables (default: name)
 --     task: semantic                   # semantic (mIoU) | discovery (CorLoc) |
 --                                      # interactive (NoC: fmseg.eval.interactive_data) |
---                                      # oneshot (PerSeg's mIoU: fmseg.eval.oneshot)
+--                                      # oneshot (PerSeg's mIoU: fmseg.eval.oneshot) |
+--                                      # referring (oIoU: fmseg.eval.referring)
 --     root: data/VOCdevkit/VOC2012     # --data ROOT replaces it
 --     split: ImageSets/Segmentation/val.txt  # ids, one a line; without it
 --                                      # every image under `images` (recursive,
@@ -93,6 +94,11 @@ local function opt(spec, key, kind, default, name)
   return v
 end
 
+-- The tasks whose datasets have readers of their own (one item per object,
+-- per class image, per expression).
+M.OWN_LAYOUTS = { interactive = "fmseg.eval.interactive_data", oneshot = "fmseg.eval.oneshot",
+                  referring = "fmseg.eval.referring" }
+
 -- The `data` section and `classes` of a config, checked and filled in.
 function M.spec(cfg)
   local d = config.get(cfg, "data")
@@ -109,11 +115,11 @@ function M.spec(cfg)
     plain[k] = get(k)
   end
   local name = plain.name or "?"
-  if plain.task == "interactive" or plain.task == "oneshot" then
-    -- their own layouts: fmseg.eval.interactive_data, fmseg.eval.oneshot
+  if M.OWN_LAYOUTS[plain.task] then
+    -- their own layouts: fmseg.eval.interactive_data, oneshot, referring
     return { name = need(plain, "name", "string", name), title = opt(plain, "title", "string", name, name),
              task = plain.task, root = need(plain, "root", "string", name), layout = get("layout"),
-             ref_idx = get("ref_idx") }
+             ref_idx = get("ref_idx"), dataset = get("dataset"), split_by = get("split_by"), split = get("split") }
   end
   local s = {
     name = need(plain, "name", "string", name),
@@ -144,7 +150,8 @@ function M.spec(cfg)
   end
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
-    error(("dataset %s: data.task must be semantic, discovery, interactive or oneshot, got %s"):format(name, s.task), 0)
+    error(("dataset %s: data.task must be semantic, discovery, interactive, oneshot or referring, got %s"):format(
+      name, s.task), 0)
   end
   if s.task == "semantic" then
     local cls = config.get(cfg, "classes")
@@ -235,9 +242,9 @@ function M.open(cfg, opts)
   opts = opts or {}
   local s = M.spec(cfg)
   local root = opts.root or s.root
-  if s.task == "interactive" or s.task == "oneshot" then
+  if M.OWN_LAYOUTS[s.task] then
     s.root = root
-    return require(s.task == "interactive" and "fmseg.eval.interactive_data" or "fmseg.eval.oneshot").open(s)
+    return require(M.OWN_LAYOUTS[s.task]).open(s)
   end
   if not is_dir(root) then
     error(("dataset %s: data root %s not found (set data.root or pass --data ROOT; expected %s under it)"):format(

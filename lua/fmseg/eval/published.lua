@@ -7,7 +7,7 @@
 --   local p = published.lookup("SCLIP", "voc21", "miou")
 --   -- p = { value = 59.63, source = "wangf3014/SCLIP README, ..." } or nil
 --
--- Metrics are "miou" and "corloc", in percent; datasets are fmseg's
+-- Metrics are "miou", "corloc" and "oiou" (referring), in percent; datasets are fmseg's
 -- dataset names (data.name). The file is checked when read: an entry
 -- without a source, a number outside [0, 100], an unknown metric, or a
 -- method both reported and listed as not collected is an error naming it.
@@ -17,7 +17,7 @@ local core = require("fmseg.core")
 local M = {}
 
 M.path = core.root .. "/configs/published.yaml"
-M.METRICS = { miou = "mIoU", corloc = "CorLoc" }
+M.METRICS = { miou = "mIoU", corloc = "CorLoc", oiou = "oIoU" }
 
 local function fail(path, what, ...)
   error(("%s: " .. what):format(path, ...), 0)
@@ -32,7 +32,7 @@ local function check_entry(path, method, entry)
   for key, values in pairs(entry) do
     if key ~= "source" then
       if not M.METRICS[key] then
-        fail(path, "%s: unknown key '%s' (expected source, miou, corloc)", method, tostring(key))
+        fail(path, "%s: unknown key '%s' (expected source, miou, corloc, oiou)", method, tostring(key))
       end
       if type(values) ~= "table" then fail(path, "%s.%s: expected dataset: number pairs", method, key) end
       for dataset, v in pairs(values) do

@@ -31,6 +31,12 @@ local ORDER = { "voc21", "context60", "coco_object", "voc20", "context59", "coco
 
 local function is_num(x) return type(x) == "number" and x == x end
 
+-- The number a task's tables show: its field, its name, its published key
+-- (semantic and one-shot: mIoU; discovery: CorLoc; referring: oIoU).
+local METRIC = { discovery = { "CorLoc", "corloc" }, referring = { "oIoU", "oiou" } }
+local function metric_of(task) return (METRIC[task] or { "mIoU", "miou" })[1] end
+local function metric_key(task) return (METRIC[task] or { "mIoU", "miou" })[2] end
+
 -- metrics.json of each directory; unfinished runs and lone shards refused
 -- (errors start with `command`, default "table").
 function M.load(dirs, command)
@@ -86,7 +92,7 @@ end
 
 local function value_of(rec, task)
   if not rec then return nil end
-  local v = task == "discovery" and rec.CorLoc or rec.mIoU
+  local v = rec[metric_of(task)]
   return is_num(v) and 100 * v or nil
 end
 
@@ -107,7 +113,7 @@ local function row_average(g, m, task)
 end
 
 function M.markdown(g, task)
-  local metric = task == "discovery" and "CorLoc" or "mIoU"
+  local metric = metric_of(task)
   local head, rule = { "| Method" }, { "| ---" }
   for _, d in ipairs(g.datasets) do head[#head + 1] = d.title; rule[#rule + 1] = "---:" end
   head[#head + 1], rule[#rule + 1] = "Avg.", "---:"
@@ -179,7 +185,7 @@ end
 -- { {method, dataset, title, measured, published, source}... } for the
 -- cells of `g` that have a published number, in the table's order.
 function M.published_pairs(g, task, book)
-  local metric = task == "discovery" and "corloc" or "miou"
+  local metric = metric_key(task)
   local pairs_ = {}
   for _, m in ipairs(g.methods) do
     for _, d in ipairs(g.datasets) do
@@ -196,7 +202,7 @@ end
 
 -- "measured / published (difference)" per cell, and the sources.
 function M.published_markdown(g, task, pairs_)
-  local metric = task == "discovery" and "CorLoc" or "mIoU"
+  local metric = metric_of(task)
   local cell, sources, order = {}, {}, {}
   for _, p in ipairs(pairs_) do
     cell[p.method] = cell[p.method] or {}
@@ -236,7 +242,7 @@ end
 -- Grouped bars: one group per dataset, one bar per method; y in percent.
 -- Returns an (H, W, 3) uint8 image.
 function M.bar_chart(g, task)
-  local metric = task == "discovery" and "CorLoc (%)" or "mIoU (%)"
+  local metric = metric_of(task) .. " (%)"
   local nm = math.max(#g.methods, 1)
   local bar, gap, group_gap = 16, 2, 28
   local plot_h, left, top_pad, bottom = 260, 44, 16, 34
@@ -369,7 +375,7 @@ function M.command(dirs, out)
   local parts, written = {}, {}
   local compared, compared_csv = {}, { "task,method,dataset,measured,published,difference,source" }
   for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" },
-                          { task = "oneshot", name = "oneshot_miou" } }) do
+                          { task = "oneshot", name = "oneshot_miou" }, { task = "referring", name = "oiou" } }) do
     local g = M.grid(recs, spec.task)
     if #g.methods > 0 then
       local md = M.markdown(g, spec.task)

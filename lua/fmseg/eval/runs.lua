@@ -43,6 +43,7 @@ local ev = require("fmseg.eval")
 local image = require("fmseg.image")
 local interactive = require("fmseg.eval.interactive")
 local oneshot = require("fmseg.eval.oneshot")
+local referring = require("fmseg.eval.referring")
 local json = require("fmseg.io.json")
 local safetensors = require("fmseg.io.safetensors")
 local T = require("fmseg.tensor")
@@ -487,6 +488,7 @@ end
 local function totals(ds, records)
   if ds.task == "interactive" then return interactive.totals(records, ds.interactive) end
   if ds.task == "oneshot" then return oneshot.totals(records, ds.classes) end
+  if ds.task == "referring" then return referring.totals(records) end
   if ds.task == "discovery" then
     local correct = 0
     for _, r in ipairs(records) do if r.correct then correct = correct + 1 end end
@@ -568,8 +570,8 @@ function M.summary_text(rec)
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
   end
-  if rec.task == "interactive" or rec.task == "oneshot" then
-    local mod = rec.task == "interactive" and interactive or oneshot
+  if rec.task == "interactive" or rec.task == "oneshot" or rec.task == "referring" then
+    local mod = ({ interactive = interactive, oneshot = oneshot, referring = referring })[rec.task]
     for _, l in ipairs(mod.summary_lines(rec)) do lines[#lines + 1] = l end
     return table.concat(lines, "\n") .. "\n"
   end
@@ -683,6 +685,10 @@ end
 -- An interactive dataset needs an interactive recipe (embed / predict from
 -- clicks), and such a recipe an interactive dataset: refused before any image.
 function M.check_interactive(ds, recipe)
+  if ds.task == "referring" and not recipe.referring then
+    error(("eval: %s is a referring dataset (data.task: referring) and recipe %s reads no expressions; use one "
+      .. "that does (referring = true: it gets each sentence as source.expression)"):format(ds.name, recipe.name), 0)
+  end
   if ds.task == "oneshot" and not recipe.oneshot then
     error(("eval: %s is a one-shot dataset (data.task: oneshot) and recipe %s takes no reference; use one "
       .. "that does (persam, persam_f)"):format(ds.name, recipe.name), 0)
@@ -741,6 +747,31 @@ function M.score_oneshot(ds, i, session, quiet)
   return { id = item.id, class = item.class, intersection = inter, union = union, target = target }, pred
 end
 
+-- One expression of a referring dataset: the image segmented with the
+-- sentence (source.expression) and the mask counted against the ref's →
+-- record, the predicted mask; an item whose image or mask cannot be used
+-- is recorded as skipped, with the reason (the run goes on).
+function M.score_referring(ds, i, session, quiet)
+  local item = ds.items[i]
+  local ok, img, gt = pcall(function()
+    local im, m = ds:image(i), ds:mask(i)
+    if m:size(1) ~= im:size(1) or m:size(2) ~= im:size(2) then
+      error(("%s: the mask is %dx%d (instances.json), the image %dx%d"):format(item.where, m:size(2), m:size(1),
+        im:size(2), im:size(1)), 0)
+    end
+    return im, m
+  end)
+  if not ok then
+    if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(item.id, tostring(img))) end
+    return { id = item.id, skipped = tostring(img) }
+  end
+  local result = session:segment(img, { path = item.image, stem = item.id, expression = item.expression })
+  local pred = oneshot.prediction(result, img:size(1), img:size(2))
+  local inter, union = oneshot.counts(pred, gt)
+  return { id = item.id, ref_id = item.ref_id, expression = item.expression, intersection = inter, union = union },
+         pred
+end
+
 -- evaluate() once the run is locked: the pending items, then the metrics.
 -- SIGINT / SIGTERM stop it after the image in flight with a partial summary
 -- (metrics*.partial.json) and rec.interrupted = the signal.
@@ -768,6 +799,8 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
           rec, stored = M.score_interactive(ds, i, session, opts.quiet)   -- stored: the last mask
         elseif ds.task == "oneshot" then
           rec, stored = M.score_oneshot(ds, i, session, opts.quiet)
+        elseif ds.task == "referring" then
+          rec, stored = M.score_referring(ds, i, session, opts.quiet)
         else
           local img = ds:image(i)
           local result = session:segment(img, { path = item.image, stem = item.id })
@@ -959,6 +992,8 @@ function M.merge(dirs, out)
     merged = interactive.merge(recs)
   elseif base.task == "oneshot" then
     merged = oneshot.merge(recs)
+  elseif base.task == "referring" then
+    merged = referring.merge(recs)
   elseif base.task == "discovery" then
     local correct, total = 0, 0
     for _, r in ipairs(recs) do correct, total = correct + r.correct, total + r.total end
