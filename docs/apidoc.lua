@@ -25,6 +25,7 @@ local MODULES = {
   { "fmseg.models.clip", "CLIP (transformers' CLIPModel)" },
   { "fmseg.models.vit", "DINO and DINOv2 ViTs" },
   { "fmseg.models.sam", "SAM's networks (transformers' SamModel)" },
+  { "fmseg.models.sam2", "SAM 2's image encoder (transformers' Sam2Model vision_encoder)" },
   { "fmseg.models.sd", "Stable Diffusion pipelines" },
   { "fmseg.sam.predictor", "SAM: embed once, prompt many times" },
   { "fmseg.sam.amg", "SAM's automatic mask generator" },

@@ -1,5 +1,6 @@
 -- `fmseg parity` on every fixture directory, the shared ones and ours in
--- tests/fixtures (other shapes, made with transformers / diffusers): exit 0
+-- tests/fixtures (other shapes, made with transformers / diffusers, and SAM 2's
+-- image encoder by facebookresearch/sam2's own code): exit 0
 -- and a --dump holding every non-input tensor of ref.json.
 local tap = require("tap")
 local hf = require("fmseg.io.hf")
@@ -12,6 +13,7 @@ local INPUTS = {   -- what each family is given, not asked to compute
   sam = { pixel_values = true, resized_hw = true, original_hw = true, ["prompt.points"] = true,
           ["prompt.labels"] = true, ["prompt.box"] = true },
   ["stable-diffusion"] = { image = true, noise = true, timestep = true, input_ids = true },
+  sam2 = { pixel_values = true },
 }
 
 local tmp = os.tmpname()
@@ -39,7 +41,8 @@ if shared then
     check(shared .. "/" .. name)
   end
 end
-for _, name in ipairs({ "clip-alt", "dino-alt", "dinov2-alt", "dinov2-reg-alt", "sam-alt", "sd-alt" }) do
+for _, name in ipairs({ "clip-alt", "dino-alt", "dinov2-alt", "dinov2-reg-alt", "sam-alt", "sd-alt",
+                       "sam2-tiny", "sam2-tiny-alt" }) do
   check("tests/fixtures/" .. name)
 end
 os.remove(tmp)

@@ -293,32 +293,7 @@ function M.load(path, opts) return hf.load_model(path, M.new, opts) end
 
 -- Vision encoder ------------------------------------------------------------------
 
--- (B, H, W, C) → windows (B*nh*nw, ws, ws, C), zero-padded at the bottom
--- and right to multiples of ws; returns the padded height and width too.
--- ref: SamVisionLayer.window_partition
-local function window_partition(x, ws)
-  local b, h, w, c = unpack(x:shape())
-  local ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
-  local hp, wp = h + ph, w + pw
-  if ph > 0 or pw > 0 then
-    local padded = T.zeros({ b, hp, wp, c })
-    padded:narrow(2, 1, h):narrow(3, 1, w):copy(x)
-    x = padded
-  end
-  local windows = x:reshape(b, hp / ws, ws, wp / ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
-  return windows:reshape(b * (hp / ws) * (wp / ws), ws, ws, c), hp, wp
-end
-
--- windows (B*nh*nw, ws, ws, C) → (B, h, w, C), padding dropped.
--- ref: SamVisionLayer.window_unpartition
-local function window_unpartition(windows, ws, hp, wp, h, w)
-  local c = windows:size(4)
-  local b = windows:size(1) / ((hp / ws) * (wp / ws))
-  local x = windows:reshape(b, hp / ws, wp / ws, ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
-  x = x:reshape(b, hp, wp, c)
-  if hp == h and wp == w then return x end
-  return x:narrow(2, 1, h):narrow(3, 1, w):contiguous()
-end
+local window_partition, window_unpartition = transformer.window_partition, transformer.window_unpartition
 
 -- rel_pos (L, D) resampled to the 2*size-1 relative offsets of a size-long
 -- axis (linear, as F.interpolate(mode="linear")); as it is when it fits.

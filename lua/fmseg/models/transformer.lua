@@ -273,4 +273,33 @@ function M.prepend(first, patches)
   return T.cat({ T.cat(parts, 1), patches }, 2)
 end
 
+-- Windows ------------------------------------------------------------------------
+
+-- (B, H, W, C) → windows (B*nh*nw, ws, ws, C), zero-padded at the bottom
+-- and right to multiples of ws; returns the padded height and width too.
+-- ref: transformers' SamVisionLayer.window_partition; sam2/modeling/
+--      backbones/utils.py, window_partition (SAM 2's Hiera)
+function M.window_partition(x, ws)
+  local b, h, w, c = unpack(x:shape())
+  local hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+  if hp ~= h or wp ~= w then
+    local padded = T.zeros({ b, hp, wp, c })
+    padded:narrow(2, 1, h):narrow(3, 1, w):copy(x)
+    x = padded
+  end
+  local windows = x:reshape(b, hp / ws, ws, wp / ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
+  return windows:reshape(b * (hp / ws) * (wp / ws), ws, ws, c), hp, wp
+end
+
+-- windows (B*nh*nw, ws, ws, C) → (B, h, w, C), the padding dropped.
+-- ref: SamVisionLayer.window_unpartition; sam2's window_unpartition
+function M.window_unpartition(windows, ws, hp, wp, h, w)
+  local c = windows:size(4)
+  local b = windows:size(1) / ((hp / ws) * (wp / ws))
+  local x = windows:reshape(b, hp / ws, wp / ws, ws, ws, c):permute(1, 2, 4, 3, 5, 6):contiguous()
+  x = x:reshape(b, hp, wp, c)
+  if hp == h and wp == w then return x end
+  return x:narrow(2, 1, h):narrow(3, 1, w):contiguous()
+end
+
 return M

@@ -23,12 +23,13 @@ local FAMILIES = {
   dino = "fmseg.parity.vit",
   dinov2 = "fmseg.parity.vit",
   sam = "fmseg.parity.sam",
+  sam2 = "fmseg.parity.sam2",
   ["stable-diffusion"] = "fmseg.parity.sd",
 }
 
 -- config.json's model_type → family, for a ref.json that does not say
 local MODEL_TYPES = { clip = "clip", vit = "dino", dinov2 = "dinov2", dinov2_with_registers = "dinov2",
-                      sam = "sam" }
+                      sam = "sam", sam2 = "sam2" }
 
 local function family_of(dir, meta)
   if meta.family then return meta.family end
