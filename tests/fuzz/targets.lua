@@ -205,7 +205,8 @@ function T.classes(s)
   local first = {}
   for q, word in ipairs(c.queries) do
     local k = c.query_class[q]
-    if word == "" or word:find("^%s") or word:find("%s$") or word:find(",", 1, true) or word:find("\n", 1, true) then
+    local comma = word:find(",", 1, true) and not s:find("\\,", 1, true)    -- a comma only from "\,"
+    if word == "" or word:find("^%s") or word:find("%s$") or comma or word:find("\n", 1, true) then
       fail("classes: query " .. show(word) .. " from " .. show(s))
     end
     if not first[k] then

@@ -42,6 +42,8 @@ do
          "classes: an escaped comma stays inside its name, plain commas separate synonyms")
   tap.eq(table.concat(c.query_class, " "), "1 2 3 3 3", "classes: each query's class")
   tap.eq(c.names[2], "building, edifice", "classes: the display name keeps its comma")
+  local nul = require("fmseg.method.classes").parse("a,b\0c\n")
+  tap.eq(table.concat(nul.queries, "|"), "a|b\0c", "classes: a NUL byte is a byte, not a comma (fuzz regression)")
 end
 
 -- Every shipped config of these methods resolves: known recipe, parameters

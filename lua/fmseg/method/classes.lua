@@ -7,6 +7,23 @@ local fs = require("fmseg.io.fs")
 
 local M = {}
 
+-- a line → its synonyms, split at commas; "\," is a comma inside one
+local function split_synonyms(line)
+  local words, cur, i = {}, {}, 1
+  while i <= #line do
+    local c = line:sub(i, i)
+    if c == "\\" and line:sub(i + 1, i + 1) == "," then
+      cur[#cur + 1], i = ",", i + 2
+    elseif c == "," then
+      words[#words + 1], cur, i = table.concat(cur), {}, i + 1
+    else
+      cur[#cur + 1], i = c, i + 1
+    end
+  end
+  words[#words + 1] = table.concat(cur)
+  return words
+end
+
 -- Parses text → { names = {...}, queries = {...}, query_class = {...} }
 -- with query_class[q] the 1-based class of query q.
 function M.parse(text, source)
@@ -17,8 +34,8 @@ function M.parse(text, source)
     line = line:gsub("\r$", "")
     if line:match("%S") then
       local class = #names + 1
-      for word in line:gsub("\\,", "\0"):gmatch("[^,]+") do
-        word = word:match("^%s*(.-)%s*$"):gsub("%z", ",")
+      for _, word in ipairs(split_synonyms(line)) do
+        word = word:match("^%s*(.-)%s*$")
         if word ~= "" then
           queries[#queries + 1] = word
           query_class[#query_class + 1] = class
