@@ -12,21 +12,19 @@ local KINDS = {
   dinov2 = "fmseg.models.vit",
   vit = "fmseg.models.vit",
   sam = "fmseg.models.sam",
-  sam2 = "fmseg.models.sam2",   -- SAM 2's image encoder (Hiera + FPN neck) for now
+  sam2 = "fmseg.models.sam2",   -- SAM 2 for single images (no memory / video yet)
   sd = "fmseg.models.sd",
   vfm = "fmseg.models.vfm",   -- any of DINO / DINOv2 / SAM, by config.json
 }
 
 local cache = {}
 
--- A SAM 2 directory (config.json model_type sam2) named as kind sam: its
--- prompt encoder and mask decoder are not ported yet, so say so rather
--- than fail on a missing SamModel tensor.
+-- A SAM 2 directory (config.json model_type sam2) named as kind sam: say
+-- so rather than fail on a missing SamModel tensor.
 local function refuse_sam2(path)
   local file = path .. "/config.json"
   if hf.exists(file) and hf.read_json(file).model_type == "sam2" then
-    error(("%s: a SAM 2 model (model_type sam2); only its image encoder is supported so far, "
-           .. "as kind sam2"):format(path), 0)
+    error(("%s: a SAM 2 model (model_type sam2): load it as kind sam2"):format(path), 0)
   end
 end
 

@@ -150,12 +150,16 @@ local function prompt_encoder(w, cfg)
   return enc
 end
 
-local function attention_params(w, prefix, c, internal)
+-- names: the checkpoint's names where they are not SamModel's (SAM 2's
+-- Sam2Attention calls out_proj o_proj: names.out_proj = "o_proj"); the
+-- table keeps SamModel's field names.
+local function attention_params(w, prefix, c, internal, names)
+  local out = names and names.out_proj or "out_proj"
   return {
     q_proj = linear_params(w, prefix .. ".q_proj", internal, c, true),
     k_proj = linear_params(w, prefix .. ".k_proj", internal, c, true),
     v_proj = linear_params(w, prefix .. ".v_proj", internal, c, true),
-    out_proj = linear_params(w, prefix .. ".out_proj", c, internal, true),
+    out_proj = linear_params(w, prefix .. "." .. out, c, internal, true),
   }
 end
 
@@ -169,30 +173,45 @@ local function feed_forward(w, prefix, nin, hidden, nout, depth)
   return ff
 end
 
+-- The two-way transformer's weights under `pre` (e.g. "mask_decoder.transformer."):
+-- cfg = {hidden_size, attention_downsample_rate, num_hidden_layers, mlp_dim};
+-- names (optional): the checkpoint's names where they differ from
+-- SamModel's, out_proj (see attention_params), lin1 and lin2 (the MLP's
+-- two linears; SAM 2: mlp.proj_in, mlp.proj_out). The tables keep
+-- SamModel's field names.
+-- ref: transformers/models/sam/modeling_sam.py, SamTwoWayTransformer
+local function two_way_params(w, pre, cfg, names)
+  names = names or {}
+  local c = cfg.hidden_size
+  local internal = math.floor(c / cfg.attention_downsample_rate)
+  local lin1, lin2 = names.lin1 or "mlp.lin1", names.lin2 or "mlp.lin2"
+  local tr = { layers = {} }
+  for i = 1, cfg.num_hidden_layers do
+    local lp = ("%slayers.%d."):format(pre, i - 1)
+    tr.layers[i] = {
+      skip_first_layer_pe = i == 1,
+      self_attn = attention_params(w, lp .. "self_attn", c, c, names),
+      layer_norm1 = norm_params(w, lp .. "layer_norm1", c),
+      cross_attn_token_to_image = attention_params(w, lp .. "cross_attn_token_to_image", c, internal, names),
+      layer_norm2 = norm_params(w, lp .. "layer_norm2", c),
+      mlp = { lin1 = linear_params(w, lp .. lin1, cfg.mlp_dim, c, true),
+              lin2 = linear_params(w, lp .. lin2, c, cfg.mlp_dim, true) },
+      layer_norm3 = norm_params(w, lp .. "layer_norm3", c),
+      layer_norm4 = norm_params(w, lp .. "layer_norm4", c),
+      cross_attn_image_to_token = attention_params(w, lp .. "cross_attn_image_to_token", c, internal, names),
+    }
+  end
+  tr.final_attn_token_to_image = attention_params(w, pre .. "final_attn_token_to_image", c, internal, names)
+  tr.layer_norm_final_attn = norm_params(w, pre .. "layer_norm_final_attn", c)
+  return tr
+end
+
 -- ref: transformers/models/sam/modeling_sam.py, SamMaskDecoder / SamTwoWayTransformer
 local function mask_decoder(w, cfg)
   local c = cfg.hidden_size
-  local internal = math.floor(c / cfg.attention_downsample_rate)
   local ntok = cfg.num_multimask_outputs + 1
   local pre = "mask_decoder."
-  local tr = { layers = {} }
-  for i = 1, cfg.num_hidden_layers do
-    local lp = ("%stransformer.layers.%d."):format(pre, i - 1)
-    tr.layers[i] = {
-      skip_first_layer_pe = i == 1,
-      self_attn = attention_params(w, lp .. "self_attn", c, c),
-      layer_norm1 = norm_params(w, lp .. "layer_norm1", c),
-      cross_attn_token_to_image = attention_params(w, lp .. "cross_attn_token_to_image", c, internal),
-      layer_norm2 = norm_params(w, lp .. "layer_norm2", c),
-      mlp = { lin1 = linear_params(w, lp .. "mlp.lin1", cfg.mlp_dim, c, true),
-              lin2 = linear_params(w, lp .. "mlp.lin2", c, cfg.mlp_dim, true) },
-      layer_norm3 = norm_params(w, lp .. "layer_norm3", c),
-      layer_norm4 = norm_params(w, lp .. "layer_norm4", c),
-      cross_attn_image_to_token = attention_params(w, lp .. "cross_attn_image_to_token", c, internal),
-    }
-  end
-  tr.final_attn_token_to_image = attention_params(w, pre .. "transformer.final_attn_token_to_image", c, internal)
-  tr.layer_norm_final_attn = norm_params(w, pre .. "transformer.layer_norm_final_attn", c)
+  local tr = two_way_params(w, pre .. "transformer.", cfg)
   local dec = {
     iou_token = param(w, pre .. "iou_token.weight", { 1, c }),
     mask_tokens = param(w, pre .. "mask_tokens.weight", { ntok, c }),
@@ -943,5 +962,20 @@ function SAM:forward(pixel_values, prompt, opts)
   local masks, iou = self:decode_masks(emb, sparse, dense, opts.multimask ~= false, opts)
   return masks, iou, emb
 end
+
+-- The pieces SAM 2's prompt encoder and mask decoder share with SAM's
+-- (fmseg.models.sam2; its tables take the field names above):
+-- prompt_methods = the SAM class, whose positional_encoding, embed_points,
+-- embed_boxes and embed_masks read self.shared_image_embedding,
+-- self.prompt_encoder (point_embed[1..4], not_a_point_embed, mask_embed)
+-- and self.config.prompt; two_way_params and two_way_transformer (opts:
+-- out_tokens; cfg: num_attention_heads, layer_norm_eps, hidden_act of
+-- the blocks' MLP); feed_forward and feed_forward_forward (ReLU);
+-- repeat_interleave.
+M.shared = {
+  prompt_methods = SAM, two_way_params = two_way_params, two_way_transformer = two_way_transformer,
+  feed_forward = feed_forward, feed_forward_forward = feed_forward_forward,
+  repeat_interleave = repeat_interleave,
+}
 
 return M
