@@ -20,6 +20,7 @@
 -- Masks are (H, W) uint8 0/1; clicks { y = row, x = column, positive = bool },
 -- 0-based pixel indices.
 local masks = require("fmseg.masks")
+local skipped = require("fmseg.eval.skipped")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -252,10 +253,7 @@ end
 -- records → the metrics record; records with `skipped` are listed, not scored
 function M.totals(records, opts)
   local rec = M.record_from_sums(sums(records, opts), opts)
-  rec.skipped = {}
-  for _, r in ipairs(records) do
-    if r.skipped then rec.skipped[#rec.skipped + 1] = { id = r.id, reason = r.skipped } end
-  end
+  rec.skipped = skipped.collect(records)
   return rec
 end
 
@@ -265,7 +263,6 @@ function M.merge(recs)
   local opts = { max_clicks = base.max_clicks, target_iou = base.target_iou, thresholds = base.thresholds }
   local s = { objects = 0, noc_sum = {}, over_max = {}, iou_sum = {}, iou_count = {} }
   for t = 1, #opts.thresholds do s.noc_sum[t], s.over_max[t] = 0, 0 end
-  local skipped = {}
   for _, r in ipairs(recs) do
     local o = r.sums
     s.objects = s.objects + o.objects
@@ -277,10 +274,9 @@ function M.merge(recs)
       s.iou_sum[k] = (s.iou_sum[k] or 0) + o.iou_sum[k]
       s.iou_count[k] = (s.iou_count[k] or 0) + o.iou_count[k]
     end
-    for _, sk in ipairs(r.skipped or {}) do skipped[#skipped + 1] = sk end
   end
   local rec = M.record_from_sums(s, opts)
-  rec.skipped = skipped
+  rec.skipped = skipped.merge(recs)
   return rec
 end
 
@@ -308,12 +304,7 @@ function M.summary_lines(rec)
     lines[#lines + 1] = ""
     lines[#lines + 1] = table.concat(parts, "  ")
   end
-  if rec.skipped and #rec.skipped > 0 then
-    lines[#lines + 1] = ""
-    lines[#lines + 1] = ("%d items skipped (not scored):"):format(#rec.skipped)
-    for _, sk in ipairs(rec.skipped) do lines[#lines + 1] = ("- %s: %s"):format(sk.id, sk.reason) end
-  end
-  return lines
+  return skipped.lines(rec.skipped, lines)
 end
 
 -- mIoU per click as CSV text

@@ -20,6 +20,7 @@
 -- (Σ target + 1e-10); mIoU and mAcc average the classes.
 local fs = require("fmseg.io.fs")
 local image = require("fmseg.image")
+local skipped = require("fmseg.eval.skipped")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -160,10 +161,7 @@ end
 -- records → the metrics record; skipped ones listed with their reasons
 function M.totals(records, classes)
   local rec = M.record_from_sums(classes, M.sums(records, classes))
-  rec.skipped = {}
-  for _, r in ipairs(records) do
-    if r.skipped then rec.skipped[#rec.skipped + 1] = { id = r.id, reason = r.skipped } end
-  end
+  rec.skipped = skipped.collect(records)
   return rec
 end
 
@@ -179,10 +177,7 @@ function M.merge(recs)
     end
   end
   local rec = M.record_from_sums(classes, sums)
-  rec.skipped = {}
-  for _, r in ipairs(recs) do
-    for _, sk in ipairs(r.skipped or {}) do rec.skipped[#rec.skipped + 1] = sk end
-  end
+  rec.skipped = skipped.merge(recs)
   return rec
 end
 
@@ -194,12 +189,7 @@ function M.summary_lines(rec)
   lines[#lines + 1] = ""
   lines[#lines + 1] = ("mIoU %.2f  mAcc %.2f (%d classes, each from its own reference)"):format(100 * rec.mIoU,
     100 * rec.mAcc, #rec.classes)
-  if rec.skipped and #rec.skipped > 0 then
-    lines[#lines + 1] = ""
-    lines[#lines + 1] = ("%d items skipped (not scored):"):format(#rec.skipped)
-    for _, sk in ipairs(rec.skipped) do lines[#lines + 1] = ("- %s: %s"):format(sk.id, sk.reason) end
-  end
-  return lines
+  return skipped.lines(rec.skipped, lines)
 end
 
 return M

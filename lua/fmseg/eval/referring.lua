@@ -27,6 +27,7 @@ local image = require("fmseg.image")
 local json = require("fmseg.io.json")
 local masks = require("fmseg.masks")
 local pickle = require("fmseg.io.pickle")
+local skipped = require("fmseg.eval.skipped")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -131,39 +132,30 @@ end
 -- records ({id, intersection, union} or {id, skipped}) → { oIoU, mIoU, ... }
 function M.totals(records)
   local inter, union, sum_iou, n = 0, 0, 0, 0
-  local skipped = {}
   for _, r in ipairs(records) do
-    if r.skipped then
-      skipped[#skipped + 1] = { id = r.id, reason = r.skipped }
-    else
+    if not r.skipped then
       inter, union = inter + r.intersection, union + r.union
       sum_iou, n = sum_iou + (r.union > 0 and r.intersection / r.union or 0), n + 1
     end
   end
   return { task = "referring", oIoU = union > 0 and inter / union or 0 / 0, mIoU = n > 0 and sum_iou / n or 0 / 0,
-           sentences = n, sums = { intersection = inter, union = union, iou = sum_iou, n = n }, skipped = skipped }
+           sentences = n, sums = { intersection = inter, union = union, iou = sum_iou, n = n },
+           skipped = skipped.collect(records) }
 end
 
 -- Shards' metrics records → one
 function M.merge(recs)
   local s = { intersection = 0, union = 0, iou = 0, n = 0 }
-  local skipped = {}
   for _, r in ipairs(recs) do
     for k in pairs(s) do s[k] = s[k] + r.sums[k] end
-    for _, sk in ipairs(r.skipped or {}) do skipped[#skipped + 1] = sk end
   end
   return { task = "referring", oIoU = s.union > 0 and s.intersection / s.union or 0 / 0,
-           mIoU = s.n > 0 and s.iou / s.n or 0 / 0, sentences = s.n, sums = s, skipped = skipped }
+           mIoU = s.n > 0 and s.iou / s.n or 0 / 0, sentences = s.n, sums = s, skipped = skipped.merge(recs) }
 end
 
 function M.summary_lines(rec)
   local lines = { ("oIoU %.2f  mIoU %.2f (%d expressions)"):format(100 * rec.oIoU, 100 * rec.mIoU, rec.sentences) }
-  if rec.skipped and #rec.skipped > 0 then
-    lines[#lines + 1] = ""
-    lines[#lines + 1] = ("%d items skipped (not scored):"):format(#rec.skipped)
-    for _, sk in ipairs(rec.skipped) do lines[#lines + 1] = ("- %s: %s"):format(sk.id, sk.reason) end
-  end
-  return lines
+  return skipped.lines(rec.skipped, lines)
 end
 
 return M

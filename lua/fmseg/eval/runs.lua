@@ -716,31 +716,39 @@ function M.score_interactive(ds, i, session, quiet)
   error(rec, 0)
 end
 
+-- The image and mask of item i through load() (→ img, mask), checked to
+-- have one size (`what` names the mask in the message); or, when they
+-- cannot be used, nil and the reason (reported on stderr: the run goes on).
+local function image_and_mask(item, quiet, what, load)
+  local ok, img, gt = pcall(function()
+    local im, m = load()
+    if m:size(1) ~= im:size(1) or m:size(2) ~= im:size(2) then
+      error(("%s is %dx%d, the image %s %dx%d"):format(what, m:size(2), m:size(1), item.image or "?",
+        im:size(2), im:size(1)), 0)
+    end
+    return im, m
+  end)
+  if ok then return img, gt end
+  if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(item.id, tostring(img))) end
+  return nil, tostring(img)
+end
+
 -- One item of a one-shot dataset: its class's reference set when it is not
 -- the one in place, the image segmented and its mask counted against the
 -- annotation → record, the predicted mask. An item whose image, mask or
--- reference cannot be used is recorded as skipped, with the reason
--- (reported on stderr; the run goes on).
+-- reference cannot be used is recorded as skipped, with the reason.
 function M.score_oneshot(ds, i, session, quiet)
   local item, state = ds.items[i], session.state
-  local ok, img, gt = pcall(function()
+  local img, gt = image_and_mask(item, quiet, item.annotation, function()
     local key = item.reference.image .. "\0" .. item.reference.mask
     if state.oneshot_reference ~= key then
       state.oneshot_reference = nil
       session.recipe.set_reference(state, item.reference.image, item.reference.mask)
       state.oneshot_reference = key
     end
-    local im, m = ds:image(i), ds:mask(i)
-    if m:size(1) ~= im:size(1) or m:size(2) ~= im:size(2) then
-      error(("%s is %dx%d but its image %s is %dx%d"):format(item.annotation, m:size(2), m:size(1), item.image,
-        im:size(2), im:size(1)), 0)
-    end
-    return im, m
+    return ds:image(i), ds:mask(i)
   end)
-  if not ok then
-    if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(item.id, tostring(img))) end
-    return { id = item.id, class = item.class, skipped = tostring(img) }
-  end
+  if not img then return { id = item.id, class = item.class, skipped = gt } end
   local result = session:segment(img, { path = item.image, stem = item.id })
   local pred = oneshot.prediction(result, img:size(1), img:size(2))
   local inter, union, target = oneshot.counts(pred, gt)
@@ -750,21 +758,13 @@ end
 -- One expression of a referring dataset: the image segmented with the
 -- sentence (source.expression) and the mask counted against the ref's →
 -- record, the predicted mask; an item whose image or mask cannot be used
--- is recorded as skipped, with the reason (the run goes on).
+-- is recorded as skipped, with the reason.
 function M.score_referring(ds, i, session, quiet)
   local item = ds.items[i]
-  local ok, img, gt = pcall(function()
-    local im, m = ds:image(i), ds:mask(i)
-    if m:size(1) ~= im:size(1) or m:size(2) ~= im:size(2) then
-      error(("%s: the mask is %dx%d (instances.json), the image %dx%d"):format(item.where, m:size(2), m:size(1),
-        im:size(2), im:size(1)), 0)
-    end
-    return im, m
+  local img, gt = image_and_mask(item, quiet, item.where .. ": the mask (instances.json)", function()
+    return ds:image(i), ds:mask(i)
   end)
-  if not ok then
-    if not quiet then io.stderr:write(("\neval: skipping %s: %s\n"):format(item.id, tostring(img))) end
-    return { id = item.id, skipped = tostring(img) }
-  end
+  if not img then return { id = item.id, skipped = gt } end
   local result = session:segment(img, { path = item.image, stem = item.id, expression = item.expression })
   local pred = oneshot.prediction(result, img:size(1), img:size(2))
   local inter, union = oneshot.counts(pred, gt)
