@@ -124,6 +124,9 @@ tap.ok(noc_md:find("| planted | 1.50 / 1.50 |", 1, true) ~= nil, "table: and of 
 tap.ok(tiny.read(tmp .. "/table/noc.csv"):find("planted,grabcut,2,1.00,1.50,1.50,0,0,91.67,100.00", 1, true) ~= nil,
        "table: noc.csv with the mIoU after clicks 1 and 5")
 tap.ok(image.load(tmp .. "/table/miou_per_click.png"):size(2) > 100, "table: the curves drawn")
+tap.raises(function() require("fmseg.eval.html_report").render({ tmp .. "/perfect" }) end,
+           "task interactive; the HTML report covers semantic and discovery runs, `fmseg table` tabulates this one",
+           "fmseg report on an interactive run says what to use instead")
 
 -- ---- stopping at the target, shards and merge ------------------------------------------------
 

@@ -456,7 +456,8 @@ local function ordered(recs)
   end
   for _, r in ipairs(recs) do
     if r.task ~= "semantic" and r.task ~= "discovery" then
-      error(("report: %s/metrics.json: unknown task %s"):format(r.dir, tostring(r.task)), 0)
+      error(("report: %s/metrics.json: task %s; the HTML report covers semantic and discovery runs, "
+        .. "`fmseg table` tabulates this one"):format(r.dir, tostring(r.task)), 0)
     end
   end
   return out
