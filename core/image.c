@@ -138,6 +138,16 @@ static fm_tensor *fm__image_from_stb(unsigned char *pixels, int w, int h) {
   return img;
 }
 
+int fm__close_written(FILE *f, const char *path, const char *what, bool good, int err) {
+  if (fclose(f) != 0 && good) {
+    good = false;
+    err = errno;
+  }
+  if (good) return 0;
+  remove(path);   /* never a truncated file that looks written */
+  return fm__error("%s: %s: write failed (%s)", what, path, strerror(err ? err : EIO));
+}
+
 /* Whole files into memory (internal.h): stb's JPEG path is checked first
  * (above), the palette reader walks the chunks itself, and the TIFF and
  * MAT-file readers parse the bytes. */
@@ -409,14 +419,7 @@ int fm_image_save_palette_png(const char *path, const fm_tensor *labels, const u
               fm__write_chunk(f, "PLTE", plte, (uint32_t)nplte * 3) &&
               fm__write_chunk(f, "IDAT", z, (uint32_t)zlen) && fm__write_chunk(f, "IEND", NULL, 0);
   STBIW_FREE(z);
-  int err = good ? 0 : errno;
-  if (fclose(f) != 0 && good) {
-    good = false;
-    err = errno;
-  }
-  if (good) return 0;
-  remove(path);   /* never a truncated file that looks written */
-  return fm__error("%s: %s: write failed (%s)", what, path, strerror(err ? err : EIO));
+  return fm__close_written(f, path, what, good, good ? 0 : errno);
 }
 
 /* The parts of a PNG that fm_image_load_indices needs. */

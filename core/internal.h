@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 
 /* Storage: the bytes behind tensors. */
 enum { FM__OWNED = 0, FM__BORROWED = 1, FM__MMAP = 2 };
@@ -31,6 +32,11 @@ void *fm__error_null(const char *fmt, ...) __attribute__((format(printf, 1, 2)))
 /* A whole file into a malloc'd buffer of *n bytes (free it); NULL with
  * errno set (the file's, ENOMEM, EIO) when it cannot be read. */
 uint8_t *fm__read_file(const char *path, size_t *n);
+/* Closes f, opened for writing path; when the writes were not all good
+ * (`good`, `err` the errno of the first failure, 0 if unknown) or fclose
+ * fails, removes the file, never leaving a truncated one that looks
+ * written, and returns the error "<what>: <path>: write failed (...)". */
+int fm__close_written(FILE *f, const char *path, const char *what, bool good, int err);
 
 /* "[2, 17, 48]" into buf */
 const char *fm__shape_str(const fm_tensor *t, char *buf, size_t len);

@@ -395,11 +395,5 @@ int fm_tiff_save_u16(const char *path, const fm_tensor *labels) {
   int err = good ? 0 : errno;
   free(row);
   fm_tensor_release(c);
-  if (fclose(f) != 0 && good) {
-    good = false;
-    err = errno;
-  }
-  if (good) return 0;
-  remove(path);   /* never a truncated file that looks written */
-  return fm__error("%s: %s: write failed (%s)", what, path, strerror(err ? err : EIO));
+  return fm__close_written(f, path, what, good, err);
 }

@@ -64,6 +64,11 @@ local diff = 0
 for t = 1, 3 do diff = math.max(diff, math.abs(noc[t] - want_noc[t])) end
 tap.ok(diff < 1e-6, "NoC over all cases as compute_noc_metric", ("max difference %.3g"):format(diff))
 
+-- iou: 1 object pixel of 2 found, one false positive, the ignored pixel left out
+local gt4 = T.from_table({ { 1, 1, 0, -1 } }):int()
+local pred4 = T.from_table({ { 1, 0, 1, 1 } }):byte()
+tap.near(ia.iou(gt4, pred4), 1 / 3, 1e-12, "iou: over the pixels not ignored (get_iou)")
+
 -- ---- bookkeeping on known lists ------------------------------------------------------------------
 
 local lists = { { 0.5, 0.86, 0.95 }, { 0.9, 0.91, 0.99 }, { 0.1, 0.2, 0.3 } }

@@ -313,9 +313,18 @@ function M.remap(labels, lut)
   return out
 end
 
+-- An image file (H, W, 3) uint8; an error names the file and, when given,
+-- what it belongs to ("item 2008_000002"): for every dataset reader.
+function M.read_image(path, context)
+  local ok, img = pcall(image.load, path)
+  if not ok then
+    error(("%s%s: %s"):format(path, context and (" (" .. context .. ")") or "", tostring(img)), 0)
+  end
+  return img
+end
+
 function Dataset:image(i)
-  local ok, img = pcall(image.load, self.items[i].image)
-  if not ok then error(("%s: %s"):format(self.items[i].image, tostring(img)), 0) end
+  local img = M.read_image(self.items[i].image)
   if protocol.active(self.spec) then img = protocol.image(img, self.spec) end
   return img
 end

@@ -92,10 +92,8 @@ function Clicker:add(click)
   self.clicked[click.y * self.w + click.x] = true
 end
 
--- IoU of pred (H, W) uint8 with the object, over the pixels not ignored
--- (utils.get_iou; 0 / 0 is NaN as there)
-function M.iou(gt, pred)
-  local obj, valid = object_and_valid(gt)
+-- IoU of pred with the object obj over the valid pixels (uint8 maps)
+local function iou_on(obj, valid, pred)
   local op, vp, pp = obj:ptr(), valid:ptr(), pred:contiguous():ptr()
   local inter, union = 0, 0
   for i = 0, obj:numel() - 1 do
@@ -107,6 +105,15 @@ function M.iou(gt, pred)
   end
   return inter / union
 end
+
+-- IoU of pred (H, W) uint8 with the object, over the pixels not ignored
+-- (utils.get_iou; 0 / 0 is NaN as there)
+function M.iou(gt, pred)
+  local obj, valid = object_and_valid(gt)
+  return iou_on(obj, valid, pred)
+end
+
+function Clicker:iou(pred) return iou_on(self.obj, self.valid, pred) end
 
 -- evaluate_sample: clicks on gt and predict(clicks) → mask after each, until
 -- the IoU reaches opts.target_iou (default 1.01: every click, RITM's
@@ -126,7 +133,7 @@ function M.evaluate_object(gt, predict, opts)
       error(("interactive: the prediction is %dx%d, the object mask %dx%d"):format(
         pred:size(2), pred:size(1), c.w, c.h), 0)
     end
-    ious[k] = M.iou(gt, pred)
+    ious[k] = c:iou(pred)
     if ious[k] >= target and k >= min_clicks then break end
   end
   return c.clicks, ious, pred

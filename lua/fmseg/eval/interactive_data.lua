@@ -25,8 +25,8 @@
 -- object, 0 not, −1 ignored; problems (a missing or unreadable mask, one of
 -- another size than its image, an object with no pixel) raise an error
 -- naming the file and the item.
+local data = require("fmseg.eval.data")
 local fs = require("fmseg.io.fs")
-local image = require("fmseg.image")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -136,9 +136,7 @@ end
 
 function Dataset:image(i)
   local item = self.items[i]
-  local ok, img = pcall(image.load, item.image)
-  if not ok then error(("%s (item %s): %s"):format(item.image, item.id, tostring(img)), 0) end
-  return img
+  return data.read_image(item.image, "item " .. item.id)
 end
 
 -- raw mask values → the object map, as each dataset class builds it
@@ -164,12 +162,6 @@ local function nonzero_object(raw, value)
   return out
 end
 
-local function load_mask(item)
-  local ok, m = pcall(image.load, item.annotation)
-  if not ok then error(("%s (item %s): %s"):format(item.annotation, item.id, tostring(m)), 0) end
-  return m
-end
-
 function Dataset:object(i, h, w)
   local item = self.items[i]
   if item.missing then error(("item %s: %s"):format(item.id, item.missing), 0) end
@@ -177,7 +169,7 @@ function Dataset:object(i, h, w)
   if self.read == "sbd" then
     obj = nonzero_object(M.sbd_instances(item.annotation), item.instance)
   else
-    local m = load_mask(item)
+    local m = data.read_image(item.annotation, "item " .. item.id)
     if self.read == "grabcut" then
       obj = grabcut_object(m:select(3, 3))            -- OpenCV's channel 0: blue
     else

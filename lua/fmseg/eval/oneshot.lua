@@ -18,8 +18,8 @@
 -- the file) is above 0, the prediction's too. Per class IoU = Σ
 -- intersection / (Σ union + 1e-10) over its images, Acc = Σ intersection /
 -- (Σ target + 1e-10); mIoU and mAcc average the classes.
+local data = require("fmseg.eval.data")
 local fs = require("fmseg.io.fs")
-local image = require("fmseg.image")
 local skipped = require("fmseg.eval.skipped")
 local T = require("fmseg.tensor")
 
@@ -73,9 +73,7 @@ end
 
 function Dataset:image(i)
   local item = self.items[i]
-  local ok, img = pcall(image.load, item.image)
-  if not ok then error(("%s (item %s): %s"):format(item.image, item.id, tostring(img)), 0) end
-  return img
+  return data.read_image(item.image, "item " .. item.id)
 end
 
 -- OpenCV's BGR2GRAY (fixed point: (R 4899 + G 9617 + B 1868 + 2^13) >> 14)
@@ -93,9 +91,7 @@ end
 
 function Dataset:mask(i)
   local item = self.items[i]
-  local ok, m = pcall(image.load, item.annotation)
-  if not ok then error(("%s (item %s): %s"):format(item.annotation, item.id, tostring(m)), 0) end
-  return M.grey_mask(m)
+  return M.grey_mask(data.read_image(item.annotation, "item " .. item.id))
 end
 
 -- ---- scoring ----------------------------------------------------------------------------

@@ -22,8 +22,8 @@
 -- An item whose image is missing from instances.json or from disk, whose
 -- polygon has fewer than three points, or whose mask is empty is skipped
 -- with the reason naming the file and the entry; the run goes on.
+local data = require("fmseg.eval.data")
 local fs = require("fmseg.io.fs")
-local image = require("fmseg.image")
 local json = require("fmseg.io.json")
 local masks = require("fmseg.masks")
 local pickle = require("fmseg.io.pickle")
@@ -94,9 +94,7 @@ end
 function Dataset:image(i)
   local item = self.items[i]
   if item.missing then error(item.missing, 0) end
-  local ok, img = pcall(image.load, item.image)
-  if not ok then error(("%s (%s): %s"):format(item.image, item.where, tostring(img)), 0) end
-  return img
+  return data.read_image(item.image, item.where)
 end
 
 -- The ref's mask (H, W) uint8 0/1: its polygons rasterised and summed, > 0
