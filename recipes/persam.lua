@@ -164,6 +164,10 @@ end
 -- params, or per item by a one-shot evaluation (cfg's data.task: oneshot,
 -- set_reference before each class's images).
 function recipe.prepare(params, models, cfg, name, set_reference)
+  if models.sam.family == "sam2" then
+    error(("%s: models.sam is SAM 2; PerSAM's target-guided attention and target embedding are SAM's "
+           .. "mask decoder options (a SAM directory, e.g. facebook/sam-vit-huge)"):format(name), 0)
+  end
   if params.output ~= "instances" and params.output ~= "semantic" then
     error(("%s: output must be instances or semantic, got %s"):format(name, tostring(params.output)), 0)
   end

@@ -1,5 +1,7 @@
 -- SAM's automatic mask generator as a recipe: a grid of point prompts,
 -- confident and stable masks kept, duplicates removed (fmseg.sam.amg).
+-- models.sam may be SAM or SAM 2 (by its config.json): SAM 2 runs
+-- SAM2AutomaticMaskGenerator's steps and defaults.
 -- The result is class-agnostic instances: one mask per record, records in
 -- segment-anything's format (segmentation as COCO RLE, area, bbox XYWH,
 -- predicted_iou, point_coords, stability_score, crop_box), best predicted
@@ -8,39 +10,65 @@
 -- that form where JSON can hold it (binary masks become COCO RLE there),
 -- and the result's dump holds every record field as a tensor (below), the
 -- segmentation exactly as the generator made it.
--- ref: facebookresearch/segment-anything automatic_mask_generator.py
+-- ref: facebookresearch/segment-anything automatic_mask_generator.py;
+--      facebookresearch/sam2 sam2/automatic_mask_generator.py
 local amg = require("fmseg.sam.amg")
 local masks = require("fmseg.masks")
 local T = require("fmseg.tensor")
 
--- SamAutomaticMaskGenerator's settings with its defaults (the ones a
--- recipe can set; the output format is the recipe's).
+-- The generators' settings with the defaults SAM and SAM 2 share (the ones
+-- a recipe can set; the output format is the recipe's).
 local SETTINGS = {
-  "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+  "points_per_side", "points_per_batch", "stability_score_thresh",
   "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
-  "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area",
+  "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area", "mask_threshold",
 }
+-- Settings whose default depends on the model (pred_iou_thresh: SAM 0.88,
+-- SAM 2 0.8) or that only SAM 2's generator has (use_m2m, multimask_output):
+-- left to fmseg.sam.amg unless given.
+local MODEL_SETTINGS = { "pred_iou_thresh", "use_m2m", "multimask_output" }
+-- SAM 2's predictor option dynamic_multimask_via_stability (default
+-- config.json's, true in the released models; false is
+-- build_sam2(..., apply_postprocessing=False), as CorrCLIP builds it).
+local PREDICTOR_SETTINGS = { "dynamic_multimask_via_stability" }
 
 local defaults = {}
 for _, k in ipairs(SETTINGS) do defaults[k] = amg.defaults[k] end
 defaults.output_mode = "coco_rle"
+local extra_params = {}
+for _, k in ipairs(MODEL_SETTINGS) do extra_params[k] = true end
+for _, k in ipairs(PREDICTOR_SETTINGS) do extra_params[k] = true end
 
 local recipe = {
   name = "sam_amg",
   needs = { "sam" },
   produces = "instances",          -- a mask source for `regions:` (CorrCLIP)
   defaults = defaults,
+  extra_params = extra_params,
 }
 
 -- params → the generator's options
 function recipe.generator_options(params)
   local o = { output_mode = params.output_mode or defaults.output_mode, progress = false }
   for _, k in ipairs(SETTINGS) do o[k] = params[k] end
+  for _, k in ipairs(MODEL_SETTINGS) do o[k] = params[k] end
+  return o
+end
+
+-- params → the predictor's options (SAM 2's), refused for SAM
+function recipe.predictor_options(params, model)
+  local o = {}
+  for _, k in ipairs(PREDICTOR_SETTINGS) do
+    if params[k] ~= nil and model.family ~= "sam2" then
+      error(("sam_amg: %s is an option of SAM 2's predictor; models.sam is SAM"):format(k), 0)
+    end
+    o[k] = params[k]
+  end
   return o
 end
 
 function recipe.setup(params, models)
-  local predictor = require("fmseg.sam.predictor").new(models.sam)
+  local predictor = require("fmseg.sam.predictor").new(models.sam, recipe.predictor_options(params, models.sam))
   return { generator = amg.new(predictor, recipe.generator_options(params)) }
 end
 

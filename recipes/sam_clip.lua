@@ -38,6 +38,7 @@ local recipe = {
   name = "sam_clip",
   needs = { "sam", "clip" },
   defaults = defaults,
+  extra_params = sam_amg.extra_params,   -- the generator's model-dependent settings
 }
 
 local CROP_MODES = { mask = true, blur = true, box = true }

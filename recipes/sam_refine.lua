@@ -157,14 +157,17 @@ function recipe.components(class_mask, min_area)
   return out
 end
 
--- prob (h, w) → SAM's mask_input (1, 1, S, S): resized (bilinear) to the
--- size an image of image_hw (default prob's own) takes with its longest
--- side S, zero-padded bottom and right as SAM pads its input, coeff x prob
--- where prob > thresh, 0 elsewhere (Trident: the downsampled probability,
--- sized from the full image)
-function recipe.mask_prompt(prob, size, thresh, coeff, image_hw)
+-- prob (h, w) → SAM's mask_input (1, 1, S, S): resized (bilinear) to
+-- content_hw {rh, rw}, the part of the S x S frame the image fills (the
+-- predictor's content_hw: SAM keeps the aspect with the longest side S and
+-- pads bottom and right, SAM 2 fills the frame; default SAM's for prob's
+-- own size), zeros elsewhere, coeff x prob where prob > thresh, 0
+-- elsewhere (Trident: the downsampled probability, placed as the full
+-- image is)
+function recipe.mask_prompt(prob, size, thresh, coeff, content_hw)
   local h, w = prob:size(1), prob:size(2)
-  local rh, rw = processor.preprocess_shape(image_hw and image_hw[1] or h, image_hw and image_hw[2] or w, size)
+  local rh, rw
+  if content_hw then rh, rw = content_hw[1], content_hw[2] else rh, rw = processor.preprocess_shape(h, w, size) end
   local r = nn.interpolate(prob:reshape(1, 1, h, w), rh, rw, { mode = "bilinear" })
   r:mul_(r:gt(thresh)):mul_(coeff)
   local out = T.zeros({ 1, 1, size, size })
@@ -304,7 +307,7 @@ local function decode(predictor, prompts, mask_input, multimask, frame_hw, mask_
     for k = 1, 4 do boxes:set(i, k, p.box[k]) end
   end
   local _, iou, low_res = predictor:predict_batch(pts, labs, {
-    boxes = boxes, mask_input = mask_input, multimask = multimask, masks = false,
+    boxes = boxes, mask_input = mask_input, multimask = multimask, masks = false, clamp = false,
     frame_hw = frame_hw, mask_norm = mask_input and mask_norm or nil })
   return iou, low_res
 end
@@ -373,7 +376,8 @@ function recipe.refine(predictor, coarse, params)
     if #comps > 0 then
       local others = valid - class_mask
       local mask_input = prob and params.mask_prompt
-        and recipe.mask_prompt(prob, low_res_size(predictor), params.coarse_thresh, params.mask_coeff, { h, w }) or nil
+        and recipe.mask_prompt(prob, low_res_size(predictor), params.coarse_thresh, params.mask_coeff,
+                               predictor:content_hw(h, w, low_res_size(predictor))) or nil
       for first = 1, #comps, params.batch do
         local chunk, prompts = {}, {}
         for i = first, math.min(first + params.batch - 1, #comps) do
@@ -452,6 +456,10 @@ end
 
 function recipe.setup(params, models, classes)
   check_params(params)
+  if models.sam.family == "sam2" and params.mask_prompt and params.mask_norm == "rows" then
+    error("sam_refine: models.sam is SAM 2, whose mask prompt is normalised over channels: set "
+          .. "params.mask_norm: channels (rows is Trident's quirk with SAM)", 0)
+  end
   return { params = params, classes = classes, predictor = require("fmseg.sam.predictor").new(models.sam) }
 end
 

@@ -293,6 +293,10 @@ end
 -- ---- setup ------------------------------------------------------------------------------------------
 
 local function check_setup(params, models)
+  if models.sam.family == "sam2" then
+    error("trident: models.sam is SAM 2; Trident's windows attend with a SAM ViT encoder layer "
+          .. "(a SAM directory, e.g. facebook/sam-vit-base)", 0)
+  end
   if not models.vfm then
     error("trident: needs models.vfm, the VFM of the windows' proxy attention (DINO ViT-B/16: "
       .. "configs/_base_/models/dino_vitb16.yaml)", 0)

@@ -187,6 +187,8 @@ local function fake_sam(h, w, objects, background)
     return nil, iou, low
   end
   function p:upsample_logits(low) return low:clone() end
+  -- SAM's frame: the aspect kept, padded (fmseg.sam.predictor's content_hw)
+  function p:content_hw(hh, ww, size) return { require("fmseg.sam.processor").preprocess_shape(hh, ww, size) } end
   return p
 end
 

@@ -8,6 +8,8 @@
 -- --convert-to-rle: <i>.png (the mask x 255) and metadata.csv.
 -- Every generator setting is an option: --points-per-side 16,
 -- --pred-iou-thresh 0.86, --crop-n-layers 1, --min-mask-region-area 100...
+-- A SAM 2 model (by its config.json) runs SAM 2's generator, with its
+-- defaults and --use-m2m, --single-mask.
 local args = require("fmseg.cli.args")
 local amg = require("fmseg.sam.amg")
 
@@ -16,12 +18,15 @@ local M = {}
 local USAGE = "amg --model DIR IMAGE -o MASKS.json [--overlay FILE] [--points-per-side N] [--SETTING VALUE ...]"
 
 local OPTIONS = {
-  { "--model", metavar = "DIR", required = true, help = "SAM model directory, or a hub id in the cache (fmseg fetch)" },
+  { "--model", metavar = "DIR", required = true,
+    help = "SAM or SAM 2 model directory, or a hub id in the cache (fmseg fetch)" },
   { "-o", "--output", metavar = "MASKS.json", help = "the mask records (binary_mask: a directory)" },
   { "--overlay", metavar = "FILE", help = "every mask drawn over the image (PNG or JPEG)" },
   { "--output-mode", metavar = "MODE", choices = { "coco_rle", "uncompressed_rle", "binary_mask" },
     default = "coco_rle" },
   { "--quiet", type = "flag", help = "no progress lines" },
+  { "--use-m2m", type = "flag", help = "SAM 2: refine each mask once with itself as the mask prompt" },
+  { "--single-mask", type = "flag", help = "SAM 2: one mask per point (multimask_output false)" },
 }
 
 -- Every numeric generator setting is an option (--points-per-side); the
@@ -33,8 +38,10 @@ for key, v in pairs(amg.defaults) do
 end
 table.sort(SETTINGS)
 for _, key in ipairs(SETTINGS) do
+  local default, sam2 = amg.defaults[key], amg.sam2_defaults[key]
   OPTIONS[#OPTIONS + 1] = { "--" .. key:gsub("_", "-"), key = key, type = WHOLE[key] and "integer" or "number",
-                            min = WHOLE[key], help = "default " .. tostring(amg.defaults[key]) }
+                            min = WHOLE[key], help = "default " .. tostring(default)
+                              .. (sam2 ~= default and (", SAM 2 " .. tostring(sam2)) or "") }
 end
 
 local parser = args.parser("amg", USAGE, OPTIONS, { { "image", required = true } })
@@ -47,6 +54,8 @@ function M.parse(argv)
   if not o.output and not o.overlay then error("amg: give -o MASKS.json and/or --overlay FILE", 0) end
   local settings = { output_mode = o.output_mode }
   if o.quiet then settings.progress = false end
+  if o.use_m2m then settings.use_m2m = true end
+  if o.single_mask then settings.multimask_output = false end
   for _, key in ipairs(SETTINGS) do settings[key] = o[key] end
   return { model = o.model, image = o.image, output = o.output, overlay = o.overlay, settings = settings }
 end
@@ -103,9 +112,10 @@ function M.run(argv)
   if not opts then return 0 end
   local image = require("fmseg.image")
   local json = require("fmseg.io.json")
-  local sam = require("fmseg.models.sam")
+  local models = require("fmseg.models")
   local img = image.load(opts.image)
-  local gen = amg.new(require("fmseg.sam.predictor").new(sam.load(opts.model)), opts.settings)
+  -- SAM or SAM 2, by the directory's config.json
+  local gen = amg.new(require("fmseg.sam.predictor").new(models.load("sam", opts.model)), opts.settings)
   local t0 = os.clock()
   local records = gen:generate(img)
   if opts.output and opts.settings.output_mode == "binary_mask" then

@@ -26,7 +26,7 @@ local function numbers(min, max)
 end
 
 local parser = args.parser("sam", USAGE, {
-  { "--model", metavar = "DIR", required = true, help = "SAM model directory, or a hub id in the cache (fmseg fetch)" },
+  { "--model", metavar = "DIR", required = true, help = "SAM or SAM 2 model directory, or a hub id in the cache (fmseg fetch)" },
   { "--point", metavar = "x,y[,label]", type = numbers(2, 3), list = true,
     help = "a point in image pixels; label 1 (default) foreground, 0 background" },
   { "--box", metavar = "x0,y0,x1,y1", type = numbers(4, 4), help = "a box in image pixels" },
@@ -61,9 +61,10 @@ function M.run(argv)
   local opts = M.parse(argv)
   if not opts then return 0 end
   local image = require("fmseg.image")
-  local sam = require("fmseg.models.sam")
+  local models = require("fmseg.models")
   local img = image.load(opts.image)
-  local predictor = require("fmseg.sam.predictor").new(sam.load(opts.model))
+  -- SAM or SAM 2, by the directory's config.json
+  local predictor = require("fmseg.sam.predictor").new(models.load("sam", opts.model))
   predictor:set_image(img)
   local masks, iou = predictor:predict({
     points = #opts.points > 0 and opts.points or nil,

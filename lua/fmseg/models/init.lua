@@ -11,7 +11,7 @@ local KINDS = {
   dino = "fmseg.models.vit",
   dinov2 = "fmseg.models.vit",
   vit = "fmseg.models.vit",
-  sam = "fmseg.models.sam",
+  sam = "fmseg.models.sam",     -- SAM or SAM 2, by config.json's model_type
   sam2 = "fmseg.models.sam2",   -- SAM 2 for single images (no memory / video yet)
   sd = "fmseg.models.sd",
   vfm = "fmseg.models.vfm",   -- any of DINO / DINOv2 / SAM, by config.json
@@ -19,13 +19,12 @@ local KINDS = {
 
 local cache = {}
 
--- A SAM 2 directory (config.json model_type sam2) named as kind sam: say
--- so rather than fail on a missing SamModel tensor.
-local function refuse_sam2(path)
+-- Kind sam takes a SAM 2 directory too (config.json model_type sam2):
+-- recipes and commands that prompt SAM run either.
+local function sam_module(path)
   local file = path .. "/config.json"
-  if hf.exists(file) and hf.read_json(file).model_type == "sam2" then
-    error(("%s: a SAM 2 model (model_type sam2): load it as kind sam2"):format(path), 0)
-  end
+  if hf.exists(file) and hf.read_json(file).model_type == "sam2" then return KINDS.sam2 end
+  return KINDS.sam
 end
 
 function M.load(kind, path)
@@ -37,8 +36,8 @@ function M.load(kind, path)
     error(("unknown model kind '%s' (known: %s)"):format(kind, table.concat(known, ", ")), 0)
   end
   path = hf.resolve(path)
-  if kind == "sam" then refuse_sam2(path) end
-  local key = kind .. "\0" .. path
+  if kind == "sam" then modname = sam_module(path) end
+  local key = modname .. "\0" .. path
   if not cache[key] then cache[key] = require(modname).load(path) end
   return cache[key]
 end

@@ -376,7 +376,8 @@ function M.new(config, weights, opts)
   p.image_embedding_size = math.floor(p.image_size / p.patch_size)
   local dc = hf.settings(config.mask_decoder_config, DECODER_DEFAULTS)
   check_decoder_config(b, v, p, dc, lateral)
-  local self = setmetatable({ config = { backbone = b, vision = v, grids = grids, prompt = p, decoder = dc } }, SAM2)
+  local self = setmetatable({ family = "sam2",
+                              config = { backbone = b, vision = v, grids = grids, prompt = p, decoder = dc } }, SAM2)
 
   local pre = "vision_encoder.backbone."
   local c, k, bkg = b.hidden_size, pair(b.patch_kernel_size), pair(b.window_positional_embedding_background_size)
@@ -711,12 +712,15 @@ end
 -- logits (B, N, 1): M = num_multimask_outputs (mask tokens 1..) with
 -- multimask, else 1: mask token 0's, or with
 -- dynamic_multimask_via_stability the best multimask output when token
--- 0's mask is unstable. opts.dynamic = false keeps token 0's.
+-- 0's mask is unstable. opts.dynamic (true / false) overrides the config's
+-- dynamic_multimask_via_stability (build_sam2's apply_postprocessing).
 -- ref: sam2/modeling/sam/mask_decoder.py, MaskDecoder.forward / predict_masks;
 --      transformers Sam2MaskDecoder.forward
 function SAM2:decode_masks(feats, sparse, dense, multimask, opts)
   opts = opts or {}
   local dec, d = self.mask_decoder, self.config.decoder
+  local dynamic = opts.dynamic
+  if dynamic == nil then dynamic = d.dynamic_multimask_via_stability end
   local emb = feats.image_embed
   local b, c, h, w = unpack(emb:shape())
   local e = self.config.prompt.image_embedding_size
@@ -774,7 +778,7 @@ function SAM2:decode_masks(feats, sparse, dense, multimask, opts)
   up:free()
   if multimask then
     masks, iou = masks:narrow(2, 2, mt - 1):contiguous(), iou:narrow(2, 2, mt - 1):contiguous()
-  elseif d.dynamic_multimask_via_stability and opts.dynamic ~= false and mt > 1 then
+  elseif dynamic and mt > 1 then
     local picks = dynamic_choice(masks, iou, d.dynamic_multimask_stability_delta,
                                  d.dynamic_multimask_stability_thresh)
     masks, iou = pick(masks, picks), pick(iou, picks)

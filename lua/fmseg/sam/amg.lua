@@ -1,22 +1,30 @@
--- fmseg.sam.amg — SAM's automatic mask generator: prompt a grid of points,
--- keep the confident and stable masks, remove duplicates.
+-- fmseg.sam.amg — SAM's and SAM 2's automatic mask generators: prompt a
+-- grid of points, keep the confident and stable masks, remove duplicates.
 -- ref: segment-anything automatic_mask_generator.py (SamAutomaticMaskGenerator)
--- and utils/amg.py; settings, filters, order of operations and records
--- are theirs.
+-- and utils/amg.py; sam2/automatic_mask_generator.py
+-- (SAM2AutomaticMaskGenerator); settings, filters, order of operations and
+-- records are theirs.
 --
---   local sam = require("fmseg.models.sam")
+--   local models = require("fmseg.models")
 --   local amg = require("fmseg.sam.amg")
 --   local predictor = require("fmseg.sam.predictor")
---   local gen = amg.new(predictor.new(sam.load(dir)), { points_per_side = 32 })
+--   local gen = amg.new(predictor.new(models.load("sam", dir)), { points_per_side = 32 })
 --   local records = gen:generate(img)          -- img (H, W, 3) uint8
 --   -- records[i] = { segmentation = rle, area, bbox = {x, y, w, h},
 --   --   predicted_iou, point_coords = {{x, y}}, stability_score,
 --   --   crop_box = {x, y, w, h} }, best predicted IoU first
 --
+-- A SAM 2 predictor (predictor.family == "sam2", fmseg.sam2.predictor)
+-- gets SAM 2's generator: its defaults (M.sam2_defaults), the optional
+-- mask-to-mask refinement (use_m2m), multimask_output, and
+-- min_mask_region_area applied as the predictor's hole and sprinkle
+-- filling of the low-res logits instead of SAM's postprocessing of the
+-- final masks.
+--
 -- The predictor needs set_image(img) and predict_batch(points (N, 1, 2),
 -- labels (N, 1), {multimask = true, return_logits = true}) → logits
 -- (N, M, H, W), iou (N, M). When it also has upsample_logits (fmseg's
--- SAM predictor), predict_batch is asked for the low-res logits only and
+-- predictors), predict_batch is asked for the low-res logits only and
 -- just the masks that pass the predicted-IoU filter are upsampled: the same
 -- numbers, without (N, M, H, W) floats per batch.
 local ffi = require("ffi")
@@ -43,6 +51,20 @@ M.defaults = {
   mask_threshold = 0.0,          -- Sam.mask_threshold
   progress = true,               -- "amg: batch 3/16" on stderr; or a function(msg)
 }
+
+-- SAM2AutomaticMaskGenerator's defaults (chosen for Hiera-L): SAM's except
+-- these, and two settings of its own.
+M.sam2_defaults = {}
+for k, v in pairs(M.defaults) do M.sam2_defaults[k] = v end
+M.sam2_defaults.pred_iou_thresh = 0.8
+M.sam2_defaults.output_mode = "binary_mask"
+M.sam2_defaults.use_m2m = false            -- refine each mask once with itself as the mask prompt
+M.sam2_defaults.multimask_output = true    -- false: one mask per point (dynamic multimask)
+
+-- The defaults for a predictor's family.
+function M.defaults_for(predictor)
+  return predictor.family == "sam2" and M.sam2_defaults or M.defaults
+end
 
 -- Point grids and crops ---------------------------------------------------------
 
@@ -138,9 +160,17 @@ local Generator = {}
 Generator.__index = Generator
 
 function M.new(predictor, opts)
-  local o = {}
-  for k, v in pairs(M.defaults) do o[k] = v end
-  for k, v in pairs(opts or {}) do o[k] = v end
+  local defaults, o = M.defaults_for(predictor), {}
+  for k, v in pairs(defaults) do o[k] = v end
+  for k, v in pairs(opts or {}) do
+    if defaults[k] == nil and k ~= "point_grids" then
+      if M.sam2_defaults[k] ~= nil then
+        error(("amg: %s is a setting of SAM 2's generator; this model is SAM"):format(k), 0)
+      end
+      error(("amg: unknown setting '%s'"):format(tostring(k)), 0)
+    end
+    o[k] = v
+  end
   if opts and opts.point_grids and opts.points_per_side == nil then o.points_per_side = nil end
   if (o.points_per_side == nil) == (o.point_grids == nil) then
     error("amg: give exactly one of points_per_side and point_grids", 2)
@@ -154,7 +184,7 @@ function M.new(predictor, opts)
   elseif #o.point_grids < o.crop_n_layers + 1 then
     error(("amg: %d point grids for %d crop layers"):format(#o.point_grids, o.crop_n_layers + 1), 2)
   end
-  return setmetatable({ predictor = predictor, opts = o }, Generator)
+  return setmetatable({ predictor = predictor, opts = o, sam2 = predictor.family == "sam2" }, Generator)
 end
 
 function Generator:progress(msg)
@@ -163,15 +193,26 @@ function Generator:progress(msg)
   elseif p then io.stderr:write(msg, "\n"); io.stderr:flush() end
 end
 
+-- SAM 2's hole and sprinkle filling of the low-res logits
+-- (SAM2AutomaticMaskGenerator builds its predictor with max_hole_area =
+-- max_sprinkle_area = min_mask_region_area), or nil.
+local function fill_options(self)
+  local a = self.opts.min_mask_region_area
+  if self.sam2 and a > 0 then return { max_hole_area = a, max_sprinkle_area = a } end
+  return nil
+end
+
 -- Logits (K, H, W) of the masks at flat indices `idx` (1-based over N x M)
 -- of one predictor call; `rows` maps a prompt to its row of low_res when
 -- the predictor made masks for some prompts only (predict_batch's
 -- mask_filter).
-local function kept_logits(self, logits, low_res, idx, rows)
-  if logits then
-    local n, m = logits:size(1), logits:size(2)
-    return masks.index_select(logits:reshape(n * m, logits:size(3), logits:size(4)), idx)
+local function kept_logits(self, pred, idx)
+  if pred.logits then
+    local l = pred.logits
+    local n, m = l:size(1), l:size(2)
+    return masks.index_select(l:reshape(n * m, l:size(3), l:size(4)), idx)
   end
+  local low_res, rows = pred.low_res, pred.rows
   local n, m = low_res:size(1), low_res:size(2)
   if rows then
     local mapped = {}
@@ -182,25 +223,20 @@ local function kept_logits(self, logits, low_res, idx, rows)
     idx = mapped
   end
   local picked = masks.index_select(low_res:reshape(n * m, low_res:size(3), low_res:size(4)), idx)
-  local up = self.predictor:upsample_logits(picked)
+  local up = self.predictor:upsample_logits(picked, fill_options(self))
   picked:free()
   return up
 end
 
--- ref: SamAutomaticMaskGenerator._process_batch. points {{x, y}, ...} in
--- crop pixels; returns entries with boxes and points still in the crop's
--- frame and RLEs in the image's.
-function Generator:process_batch(points, crop_box, orig_h, orig_w)
+-- The first step of _process_batch: the predictor's masks for points
+-- (N, 1, 2) → { iou (N, M), logits (N, M, H, W) or low_res (R, M, h, w)
+-- with rows (prompt → row; nil: every prompt), m }. `passes(v)` is the
+-- predicted-IoU filter, which lets fmseg's predictors make the masks of
+-- the passing prompts only.
+local function predictions(self, pts, passes)
   local o, pred = self.opts, self.predictor
-  local n = #points
-  local pts = T.new({ n, 1, 2 })
-  local pp = pts:ptr()
-  for i, p in ipairs(points) do pp[2 * i - 2], pp[2 * i - 1] = p[1], p[2] end
-  -- filter by predicted IoU (torch compares float32 scores with the
-  -- threshold rounded to float32; so do we, for the same masks at the edge)
-  local iou_thresh, stability_thresh = to_f32(o.pred_iou_thresh), to_f32(o.stability_score_thresh)
-  local function passes(v) return o.pred_iou_thresh <= 0 or v > iou_thresh end
-  -- fmseg's predictor runs the IoU head first and makes masks only for
+  local n = pts:size(1)
+  -- fmseg's SAM predictor runs the IoU head first and makes masks only for
   -- the prompts with a mask that passes
   local function prompts_passing(iou_t)
     local v, mm, keep = iou_t:contiguous():values(), iou_t:size(2), {}
@@ -212,22 +248,77 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
     return keep
   end
   local lazy = pred.upsample_logits ~= nil
+  local fill = fill_options(self) or {}
   local logits, iou, low_res, picked = pred:predict_batch(pts, T.ones({ n, 1 }), {
-    multimask = true, return_logits = true, masks = not lazy, mask_filter = lazy and prompts_passing or nil })
-  if lazy then logits = nil end
-  local m = iou:size(2)
+    multimask = o.multimask_output ~= false, return_logits = true, masks = not lazy,
+    mask_filter = lazy and prompts_passing or nil, clamp = false,
+    max_hole_area = fill.max_hole_area, max_sprinkle_area = fill.max_sprinkle_area })
   local rows
   if picked then
     rows = {}
     for r, p in ipairs(picked) do rows[p] = r end
   end
+  return { iou = iou, logits = not lazy and logits or nil, low_res = low_res, rows = rows, m = iou:size(2) }
+end
 
-  local iou_v, idx = iou:contiguous():values(), {}
-  for k = 1, n * m do
+-- SAM 2's use_m2m: every mask of the batch (point-major) prompted again
+-- with its point and its clamped low-res logits as the mask input, one
+-- mask each (multimask off), points_per_batch prompts at a time → the
+-- same form as predictions', M = 1 per (point, mask).
+-- ref: SAM2AutomaticMaskGenerator._process_batch (use_m2m), refine_with_m2m
+local function refine_with_m2m(self, pts, first)
+  local pred, step = self.predictor, self.opts.points_per_batch
+  local n, m = first.iou:size(1), first.m
+  local low = first.low_res
+  local h, w = low:size(3), low:size(4)
+  local flat = pred:clamp_low_res(low:reshape(n * m, 1, h, w))
+  local ious, lows = {}, {}
+  for i0 = 1, n * m, step do
+    local k = math.min(step, n * m - i0 + 1)
+    local p = T.new({ k, 1, 2 })
+    local dst, src = p:ptr(), pts:ptr()
+    for j = 0, k - 1 do
+      local from = math.floor((i0 - 1 + j) / m)
+      dst[2 * j], dst[2 * j + 1] = src[2 * from], src[2 * from + 1]
+    end
+    local _, iou, lr = pred:predict_batch(p, T.ones({ k, 1 }), {
+      mask_input = flat:narrow(1, i0, k):contiguous(), multimask = false, return_logits = true, masks = false,
+      clamp = false })
+    ious[#ious + 1], lows[#lows + 1] = iou, lr
+  end
+  flat:free()
+  return { iou = #ious == 1 and ious[1] or T.cat(ious, 1), low_res = #lows == 1 and lows[1] or T.cat(lows, 1),
+           m = 1, per_point = m }
+end
+
+-- ref: SamAutomaticMaskGenerator._process_batch,
+-- SAM2AutomaticMaskGenerator._process_batch. points {{x, y}, ...} in crop
+-- pixels; returns entries with boxes and points still in the crop's frame
+-- and RLEs in the image's.
+function Generator:process_batch(points, crop_box, orig_h, orig_w)
+  local o = self.opts
+  local n = #points
+  local pts = T.new({ n, 1, 2 })
+  local pp = pts:ptr()
+  for i, p in ipairs(points) do pp[2 * i - 2], pp[2 * i - 1] = p[1], p[2] end
+  -- filter by predicted IoU (torch compares float32 scores with the
+  -- threshold rounded to float32; so do we, for the same masks at the edge)
+  local iou_thresh, stability_thresh = to_f32(o.pred_iou_thresh), to_f32(o.stability_score_thresh)
+  local function passes(v) return o.pred_iou_thresh <= 0 or v > iou_thresh end
+  local pred
+  if o.use_m2m then
+    -- the refinement sees every mask, the filters come after it
+    pred = refine_with_m2m(self, pts, predictions(self, pts, function() return true end))
+  else
+    pred = predictions(self, pts, passes)
+  end
+  local per_point = pred.per_point or pred.m
+  local iou_v, idx = pred.iou:contiguous():values(), {}
+  for k = 1, pred.iou:numel() do
     if passes(iou_v[k]) then idx[#idx + 1] = k end
   end
   if #idx == 0 then
-    if logits then logits:free() end
+    if pred.logits then pred.logits:free() end
     return {}
   end
   -- stability score and threshold, UPSAMPLE_CHUNK masks at a time: the
@@ -237,14 +328,14 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
   for c0 = 1, #idx, UPSAMPLE_CHUNK do
     local part = {}
     for j = c0, math.min(c0 + UPSAMPLE_CHUNK - 1, #idx) do part[#part + 1] = idx[j] end
-    local kept = kept_logits(self, logits, low_res, part, rows)
+    local kept = kept_logits(self, pred, part)
     for _, v in ipairs(masks.stability_score(kept, o.mask_threshold, o.stability_score_offset):values()) do
       stability[#stability + 1] = v
     end
     bins[#bins + 1] = masks.threshold(kept, o.mask_threshold)
     kept:free()
   end
-  if logits then logits:free() end
+  if pred.logits then pred.logits:free() end
   local bin = #bins == 1 and bins[1] or T.cat(bins, 1)
   local boxes = masks.masks_to_boxes(bin)
   local near = masks.near_crop_edge(boxes, crop_box, { 0, 0, orig_w, orig_h }):values()
@@ -255,11 +346,13 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
     local stable = o.stability_score_thresh <= 0 or stability[j] >= stability_thresh
     if stable and near[j] == 0 then
       local mask = masks.uncrop_masks(bin:narrow(1, j, 1), crop_box, orig_h, orig_w)
+      -- entry k is one of its point's per_point masks (after m2m, each
+      -- refined alone)
       out[#out + 1] = {
         rle = masks.rle_encode(mask:select(1, 1)),
         box = { bv[4 * j - 3], bv[4 * j - 2], bv[4 * j - 1], bv[4 * j] },
         iou = iou_v[k],
-        point = points[math.floor((k - 1) / m) + 1],
+        point = points[math.floor((k - 1) / per_point) + 1],
         stability = stability[j],
       }
     end
@@ -360,7 +453,8 @@ function Generator:generate(img)
     end
     data = nms(data, scores, o.crop_nms_thresh)
   end
-  if o.min_mask_region_area > 0 then
+  -- SAM 2 filled the low-res logits instead (fill_options)
+  if o.min_mask_region_area > 0 and not self.sam2 then
     data = M.postprocess_small_regions(data, o.min_mask_region_area,
                                        math.max(o.box_nms_thresh, o.crop_nms_thresh))
   end

@@ -47,8 +47,11 @@ Predictor.__index = Predictor
 
 -- new(model, opts): opts.processor (a fmseg.sam.processor), or the options
 -- for one (resize = "pil" | "interpolate", ...); by default the
--- preprocessor_config.json of model.path when there is one.
+-- preprocessor_config.json of model.path when there is one. A SAM 2 model
+-- (fmseg.models.sam2) gets fmseg.sam2.predictor's predictor, with opts
+-- as its own (mask_threshold, max_hole_area, max_sprinkle_area).
 function M.new(model, opts)
+  if model.family == "sam2" then return require("fmseg.sam2.predictor").new(model, opts) end
   opts = opts or {}
   local proc = opts.processor
   if not proc then
@@ -182,6 +185,13 @@ function Predictor:predict_batch(points, labels, opts)
   if opts.masks == false then return nil, iou, low_res end               -- see upsample_logits
   local masks = proc:postprocess_masks(low_res, rhw, ohw, { binarize = not opts.return_logits })
   return masks, iou, low_res
+end
+
+-- The part {rh, rw} of a size x size input frame (or of the low-res mask
+-- frame, size = its side) an h x w image fills: the longest side at size,
+-- the rest padding (bottom and right).
+function Predictor:content_hw(h, w, size)
+  return { processor.preprocess_shape(h, w, size) }
 end
 
 -- low_res (..., h, w) logits of the current image → (..., H, W) logits at
