@@ -138,6 +138,24 @@ tap.eq(list({ T.shape_string(masks:shape()), masks:dtype(), T.shape_string(iou:s
        "[3, 30, 50] uint8 [3] [3, 32, 32]", "predict: masks at the image's size, low-res at 4x the grid")
 tap.ok(low:abs():max() <= 32, "low-res logits clamped to ±32")
 
+-- The predicted-IoU filter: masks for the kept prompts only, the same numbers
+do
+  local pts = T.from_table({ { { 5, 5 } }, { { 20, 10 } }, { { 40, 25 } }, { { 12, 28 } } })
+  local _, iou_all, low_all = p:predict_batch(pts, nil, { masks = false, clamp = false })
+  local function keep_2_and_4(iou_t)
+    tap.eq(T.shape_string(iou_t:shape()), "[4, 3]", "the filter sees every prompt's returned IoUs")
+    return { 2, 4 }
+  end
+  local none, iou_f, low_f, picked = p:predict_batch(pts, nil, { masks = false, clamp = false,
+                                                                  mask_filter = keep_2_and_4 })
+  tap.ok(none == nil and #picked == 2 and low_f:size(1) == 2, "mask_filter: masks of the 2 kept prompts")
+  tap.eq((iou_f - iou_all):abs():max(), 0, "mask_filter: the IoUs of every prompt, unchanged")
+  local want = T.cat({ low_all:narrow(1, 2, 1), low_all:narrow(1, 4, 1) }, 1)
+  tap.eq((low_f - want):abs():max(), 0, "mask_filter: the kept prompts' masks equal the unfiltered ones")
+  local _, _, _, p_single = p:predict_batch(pts, nil, { multimask = false, masks = false, mask_filter = keep_2_and_4 })
+  tap.ok(p_single == nil, "mask_filter is ignored for a single mask chosen by stability (it needs every mask)")
+end
+
 -- Recipes on SAM 2 --------------------------------------------------------------------------------
 
 do

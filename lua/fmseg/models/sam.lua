@@ -971,11 +971,11 @@ end
 -- and self.config.prompt; two_way_params and two_way_transformer (opts:
 -- out_tokens; cfg: num_attention_heads, layer_norm_eps, hidden_act of
 -- the blocks' MLP); feed_forward and feed_forward_forward (ReLU);
--- repeat_interleave.
+-- repeat_interleave; pick_rows (x, ascending 1-based rows → those rows).
 M.shared = {
   prompt_methods = SAM, two_way_params = two_way_params, two_way_transformer = two_way_transformer,
   feed_forward = feed_forward, feed_forward_forward = feed_forward_forward,
-  repeat_interleave = repeat_interleave,
+  repeat_interleave = repeat_interleave, pick_rows = pick_rows,
 }
 
 return M

@@ -706,6 +706,31 @@ local function pick(x, picks)
   return T.cat(parts, 1)
 end
 
+-- The masks of every mask token: the image tokens keys (R, hw, d) upscaled
+-- 4x with the high-resolution features s1, s0 added (broadcast over R when
+-- they have one row), then each token's hypernetwork output times them →
+-- (R, Mt, 4h, 4w). ref: MaskDecoder.predict_masks (use_high_res_features)
+local function upscale_masks(self, keys, queries, s0, s1, rows, h, w)
+  local dec, c = self.mask_decoder, keys:size(3)
+  local ff = sam.shared.feed_forward_forward
+  local src = keys:transpose(2, 3):contiguous():reshape(rows, c, h, w)
+  local u1, u2, ln = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
+  local up = nn.conv_transpose2d(src, u1.weight, u1.bias, 2):add_(s1)
+  src:free()
+  up = nn.activation_(nn.layer_norm_channels(up, ln.weight, ln.bias, UPSCALE_EPS), "gelu")
+  up = nn.activation_(nn.conv_transpose2d(up, u2.weight, u2.bias, 2):add_(s0), "gelu")  -- (R, d/8, 4h, 4w)
+  local mt = dec.mask_tokens:size(1)
+  local hyper = {}
+  for i = 1, mt do
+    hyper[i] = ff(dec.output_hypernetworks_mlps[i], queries:select(2, 2 + i))
+  end
+  local hyper_in = T.stack(hyper, 2)                                               -- (R, Mt, d/8)
+  local c8 = up:size(2)
+  local masks = hyper_in:matmul(up:reshape(rows, c8, 16 * h * w)):reshape(rows, mt, 4 * h, 4 * w)
+  up:free()
+  return masks
+end
+
 -- feats = image_features' output (B images), sparse (B, N, K, d) or nil,
 -- dense (B*N | B | 1, d, h, w), multimask → low-res mask logits
 -- (B, N, M, 4h, 4w), IoU predictions (B, N, M) (sigmoid) and object score
@@ -714,6 +739,11 @@ end
 -- dynamic_multimask_via_stability the best multimask output when token
 -- 0's mask is unstable. opts.dynamic (true / false) overrides the config's
 -- dynamic_multimask_via_stability (build_sam2's apply_postprocessing).
+-- opts.mask_filter = function(iou (B*N, M)) → ascending list of prompts
+-- (1-based over B*N): only their masks are made, and the result is masks
+-- (#list, M, 4h, 4w), iou (B*N, M), obj (B*N, 1), the list (the automatic
+-- mask generator's predicted-IoU filter; not with the dynamic choice,
+-- which needs every mask, where it is ignored).
 -- ref: sam2/modeling/sam/mask_decoder.py, MaskDecoder.forward / predict_masks;
 --      transformers Sam2MaskDecoder.forward
 function SAM2:decode_masks(feats, sparse, dense, multimask, opts)
@@ -757,34 +787,41 @@ function SAM2:decode_masks(feats, sparse, dense, multimask, opts)
   local ff = sam.shared.feed_forward_forward
   local obj = ff(dec.pred_obj_score_head, queries:select(2, 1))                    -- (BN, 1)
   local iou = ff(dec.iou_prediction_head, queries:select(2, 2)):sigmoid()         -- (BN, Mt)
-  -- upscaling with the high-resolution features, then the masks
+  local mt = dec.mask_tokens:size(1)
+  local choose = not multimask and dynamic and mt > 1        -- the choice needs every mask
   local s0, s1 = feats.high_res_feats[1], feats.high_res_feats[2]
   if b > 1 and n > 1 then s0, s1 = rep(s0, n), rep(s1, n) end
-  local src2 = keys:transpose(2, 3):contiguous():reshape(bn, c, h, w)
-  keys:free()
-  local u1, u2, ln = dec.upscale_conv1, dec.upscale_conv2, dec.upscale_layer_norm
-  local up = nn.conv_transpose2d(src2, u1.weight, u1.bias, 2):add_(s1)
-  src2:free()
-  up = nn.activation_(nn.layer_norm_channels(up, ln.weight, ln.bias, UPSCALE_EPS), "gelu")
-  up = nn.activation_(nn.conv_transpose2d(up, u2.weight, u2.bias, 2):add_(s0), "gelu")  -- (BN, d/8, 4h, 4w)
-  local mt = dec.mask_tokens:size(1)
-  local hyper = {}
-  for i = 1, mt do
-    hyper[i] = ff(dec.output_hypernetworks_mlps[i], queries:select(2, 2 + i))
+  -- the predicted-IoU filter: masks for the prompts it keeps only
+  local picked
+  if opts.mask_filter and not choose then
+    local returned = multimask and iou:narrow(2, 2, mt - 1) or iou:narrow(2, 1, 1)
+    picked = opts.mask_filter(returned:contiguous())
+    local pick_rows = sam.shared.pick_rows
+    if #picked < bn and #picked > 0 then
+      local k2, q2 = pick_rows(keys, picked), pick_rows(queries, picked)
+      keys:free()
+      keys, queries = k2, q2
+      if s0:size(1) > 1 then s0, s1 = pick_rows(s0, picked), pick_rows(s1, picked) end
+    end
   end
-  local hyper_in = T.stack(hyper, 2)                                               -- (BN, Mt, d/8)
-  local c8 = up:size(2)
-  local masks = hyper_in:matmul(up:reshape(bn, c8, 16 * h * w)):reshape(bn, mt, 4 * h, 4 * w)
-  up:free()
+  local rows = picked and #picked or bn
+  local masks
+  if rows > 0 then
+    masks = upscale_masks(self, keys, queries, s0, s1, rows, h, w)          -- (rows, Mt, 4h, 4w)
+  else
+    masks = T.empty({ 0, mt, 4 * h, 4 * w })
+  end
+  keys:free()
   if multimask then
     masks, iou = masks:narrow(2, 2, mt - 1):contiguous(), iou:narrow(2, 2, mt - 1):contiguous()
-  elseif dynamic and mt > 1 then
+  elseif choose then
     local picks = dynamic_choice(masks, iou, d.dynamic_multimask_stability_delta,
                                  d.dynamic_multimask_stability_thresh)
     masks, iou = pick(masks, picks), pick(iou, picks)
   else
     masks, iou = masks:narrow(2, 1, 1):contiguous(), iou:narrow(2, 1, 1):contiguous()
   end
+  if picked then return masks, iou, obj, picked end
   local m = masks:size(2)
   return masks:reshape(b, n, m, 4 * h, 4 * w), iou:reshape(b, n, m), obj:reshape(b, n, 1)
 end

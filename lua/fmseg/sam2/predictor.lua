@@ -28,6 +28,10 @@
 --   -- opts.max_sprinkle_area (override the predictor's for this call)
 --   -- → masks (N, M, H, W) uint8 (float32 logits with return_logits),
 --   --   iou (N, M), low_res (N, M, 256, 256)
+--   -- opts.mask_filter = function(iou (N, M)) → ascending prompt indices:
+--   -- only their masks are made (decode_masks' mask_filter; not for a
+--   -- single mask chosen by stability); then → nil, iou (N, M), low_res
+--   -- (K, M, 256, 256) of those K, the list
 --
 -- Coordinates are original-image pixels (x, y). SAM's PerSAM decoder
 -- options (attention_similarity, target_embedding) and its row-wise mask
@@ -181,8 +185,12 @@ function Predictor:predict_batch(points, labels, opts)
   prompt.masks = opts.mask_input
   local model = self.model
   local sparse, dense = model:encode_prompt(prompt)
-  local low_res, iou = model:decode_masks(self.features, sparse, dense, opts.multimask ~= false,
-                                          { dynamic = self.dynamic_multimask })
+  local low_res, iou, _, picked = model:decode_masks(self.features, sparse, dense, opts.multimask ~= false,
+                                                     { dynamic = self.dynamic_multimask, mask_filter = opts.mask_filter })
+  if picked then                                                         -- (K, M, h, w), (N, M)
+    if opts.clamp ~= false then low_res = self:clamp_low_res(low_res) end
+    return nil, iou, low_res, picked
+  end
   low_res, iou = low_res:select(1, 1), iou:select(1, 1)                 -- (N, M, h, w), (N, M)
   local masks
   if opts.masks ~= false then
