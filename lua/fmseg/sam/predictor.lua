@@ -95,11 +95,41 @@ function Predictor:reset_image()
   self.image_embeddings, self.original_hw, self.resized_hw = nil, nil, nil
 end
 
-local function as_tensor(x, what)
+local function as_tensor(x, what, who)
   if x == nil then return nil end
   if T.is_tensor(x) then return x:float() end
-  if type(x) ~= "table" then error(("sam predictor: %s must be a table or a tensor"):format(what), 3) end
+  if type(x) ~= "table" then error(("%s: %s must be a table or a tensor"):format(who, what), 4) end
   return T.from_table(x)
+end
+
+-- One prompt of predict (points {{x, y}, ...} or (P, 2), labels, box
+-- {x0, y0, x1, y1}, mask_input (1, h, w) or (1, 1, h, w)) → a batch of
+-- one as predict_batch takes it: points (1, P, 2), labels (1, P) (default
+-- all foreground), boxes (1, 4), mask_input (1, 1, h, w), each or nil;
+-- errors name `who` and the caller of predict. Both SAM predictors' predict.
+function M.single_prompt(prompt, who)
+  local points = as_tensor(prompt.points, "points", who)
+  local labels = as_tensor(prompt.labels, "labels", who)
+  local box = as_tensor(prompt.box, "box", who)
+  if points then
+    if points:dim() ~= 2 or points:size(2) ~= 2 then
+      error(("%s: points %s, expected {{x, y}, ...}"):format(who, T.shape_string(points:shape())), 3)
+    end
+    labels = labels or T.ones({ points:size(1) })
+    if labels:numel() ~= points:size(1) then
+      error(("%s: %d labels for %d points"):format(who, labels:numel(), points:size(1)), 3)
+    end
+    points, labels = points:unsqueeze(1), labels:reshape(1, points:size(1))
+  end
+  if box and box:numel() ~= 4 then
+    error(("%s: box %s, expected {x0, y0, x1, y1}"):format(who, T.shape_string(box:shape())), 3)
+  end
+  local mask_input = prompt.mask_input
+  if mask_input then
+    local s = mask_input:shape()
+    mask_input = mask_input:reshape(1, 1, s[#s - 1], s[#s])
+  end
+  return { points = points, labels = labels, boxes = box and box:reshape(1, 4), mask_input = mask_input }
 end
 
 -- predict(prompt) → masks (M, H, W), iou (M), low_res (M, h, w) for one
@@ -111,29 +141,9 @@ end
 -- models/sam.lua decode_masks).
 function Predictor:predict(prompt)
   prompt = prompt or {}
-  local points = as_tensor(prompt.points, "points")
-  local labels = as_tensor(prompt.labels, "labels")
-  local box = as_tensor(prompt.box, "box")
-  if points then
-    if points:dim() ~= 2 or points:size(2) ~= 2 then
-      error(("sam predictor: points %s, expected {{x, y}, ...}"):format(T.shape_string(points:shape())), 2)
-    end
-    labels = labels or T.ones({ points:size(1) })
-    if labels:numel() ~= points:size(1) then
-      error(("sam predictor: %d labels for %d points"):format(labels:numel(), points:size(1)), 2)
-    end
-    points, labels = points:unsqueeze(1), labels:reshape(1, points:size(1))
-  end
-  if box and box:numel() ~= 4 then
-    error(("sam predictor: box %s, expected {x0, y0, x1, y1}"):format(T.shape_string(box:shape())), 2)
-  end
-  local mask_input = prompt.mask_input
-  if mask_input then
-    local s = mask_input:shape()
-    mask_input = mask_input:reshape(1, 1, s[#s - 1], s[#s])
-  end
-  local masks, iou, low_res = self:predict_batch(points, labels, {
-    boxes = box and box:reshape(1, 4), mask_input = mask_input,
+  local one = M.single_prompt(prompt, "sam predictor")
+  local masks, iou, low_res = self:predict_batch(one.points, one.labels, {
+    boxes = one.boxes, mask_input = one.mask_input,
     multimask = prompt.multimask, return_logits = prompt.return_logits,
     attention_similarity = prompt.attention_similarity, target_embedding = prompt.target_embedding,
     attention_similarity_mode = prompt.attention_similarity_mode,

@@ -93,13 +93,6 @@ function Predictor:reset_image()
   self.features, self.original_hw = nil, nil
 end
 
-local function as_tensor(x, what)
-  if x == nil then return nil end
-  if T.is_tensor(x) then return x:float() end
-  if type(x) ~= "table" then error(("sam2 predictor: %s must be a table or a tensor"):format(what), 3) end
-  return T.from_table(x)
-end
-
 local PERSAM_OPTIONS = { "attention_similarity", "attention_similarity_mode", "target_embedding",
                          "target_embedding_final" }
 
@@ -124,29 +117,9 @@ end
 function Predictor:predict(prompt)
   prompt = prompt or {}
   refuse_sam_options(prompt)
-  local points = as_tensor(prompt.points, "points")
-  local labels = as_tensor(prompt.labels, "labels")
-  local box = as_tensor(prompt.box, "box")
-  if points then
-    if points:dim() ~= 2 or points:size(2) ~= 2 then
-      error(("sam2 predictor: points %s, expected {{x, y}, ...}"):format(T.shape_string(points:shape())), 2)
-    end
-    labels = labels or T.ones({ points:size(1) })
-    if labels:numel() ~= points:size(1) then
-      error(("sam2 predictor: %d labels for %d points"):format(labels:numel(), points:size(1)), 2)
-    end
-    points, labels = points:unsqueeze(1), labels:reshape(1, points:size(1))
-  end
-  if box and box:numel() ~= 4 then
-    error(("sam2 predictor: box %s, expected {x0, y0, x1, y1}"):format(T.shape_string(box:shape())), 2)
-  end
-  local mask_input = prompt.mask_input
-  if mask_input then
-    local s = mask_input:shape()
-    mask_input = mask_input:reshape(1, 1, s[#s - 1], s[#s])
-  end
-  local masks, iou, low_res = self:predict_batch(points, labels, {
-    boxes = box and box:reshape(1, 4), mask_input = mask_input,
+  local one = require("fmseg.sam.predictor").single_prompt(prompt, "sam2 predictor")
+  local masks, iou, low_res = self:predict_batch(one.points, one.labels, {
+    boxes = one.boxes, mask_input = one.mask_input,
     multimask = prompt.multimask, return_logits = prompt.return_logits,
   })
   return masks:select(1, 1), iou:select(1, 1), low_res:select(1, 1)
