@@ -117,8 +117,8 @@ test-lua: all $(TEST_HELPERS)
 # torch) just before fmseg's (bench/bench_SUITE.lua), so that both see the
 # same load; bench/summary.lua then prints one table (build/bench/summary.md).
 # The C benchmarks wait passively, as ./fmseg does (lua/main.c).
-# FMSEG_BENCH_QUICK=1 skips SD and SAM at 1024.
-BENCH_SUITES := vit sam sd
+# FMSEG_BENCH_QUICK=1 skips SD, SAM and SAM 2 at 1024.
+BENCH_SUITES := vit sam sam2 sd
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@mkdir -p build/bench && rm -f build/bench/*.json build/bench/summary.md && \

@@ -5,7 +5,7 @@
 --   ./fmseg run bench/summary.lua
 local bench = require("benchlib")
 
-local SUITES = { "vit", "sam", "sd" }
+local SUITES = { "vit", "sam", "sam2", "sd" }
 
 local function cpu_model()
   local f = io.open("/proc/cpuinfo", "r")
@@ -37,7 +37,7 @@ out(("%s, %d threads; load average %s at the start, %s at the end (1, 5, 15 min)
   cpu_model(), bench.threads(), start and start:match("^(%S+ %S+ %S+)") or "?", bench.loadavg()))
 out(torch and ("PyTorch %s, %d threads, OMP_WAIT_POLICY=passive, run just before each fmseg suite."):format(
   torch.torch, torch.threads) or "PyTorch: not found (no t/torch column).")
-if bench.quick() then out("FMSEG_BENCH_QUICK: SD and SAM at 1024 skipped.") end
+if bench.quick() then out("FMSEG_BENCH_QUICK: SD, SAM and SAM 2 at 1024 skipped.") end
 out()
 out("## Models")
 out()
