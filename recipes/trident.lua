@@ -293,7 +293,7 @@ end
 -- ---- setup ------------------------------------------------------------------------------------------
 
 local function check_setup(params, models)
-  if models.sam.family == "sam2" then
+  if models.sam and models.sam.family == "sam2" then
     error("trident: models.sam is SAM 2; Trident's windows attend with a SAM ViT encoder layer "
           .. "(a SAM directory, e.g. facebook/sam-vit-base)", 0)
   end

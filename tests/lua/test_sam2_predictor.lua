@@ -1,4 +1,4 @@
--- SAM 2's image predictor (fmseg.sam2.predictor, fmseg.sam2.transforms):
+-- SAM 2's image predictor (fmseg.sam.sam2_predictor, fmseg.sam.sam2_transforms):
 -- the hole and sprinkle filling against a naive flood fill, the
 -- coordinate transforms, the predictor's routing and refusals, and every
 -- output of the tests/fixtures/sam2-predictor cases (made by
@@ -10,7 +10,7 @@ local image = require("fmseg.image")
 local json = require("fmseg.io.json")
 local models = require("fmseg.models")
 local safetensors = require("fmseg.io.safetensors")
-local transforms = require("fmseg.sam2.transforms")
+local transforms = require("fmseg.sam.sam2_transforms")
 local predictor = require("fmseg.sam.predictor")
 
 local function list(t) return table.concat(t, " ") end

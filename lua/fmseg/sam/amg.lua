@@ -14,7 +14,7 @@
 --   --   predicted_iou, point_coords = {{x, y}}, stability_score,
 --   --   crop_box = {x, y, w, h} }, best predicted IoU first
 --
--- A SAM 2 predictor (predictor.family == "sam2", fmseg.sam2.predictor)
+-- A SAM 2 predictor (predictor.family == "sam2", fmseg.sam.sam2_predictor)
 -- gets SAM 2's generator: its defaults (M.sam2_defaults), the optional
 -- mask-to-mask refinement (use_m2m), multimask_output, and
 -- min_mask_region_area applied as the predictor's hole and sprinkle

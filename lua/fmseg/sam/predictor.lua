@@ -48,10 +48,10 @@ Predictor.__index = Predictor
 -- new(model, opts): opts.processor (a fmseg.sam.processor), or the options
 -- for one (resize = "pil" | "interpolate", ...); by default the
 -- preprocessor_config.json of model.path when there is one. A SAM 2 model
--- (fmseg.models.sam2) gets fmseg.sam2.predictor's predictor, with opts
+-- (fmseg.models.sam2) gets fmseg.sam.sam2_predictor's predictor, with opts
 -- as its own (mask_threshold, max_hole_area, max_sprinkle_area).
 function M.new(model, opts)
-  if model.family == "sam2" then return require("fmseg.sam2.predictor").new(model, opts) end
+  if model.family == "sam2" then return require("fmseg.sam.sam2_predictor").new(model, opts) end
   opts = opts or {}
   local proc = opts.processor
   if not proc then

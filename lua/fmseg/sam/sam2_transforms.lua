@@ -1,11 +1,11 @@
--- fmseg.sam2.transforms — SAM 2's pre- and post-processing (the original
+-- fmseg.sam.sam2_transforms — SAM 2's pre- and post-processing (the original
 -- sam2/utils/transforms.py, SAM2Transforms): the image squashed to the
 -- model's square input (no aspect kept, no padding), ImageNet
 -- normalisation; prompts scaled from image pixels to that square; low-res
 -- mask logits with small holes filled and small sprinkles removed, then
 -- resized straight to the image's size.
 --
---   local transforms = require("fmseg.sam2.transforms")
+--   local transforms = require("fmseg.sam.sam2_transforms")
 --   local tf = transforms.new({ resolution = 1024, max_hole_area = 0, max_sprinkle_area = 0 })
 --   local x = tf:preprocess(img)                       -- (1, 3, 1024, 1024)
 --   local pts = tf:transform_coords(points, { h, w })  -- (..., 2) x, y

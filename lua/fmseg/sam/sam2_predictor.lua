@@ -1,11 +1,11 @@
--- fmseg.sam2.predictor — SAM 2's image predictor: embed an image once,
+-- fmseg.sam.sam2_predictor — SAM 2's image predictor: embed an image once,
 -- prompt it many times (the original sam2/sam2_image_predictor.py,
 -- SAM2ImagePredictor, over fmseg.models.sam2). The same methods as
 -- fmseg.sam.predictor, so the automatic mask generator and the recipes
 -- take either; fmseg.sam.predictor.new(model) hands a SAM 2 model here.
 --
 --   local sam2 = require("fmseg.models.sam2")
---   local predictor = require("fmseg.sam2.predictor")
+--   local predictor = require("fmseg.sam.sam2_predictor")
 --   local p = predictor.new(sam2.load("sam2.1-hiera-tiny"), { max_hole_area = 0 })
 --   p:set_image(img)                          -- (H, W, 3) uint8: runs the encoder
 --   local masks, iou, low_res = p:predict({
@@ -37,7 +37,7 @@
 -- options (attention_similarity, target_embedding) and its row-wise mask
 -- normalisation (mask_norm "rows") have no SAM 2 counterpart and are
 -- refused.
-local transforms = require("fmseg.sam2.transforms")
+local transforms = require("fmseg.sam.sam2_transforms")
 local T = require("fmseg.tensor")
 
 local M = {}
@@ -50,7 +50,7 @@ Predictor.__index = Predictor
 
 -- new(model, opts): opts.mask_threshold (0), max_hole_area (0),
 -- max_sprinkle_area (0) (SAM2ImagePredictor's arguments), antialias (true,
--- see fmseg.sam2.transforms), dynamic_multimask_via_stability (default
+-- see fmseg.sam.sam2_transforms), dynamic_multimask_via_stability (default
 -- config.json's; false is build_sam2(..., apply_postprocessing=False):
 -- single-mask prompts keep mask token 0's mask).
 function M.new(model, opts)
