@@ -1,9 +1,10 @@
 -- SAM 2's image predictor (fmseg.sam.sam2_predictor, fmseg.sam.sam2_transforms):
 -- the hole and sprinkle filling against a naive flood fill, the
--- coordinate transforms, the predictor's routing and refusals, and every
+-- coordinate transforms, the predictor's routing and refusals, every
 -- output of the tests/fixtures/sam2-predictor cases (made by
 -- facebookresearch/sam2's SAM2ImagePredictor on a tiny model,
--- tests/tools/methods/sam2_amg.py).
+-- tests/tools/methods/sam2_amg.py), the decoder's predicted-IoU filter and
+-- the recipes that take SAM 2 as models.sam.
 local tap = require("tap")
 local T = require("fmseg.tensor")
 local image = require("fmseg.image")
@@ -14,6 +15,7 @@ local transforms = require("fmseg.sam.sam2_transforms")
 local predictor = require("fmseg.sam.predictor")
 
 local function list(t) return table.concat(t, " ") end
+local TOL = 1e-4   -- the fixtures' relative tolerance
 
 -- Hole and sprinkle filling ------------------------------------------------------------
 
@@ -137,6 +139,38 @@ local masks, iou, low = p:predict({ points = { { 10, 12 } } })
 tap.eq(list({ T.shape_string(masks:shape()), masks:dtype(), T.shape_string(iou:shape()), T.shape_string(low:shape()) }),
        "[3, 30, 50] uint8 [3] [3, 32, 32]", "predict: masks at the image's size, low-res at 4x the grid")
 tap.ok(low:abs():max() <= 32, "low-res logits clamped to ±32")
+
+-- The reference cases: SAM2ImagePredictor on a real image ---------------------------------
+
+do
+  local dir = "tests/fixtures/sam2-predictor"
+  local meta = json.decode(assert(io.open(dir .. "/cases.json")):read("*a"))
+  local ref = safetensors.open(dir .. "/ref.safetensors")
+  local model = models.load("sam", dir .. "/" .. meta.model)
+  local img = image.load(dir .. "/" .. meta.image)
+  local function tensor(v) return v ~= nil and v ~= json.null and T.from_table(v) or nil end
+  for _, case in ipairs(meta.cases) do
+    local pred = predictor.new(model, { mask_threshold = case.mask_threshold, max_hole_area = case.max_hole_area,
+                                        max_sprinkle_area = case.max_sprinkle_area })
+    pred:set_image(img)
+    if case.name == meta.cases[1].name then
+      tap.near(pred.transforms:preprocess(img), ref:get("pixel_values"), TOL,
+               "set_image's input: squashed to the square, antialiased, normalised")
+    end
+    local mask_input = case.mask_input ~= json.null and case.mask_input and ref:get(case.mask_input) or nil
+    local prompt = { points = tensor(case.point_coords), labels = tensor(case.point_labels), box = tensor(case.box),
+                     mask_input = mask_input, multimask = case.multimask_output }
+    local masks, iou, low = pred:predict(prompt)
+    prompt.return_logits = true
+    local logits = pred:predict(prompt)
+    local name = case.name
+    local want = ref:get(name .. ".masks")
+    tap.eq((masks:float() - want:float()):abs():sum(), 0, name .. ": masks (return_logits False) exactly")
+    tap.near(logits, ref:get(name .. ".logits"), TOL, name .. ": logits at the image's size")
+    tap.near(iou, ref:get(name .. ".iou_predictions"), TOL, name .. ": predicted IoUs")
+    tap.near(low, ref:get(name .. ".low_res_masks"), TOL, name .. ": low-res logits, clamped")
+  end
+end
 
 -- The predicted-IoU filter: masks for the kept prompts only, the same numbers
 do
