@@ -172,6 +172,23 @@ do
   end
 end
 
+-- build_sam2's apply_postprocessing = False (CorrCLIP): no dynamic multimask
+do
+  local dir = "tests/fixtures/sam2-predictor"
+  local model = models.load("sam", dir .. "/../methods/models/sam2-amg-tiny")
+  local img = image.load(dir .. "/image.png")
+  local ref = safetensors.open(dir .. "/ref.safetensors")
+  local plain = predictor.new(model, { dynamic_multimask_via_stability = false })
+  plain:set_image(img)
+  -- point_single_b: token 0's stability 0.9786 < 0.98, so the reference
+  -- (dynamic) took a multimask output; point_single: 0.9944, token 0 kept
+  local _, iou_b = plain:predict({ points = { { 40.5, 30 } }, multimask = false })
+  local _, iou_a = plain:predict({ points = { { 120, 60 } }, multimask = false })
+  tap.ok(math.abs(iou_b:get(1) - ref:get("point_single_b.iou_predictions"):get(1)) > 1e-3,
+         "dynamic multimask off: an unstable token 0 is kept (not the reference's multimask choice)")
+  tap.near(iou_a, ref:get("point_single.iou_predictions"), TOL, "dynamic multimask off: a stable token 0 as before")
+end
+
 -- The predicted-IoU filter: masks for the kept prompts only, the same numbers
 do
   local pts = T.from_table({ { { 5, 5 } }, { { 20, 10 } }, { { 40, 25 } }, { { 12, 28 } } })
@@ -188,6 +205,12 @@ do
   tap.eq((low_f - want):abs():max(), 0, "mask_filter: the kept prompts' masks equal the unfiltered ones")
   local _, _, _, p_single = p:predict_batch(pts, nil, { multimask = false, masks = false, mask_filter = keep_2_and_4 })
   tap.ok(p_single == nil, "mask_filter is ignored for a single mask chosen by stability (it needs every mask)")
+end
+
+local function sam_amg_setup_with_sam(params)
+  local recipes = require("fmseg.method.recipes")
+  local sam_amg = recipes.load("sam_amg")
+  return sam_amg.setup(recipes.params(sam_amg, params), { sam = models.load("sam", "tests/fixtures/sam-alt") })
 end
 
 -- Recipes on SAM 2 --------------------------------------------------------------------------------
@@ -230,6 +253,23 @@ do
   tap.ok(mi and mi:select(1, 1):select(1, 1):narrow(1, side - 1, 2):abs():max() > 0,
          "the mask prompt reaches the frame's last rows (no padding: SAM 2 squashes the image)")
   tap.ok(seen[1] and seen[1].clamp == false, "the kept masks are made from unclamped low-res logits")
+  -- sam_clip labels SAM 2's automatic masks with CLIP
+  local sam_clip = recipes.load("sam_clip")
+  local clip = models.load("clip", "tests/fixtures/methods/models/clip-b16-tiny")
+  local cls = require("fmseg.method.classes").parse("cat\ndog\n", "test")
+  local cp = recipes.params(sam_clip, { points_per_side = 4, pred_iou_thresh = 0, stability_score_thresh = 0,
+                                        multimask_output = false })
+  local cstate = sam_clip.setup(cp, { sam = tiny, clip = clip }, cls)
+  tap.eq(cstate.generator.predictor.family, "sam2", "sam_clip's generator runs SAM 2")
+  tap.eq(cstate.generator.opts.multimask_output, false, "sam_clip passes SAM 2's generator settings")
+  local cres = sam_clip.segment(cstate, T.full({ 32, 48, 3 }, 120):byte())
+  tap.eq(T.shape_string(cres.labels:shape()), "[32, 48]", "sam_clip on SAM 2: a label map at the image's size")
+  tap.raises(function()
+    sam_amg_setup_with_sam({ use_m2m = true })
+  end, "use_m2m is a setting of SAM 2's generator", "sam_amg refuses SAM 2's settings for a SAM model")
+  tap.raises(function()
+    sam_amg_setup_with_sam({ dynamic_multimask_via_stability = false })
+  end, "dynamic_multimask_via_stability is an option of SAM 2's predictor", "... and SAM 2's predictor options")
   local persam = recipes.load("persam")
   tap.raises(function() persam.setup(recipes.params(persam, {}), { sam = tiny }) end,
              "models.sam is SAM 2", "PerSAM refuses SAM 2")
