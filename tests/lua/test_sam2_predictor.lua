@@ -160,15 +160,15 @@ do
     local mask_input = case.mask_input ~= json.null and case.mask_input and ref:get(case.mask_input) or nil
     local prompt = { points = tensor(case.point_coords), labels = tensor(case.point_labels), box = tensor(case.box),
                      mask_input = mask_input, multimask = case.multimask_output }
-    local masks, iou, low = pred:predict(prompt)
+    local got_masks, got_iou, got_low = pred:predict(prompt)
     prompt.return_logits = true
     local logits = pred:predict(prompt)
     local name = case.name
     local want = ref:get(name .. ".masks")
-    tap.eq((masks:float() - want:float()):abs():sum(), 0, name .. ": masks (return_logits False) exactly")
+    tap.eq((got_masks:float() - want:float()):abs():sum(), 0, name .. ": masks (return_logits False) exactly")
     tap.near(logits, ref:get(name .. ".logits"), TOL, name .. ": logits at the image's size")
-    tap.near(iou, ref:get(name .. ".iou_predictions"), TOL, name .. ": predicted IoUs")
-    tap.near(low, ref:get(name .. ".low_res_masks"), TOL, name .. ": low-res logits, clamped")
+    tap.near(got_iou, ref:get(name .. ".iou_predictions"), TOL, name .. ": predicted IoUs")
+    tap.near(got_low, ref:get(name .. ".low_res_masks"), TOL, name .. ": low-res logits, clamped")
   end
 end
 
