@@ -230,9 +230,9 @@ end
 
 -- The first step of _process_batch: the predictor's masks for points
 -- (N, 1, 2) → { iou (N, M), logits (N, M, H, W) or low_res (R, M, h, w)
--- with rows (prompt → row; nil: every prompt), m }. `passes(v)` is the
--- predicted-IoU filter, which lets fmseg's predictors make the masks of
--- the passing prompts only.
+-- with rows (prompt → row; nil: every prompt), m }. `passes(v)`, the
+-- predicted-IoU filter, lets fmseg's predictors make the masks of the
+-- passing prompts only (nil: every prompt's masks).
 local function predictions(self, pts, passes)
   local o, pred = self.opts, self.predictor
   local n = pts:size(1)
@@ -251,7 +251,7 @@ local function predictions(self, pts, passes)
   local fill = fill_options(self) or {}
   local logits, iou, low_res, picked = pred:predict_batch(pts, T.ones({ n, 1 }), {
     multimask = o.multimask_output ~= false, return_logits = true, masks = not lazy,
-    mask_filter = lazy and prompts_passing or nil, clamp = false,
+    mask_filter = lazy and passes and prompts_passing or nil, clamp = false,
     max_hole_area = fill.max_hole_area, max_sprinkle_area = fill.max_sprinkle_area })
   local rows
   if picked then
@@ -282,8 +282,7 @@ local function refine_with_m2m(self, pts, first)
       dst[2 * j], dst[2 * j + 1] = src[2 * from], src[2 * from + 1]
     end
     local _, iou, lr = pred:predict_batch(p, T.ones({ k, 1 }), {
-      mask_input = flat:narrow(1, i0, k):contiguous(), multimask = false, return_logits = true, masks = false,
-      clamp = false })
+      mask_input = flat:narrow(1, i0, k):contiguous(), multimask = false, masks = false, clamp = false })
     ious[#ious + 1], lows[#lows + 1] = iou, lr
   end
   flat:free()
@@ -308,7 +307,7 @@ function Generator:process_batch(points, crop_box, orig_h, orig_w)
   local pred
   if o.use_m2m then
     -- the refinement sees every mask, the filters come after it
-    pred = refine_with_m2m(self, pts, predictions(self, pts, function() return true end))
+    pred = refine_with_m2m(self, pts, predictions(self, pts, nil))
   else
     pred = predictions(self, pts, passes)
   end
