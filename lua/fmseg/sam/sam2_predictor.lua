@@ -56,8 +56,14 @@ Predictor.__index = Predictor
 function M.new(model, opts)
   opts = opts or {}
   local size = model.config.backbone.image_size
-  size = type(size) == "table" and size[1] or size
-  local self = setmetatable({
+  if type(size) == "table" then
+    if size[1] ~= size[2] then
+      error(("sam2 predictor: image_size %dx%d; SAM 2's transforms resize to a square input"):format(
+        size[1], size[2]), 2)
+    end
+    size = size[1]
+  end
+  return setmetatable({
     model = model, family = "sam2",
     mask_threshold = opts.mask_threshold or 0.0,
     dynamic_multimask = opts.dynamic_multimask_via_stability,
@@ -65,7 +71,6 @@ function M.new(model, opts)
                                   max_hole_area = opts.max_hole_area, max_sprinkle_area = opts.max_sprinkle_area,
                                   antialias = opts.antialias }),
   }, Predictor)
-  return self
 end
 
 -- Runs the image encoder on img (H, W, 3) uint8 and keeps its features.
