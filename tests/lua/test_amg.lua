@@ -370,9 +370,13 @@ local function cli_records(fixture, mode)
   local args = { "--model", fs.quote(fixture .. "/" .. meta.models.sam), "--quiet", "--output-mode", mode }
   for _, key in ipairs({ "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
                          "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
-                         "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area" }) do
-    args[#args + 1] = ("--%s %.17g"):format(key:gsub("_", "-"), meta.params[key])
+                         "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area",
+                         "mask_threshold" }) do
+    if meta.params[key] ~= nil then args[#args + 1] = ("--%s %.17g"):format(key:gsub("_", "-"), meta.params[key]) end
   end
+  -- SAM 2's generator settings (sam_amg-sam2-* fixtures)
+  if meta.params.use_m2m then args[#args + 1] = "--use-m2m" end
+  if meta.params.multimask_output == false then args[#args + 1] = "--single-mask" end
   local out = os.tmpname()
   local cmd = ("./fmseg amg %s %s -o %s > /dev/null 2>&1"):format(table.concat(args, " "),
                                                                    fs.quote(fixture .. "/" .. meta.image), out)
@@ -418,13 +422,17 @@ local function records_differ(recs, ref, mode)
 end
 
 for _, case in ipairs({ { "sam_amg-crops-coco", "coco_rle" }, { "sam_amg-crops-rle", "uncompressed_rle" },
-                        { "sam_amg-downscale-rle", "uncompressed_rle" } }) do
+                        { "sam_amg-downscale-rle", "uncompressed_rle" },
+                        -- SAM 2 models: SAM2AutomaticMaskGenerator's records
+                        { "sam_amg-sam2-coco", "coco_rle" }, { "sam_amg-sam2-crops", "uncompressed_rle" },
+                        { "sam_amg-sam2-m2m", "uncompressed_rle" }, { "sam_amg-sam2-single", "uncompressed_rle" } }) do
   local fixture, mode = METHODS .. "/" .. case[1], case[2]
   if fs.exists(fixture .. "/method.json") then
     local recs, cmd = cli_records(fixture, mode)
     local why = "failed: " .. cmd
     if recs then why = records_differ(recs, safetensors.open(fixture .. "/ref.safetensors"), mode) end
-    tap.ok(why == nil, ("fmseg amg --output-mode %s = SamAutomaticMaskGenerator on %s"):format(mode, case[1]), why)
+    local official = case[1]:find("sam2", 1, true) and "SAM2AutomaticMaskGenerator" or "SamAutomaticMaskGenerator"
+    tap.ok(why == nil, ("fmseg amg --output-mode %s = %s on %s"):format(mode, official, case[1]), why)
   else
     tap.skip("fmseg amg on " .. case[1], "fixture missing")
   end
