@@ -637,6 +637,20 @@ int fm_file_digest(const char *path, const char *algo, int32_t git_blob, char *h
 /* the same over len bytes in memory */
 int fm_digest(const void *data, size_t len, const char *algo, char *hex, size_t hex_size);
 
+/* ---- optimal transport and assignment (core/transport.c) ----------------- */
+
+/* The earth mover's distance between uniform distributions: costs (n, m)
+ * F32 finite -> *cost = min over plans P >= 0 with rows summing to 1/n and
+ * columns to 1/m of sum P_ij costs_ij (POT's ot.emd2 with uniform weights),
+ * exact: the plan's flows are integers after scaling by n m, solved by the
+ * network simplex (strongly feasible trees, block search). */
+int fm_emd_uniform(double *cost, const fm_tensor *costs);
+/* Minimum-cost (maximize: maximum) assignment of rows to columns, SciPy's
+ * linear_sum_assignment (shortest augmenting paths, its tie rules), in
+ * double: costs (R, C) F32 finite -> col_for_row (R) I32, the column of
+ * each row, or -1 for the R - C rows left over when R > C. */
+int fm_linear_sum_assignment(fm_tensor *col_for_row, const fm_tensor *costs, int32_t maximize);
+
 #ifdef __cplusplus
 }
 #endif
