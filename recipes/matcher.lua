@@ -716,13 +716,9 @@ function recipe.segment(state, img)
     return { kind = "semantic", labels = full:int(), scores = T.stack({ 1 - m, m }, 1), dump = dump }
   end
   local bin = full:byte()
-  local rle = masks.rle_encode(bin)
-  local b = masks.masks_to_boxes(bin):values()
-  return {
-    kind = "instances", masks = { bin }, scores = { best }, dump = dump,
-    records = { { segmentation = masks.rle_to_json(rle), area = masks.rle_area(rle),
-                  bbox = { b[1], b[2], b[3] - b[1], b[4] - b[2] }, predicted_iou = best } },
-  }
+  local record = masks.instance_record(bin)
+  record.predicted_iou = best
+  return { kind = "instances", masks = { bin }, scores = { best }, dump = dump, records = { record } }
 end
 
 return recipe

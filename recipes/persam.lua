@@ -220,17 +220,11 @@ function recipe.result(params, logits, score, pos, neg, box, dump)
     return { kind = "semantic", labels = mask:int(), scores = T.stack({ 1 - p, p }, 1), dump = dump }
   end
   local bin = mask:byte()
-  local rle = masks.rle_encode(bin)
-  local b = masks.masks_to_boxes(bin):values()
-  return {
-    kind = "instances", masks = { bin }, scores = { score }, dump = dump,
-    records = { {
-      segmentation = masks.rle_to_json(rle), area = masks.rle_area(rle),
-      bbox = { b[1], b[2], b[3] - b[1], b[4] - b[2] }, predicted_iou = score,
-      point_coords = neg and { pos, neg } or { pos }, point_labels = neg and { 1, 0 } or { 1 },
-      prompt_box = box,
-    } },
-  }
+  local record = masks.instance_record(bin)
+  record.predicted_iou = score
+  record.point_coords, record.point_labels = neg and { pos, neg } or { pos }, neg and { 1, 0 } or { 1 }
+  record.prompt_box = box
+  return { kind = "instances", masks = { bin }, scores = { score }, dump = dump, records = { record } }
 end
 
 function recipe.segment(state, img)

@@ -185,6 +185,16 @@ function M.rle_to_json(rle)
   return M.rle_compress(rle)
 end
 
+-- mask (H, W) uint8 0/1 → the record fields of one instance as
+-- segment-anything writes them: { segmentation = COCO RLE (JSON form),
+-- area, bbox = {x, y, w, h} } (w = x1 - x0 of masks_to_boxes' inclusive
+-- corners, as segment-anything's box_xyxy_to_xywh makes it)
+function M.instance_record(mask)
+  local rle = M.rle_encode(mask)
+  local b = M.masks_to_boxes(mask):values()
+  return { segmentation = M.rle_to_json(rle), area = M.rle_area(rle), bbox = { b[1], b[2], b[3] - b[1], b[4] - b[2] } }
+end
+
 -- A COCO segmentation (a decoded JSON object, counts compressed or not)
 -- -> uncompressed rle. Sizes are checked against the counts.
 function M.json_to_rle(obj)

@@ -148,4 +148,14 @@ do
              "overlay: mask size must match the image")
 end
 
+-- one instance's record fields
+do
+  local m = T.zeros({ 6, 8 }, "uint8")
+  m:narrow(1, 2, 3):narrow(2, 4, 4):fill(1)                 -- rows 1..3, columns 3..6 (0-based)
+  local r = masks.instance_record(m)
+  tap.eq(r.area, 12, "instance_record: the area")
+  tap.eq(table.concat(r.bbox, " "), "3 1 3 2", "instance_record: bbox XYWH from the inclusive corners (segment-anything's)")
+  tap.eq(masks.rle_area(masks.json_to_rle(r.segmentation)), 12, "instance_record: the segmentation decodes to the mask")
+end
+
 os.exit(tap.done())

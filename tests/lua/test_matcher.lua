@@ -55,11 +55,12 @@ do
   tap.diag(("emd vs POT: worst relative difference %.3g"):format(worst))
 end
 
--- every permutation of 0..n-1
-local function permutations(n, f)
+-- every injective map p of 1..k into 1..n (k <= n), f(p) each; k = n:
+-- every permutation
+local function arrangements(n, k, f)
   local p, used = {}, {}
   local function go(i)
-    if i > n then return f(p) end
+    if i > k then return f(p) end
     for j = 1, n do
       if not used[j] then
         used[j], p[i] = true, j
@@ -78,7 +79,7 @@ do
       local c = T.rand({ n, n }, 100 * n + rep)
       if rep == 3 then c = c:mul(4):floor():div(4) end               -- ties
       local best, cp = math.huge, c:contiguous():ptr()
-      permutations(n, function(p)
+      arrangements(n, n, function(p)
         local s = 0
         for i = 1, n do s = s + cp[(i - 1) * n + p[i] - 1] end
         best = math.min(best, s)
@@ -118,25 +119,13 @@ do
         for i = 1, r do if cols[i] then got = got + mp[(i - 1) * c + cols[i] - 1] end end
         local best = maximize and -math.huge or math.huge
         local short, long = math.min(r, c), math.max(r, c)
-        local used, pick = {}, {}
-        local function go(i)
-          if i > short then
-            local s = 0
-            for a = 1, short do
-              s = s + (r <= c and mp[(a - 1) * c + pick[a] - 1] or mp[(pick[a] - 1) * c + a - 1])
-            end
-            best = maximize and math.max(best, s) or math.min(best, s)
-            return
+        arrangements(long, short, function(pick)
+          local s = 0
+          for i = 1, short do
+            s = s + (r <= c and mp[(i - 1) * c + pick[i] - 1] or mp[(pick[i] - 1) * c + i - 1])
           end
-          for j = 1, long do
-            if not used[j] then
-              used[j], pick[i] = true, j
-              go(i + 1)
-              used[j] = false
-            end
-          end
-        end
-        go(1)
+          best = maximize and math.max(best, s) or math.min(best, s)
+        end)
         if math.abs(got - best) > 1e-5 then all = false end
       end
     end
