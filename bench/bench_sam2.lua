@@ -2,9 +2,10 @@
 -- config, random weights): the image encoder at 1024x1024 (what
 -- SAM2ImagePredictor.set_image computes: Hiera, the FPN neck, conv_s0 /
 -- conv_s1 and no_memory_embedding) against its GEMM floor and the
--- original sam2 code (bench/torch_sam2.py, FMSEG_SAM2_SRC), then SAM 2's
--- automatic mask generator with SAM2AutomaticMaskGenerator's defaults on
--- the bundled photo beside the original's. Skipped with FMSEG_BENCH_QUICK=1.
+-- original sam2 code (bench/torch_sam2.py, FMSEG_SAM2_SRC), the mask
+-- decoder on 64 points against its floor, then SAM 2's automatic mask
+-- generator with SAM2AutomaticMaskGenerator's defaults on the bundled
+-- photo beside the original's. Skipped with FMSEG_BENCH_QUICK=1.
 --
 --   ./fmseg run bench/bench_sam2.lua [encoder repeats (1)] [image size (1024)]
 --
@@ -21,6 +22,7 @@
 local bench = require("benchlib")
 if bench.quick() then return print("bench_sam2: skipped (FMSEG_BENCH_QUICK)") end
 
+bench.hook_sam_decoder()          -- the two-way transformer's kernels (core/sam_decoder.c), shared with SAM
 local sam2 = require("fmseg.models.sam2")
 local T = require("fmseg.tensor")
 
@@ -76,6 +78,21 @@ suite:model(("sam2.1-hiera-b+ encoder %d"):format(size), function()
   free_all(enc.trunk); free_all(enc.backbone_fpn); free_all(enc.vision_pos_enc)
   feats.image_embed:free(); free_all(feats.high_res_feats)
 end, { warmup = repeats > 1 and 1 or 0, repeats = repeats, breakdown = true })
+
+-- The mask decoder on a batch of 64 point prompts (multimask, every
+-- prompt's masks made) against its floor: the two-way transformer's
+-- products (nn.linear and core/sam_decoder.c's attention), the two
+-- transposed convolutions and the hypernetwork product.
+do
+  local enc = model:encode_image(x)
+  local feats = model:image_features(enc)
+  local pts64 = T.rand({ 1, 64, 1, 2 }, 9, 0, size)
+  local sparse, dense = model:encode_prompt({ points = pts64, labels = T.ones({ 1, 64, 1 }) })
+  suite:model(("sam2.1-hiera-b+ decoder, 64 points%s"):format(tag), function()
+    local m, iou, obj = model:decode_masks(feats, sparse, dense, true)
+    m:free(); iou:free(); obj:free()
+  end, { warmup = 1, repeats = 1 })
+end
 
 -- The automatic mask generator on the bundled photo, encoder included,
 -- with SAM2AutomaticMaskGenerator's defaults (32x32 points in batches of
