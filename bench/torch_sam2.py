@@ -44,7 +44,8 @@ import types
 from torchlib import Results, quick, torch
 import torch.nn.functional as F
 
-PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "astronaut.jpg")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PHOTO = os.path.join(HERE, "..", "tests", "data", "astronaut.jpg")
 
 
 def encoder_row(size):
@@ -98,28 +99,17 @@ def import_sam2(path):
 
 def build(mods, size):
     """SAM2Base as sam2.1_hiera_b+.yaml instantiates it (build_sam2 with
-    apply_postprocessing), random weights."""
+    apply_postprocessing), random weights; its flags (the same in every
+    sam2.1 config) from tests/tools/make_sam2_fixtures.py's sam2_base,
+    which needs numpy and torch only."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "tools"))
+    from make_sam2_fixtures import sam2_base
     trunk = mods.Hiera(embed_dim=112, num_heads=2)   # stages, windows, global blocks: Hiera's defaults
     pe = mods.PositionEmbeddingSine(num_pos_feats=256, normalize=True, scale=None, temperature=10000)
     neck = mods.FpnNeck(position_encoding=pe, d_model=256, backbone_channel_list=[896, 448, 224, 112],
                         fpn_top_down_levels=[2, 3], fpn_interp_model="nearest")
     enc = mods.ImageEncoder(trunk=trunk, neck=neck, scalp=1)
-    return mods.SAM2Base(
-        image_encoder=enc, memory_attention=torch.nn.Module(), memory_encoder=torch.nn.Module(),
-        num_maskmem=7, image_size=size, backbone_stride=16,
-        sigmoid_scale_for_mem_enc=20.0, sigmoid_bias_for_mem_enc=-10.0,
-        use_mask_input_as_output_without_sam=True, directly_add_no_mem_embed=True,
-        no_obj_embed_spatial=True, use_high_res_features_in_sam=True, multimask_output_in_sam=True,
-        iou_prediction_use_sigmoid=True, use_obj_ptrs_in_encoder=True, add_tpos_enc_to_obj_ptrs=True,
-        proj_tpos_enc_in_obj_ptrs=True, use_signed_tpos_enc_to_obj_ptrs=True,
-        only_obj_ptrs_in_the_past_for_eval=True, pred_obj_scores=True, pred_obj_scores_mlp=True,
-        fixed_no_obj_ptr=True, multimask_output_for_tracking=True, use_multimask_token_for_obj_ptr=True,
-        multimask_min_pt_num=0, multimask_max_pt_num=1, use_mlp_for_obj_ptr_proj=True,
-        compile_image_encoder=False,
-        sam_mask_decoder_extra_args=dict(dynamic_multimask_via_stability=True,
-                                         dynamic_multimask_stability_delta=0.05,
-                                         dynamic_multimask_stability_thresh=0.98),
-    ).eval()
+    return sam2_base(mods.SAM2Base, enc, size)
 
 
 def fit_sizes(predictor, size):

@@ -103,7 +103,6 @@ sys.path.insert(0, os.path.join(HERE, "methods"))
 import common  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
-torch.set_grad_enabled(False)
 
 # transformers' convert_sam2_to_hf.py for the image encoder, as
 # (pattern, replacement) applied in order to the ImageEncoder's own names
@@ -238,6 +237,45 @@ def import_sam2(path):
         TwoWayTransformer=TwoWayTransformer, MLP=MLP, SAM2ImagePredictor=SAM2ImagePredictor)
 
 
+def image_encoder(mods, case):
+    """The case's ImageEncoder (its trunk: .trunk) as sam2.1_hiera_*.yaml
+    builds it: Hiera, FpnNeck with sine position encodings, nearest
+    top-down interpolation."""
+    trunk = mods.Hiera(embed_dim=case["embed_dim"], num_heads=case["num_heads"], q_pool=case["q_pool"],
+                       q_stride=(2, 2), stages=case["stages"], dim_mul=2.0, head_mul=2.0,
+                       window_pos_embed_bkg_spatial_size=case["bkg"], window_spec=case["window_spec"],
+                       global_att_blocks=case["global_blocks"])
+    pe = mods.PositionEmbeddingSine(num_pos_feats=case["d_model"], normalize=True, scale=None, temperature=10000)
+    neck = mods.FpnNeck(position_encoding=pe, d_model=case["d_model"], backbone_channel_list=trunk.channel_list,
+                        kernel_size=case["fpn_kernel"], stride=1, padding=case["fpn_padding"],
+                        fpn_interp_model="nearest", fpn_top_down_levels=list(case["top_down"]))
+    return mods.ImageEncoder(trunk=trunk, neck=neck, scalp=case["scalp"])
+
+
+def sam2_base(cls, enc, image_size):
+    """CLS (SAM2Base or a subclass) on the image encoder ENC with the flags
+    of sam2.1_hiera_*.yaml (the same for every size) and build_sam.py's
+    image-predictor overrides (dynamic multimask via stability); the
+    memory attention and memory encoder empty (image mode never calls
+    them). In eval mode."""
+    return cls(
+        image_encoder=enc, memory_attention=torch.nn.Module(), memory_encoder=torch.nn.Module(),
+        num_maskmem=7, image_size=image_size, backbone_stride=16,
+        sigmoid_scale_for_mem_enc=20.0, sigmoid_bias_for_mem_enc=-10.0,
+        use_mask_input_as_output_without_sam=True, directly_add_no_mem_embed=True,
+        no_obj_embed_spatial=True, use_high_res_features_in_sam=True, multimask_output_in_sam=True,
+        iou_prediction_use_sigmoid=True, use_obj_ptrs_in_encoder=True, add_tpos_enc_to_obj_ptrs=True,
+        proj_tpos_enc_in_obj_ptrs=True, use_signed_tpos_enc_to_obj_ptrs=True,
+        only_obj_ptrs_in_the_past_for_eval=True, pred_obj_scores=True, pred_obj_scores_mlp=True,
+        fixed_no_obj_ptr=True, multimask_output_for_tracking=True, use_multimask_token_for_obj_ptr=True,
+        multimask_min_pt_num=0, multimask_max_pt_num=1, use_mlp_for_obj_ptr_proj=True,
+        compile_image_encoder=False,
+        sam_mask_decoder_extra_args=dict(dynamic_multimask_via_stability=True,
+                                         dynamic_multimask_stability_delta=0.05,
+                                         dynamic_multimask_stability_thresh=0.98),
+    ).eval()
+
+
 def tiny_sam2(mods, case, enc):
     """SAM2Base with sam2.1_hiera_t.yaml's flags (and the image predictor's
     dynamic multimask overrides), its SAM heads at the case's sizes."""
@@ -279,22 +317,7 @@ def tiny_sam2(mods, case, enc):
             else:
                 self.obj_ptr_tpos_proj = torch.nn.Identity()
 
-    return TinySAM2(
-        image_encoder=enc, memory_attention=torch.nn.Module(), memory_encoder=torch.nn.Module(),
-        num_maskmem=7, image_size=case["image_size"], backbone_stride=16,
-        sigmoid_scale_for_mem_enc=20.0, sigmoid_bias_for_mem_enc=-10.0,
-        use_mask_input_as_output_without_sam=True, directly_add_no_mem_embed=True,
-        no_obj_embed_spatial=True, use_high_res_features_in_sam=True, multimask_output_in_sam=True,
-        iou_prediction_use_sigmoid=True, use_obj_ptrs_in_encoder=True, add_tpos_enc_to_obj_ptrs=True,
-        proj_tpos_enc_in_obj_ptrs=True, use_signed_tpos_enc_to_obj_ptrs=True,
-        only_obj_ptrs_in_the_past_for_eval=True, pred_obj_scores=True, pred_obj_scores_mlp=True,
-        fixed_no_obj_ptr=True, multimask_output_for_tracking=True, use_multimask_token_for_obj_ptr=True,
-        multimask_min_pt_num=0, multimask_max_pt_num=1, use_mlp_for_obj_ptr_proj=True,
-        compile_image_encoder=False,
-        sam_mask_decoder_extra_args=dict(dynamic_multimask_via_stability=True,
-                                         dynamic_multimask_stability_delta=0.05,
-                                         dynamic_multimask_stability_thresh=0.98),
-    ).eval()
+    return sam2_base(TinySAM2, enc, case["image_size"])
 
 
 # ---- config.json as transformers writes Sam2Config ------------------------------
@@ -407,15 +430,8 @@ def smooth_image(gen, b, s):
 
 
 def make(case, mods, out_root, commit):
-    trunk = mods.Hiera(embed_dim=case["embed_dim"], num_heads=case["num_heads"], q_pool=case["q_pool"],
-                       q_stride=(2, 2), stages=case["stages"], dim_mul=2.0, head_mul=2.0,
-                       window_pos_embed_bkg_spatial_size=case["bkg"], window_spec=case["window_spec"],
-                       global_att_blocks=case["global_blocks"])
-    pe = mods.PositionEmbeddingSine(num_pos_feats=case["d_model"], normalize=True, scale=None, temperature=10000)
-    neck = mods.FpnNeck(position_encoding=pe, d_model=case["d_model"], backbone_channel_list=trunk.channel_list,
-                        kernel_size=case["fpn_kernel"], stride=1, padding=case["fpn_padding"],
-                        fpn_interp_model="nearest", fpn_top_down_levels=list(case["top_down"]))
-    enc = mods.ImageEncoder(trunk=trunk, neck=neck, scalp=case["scalp"])
+    enc = image_encoder(mods, case)
+    trunk = enc.trunk
     model = tiny_sam2(mods, case, enc)
 
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -553,6 +569,7 @@ def main():
     ap.add_argument("--sam2", required=True, help="facebookresearch/sam2 checkout or extracted archive")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
     args = ap.parse_args()
+    torch.set_grad_enabled(False)
     mods = import_sam2(args.sam2)
     commit = common.git_commit(args.sam2)
     for case in CASES:

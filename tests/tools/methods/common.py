@@ -216,6 +216,83 @@ def save_openai_checkpoint(model_dir, path):
     return path
 
 
+# ---- DINOv2 --------------------------------------------------------------------
+
+def dinov2_weights(width, layers, patch, grid, seed, registers=0):
+    """Random weights (randomize) of a Hugging Face Dinov2Model (registers
+    > 0: Dinov2WithRegistersModel) at these sizes, layer scales around 1.
+    The class, register and position embeddings are drawn 2-D (unit-scale
+    rows) and stored in the model's own shapes."""
+    c = width
+    shapes = {"embeddings.cls_token": (1, c), "embeddings.mask_token": (1, c)}
+    if registers:
+        shapes["embeddings.register_tokens"] = (registers, c)
+    shapes.update({"embeddings.position_embeddings": (grid ** 2 + 1, c),
+                   "embeddings.patch_embeddings.projection.weight": (c, 3, patch, patch),
+                   "embeddings.patch_embeddings.projection.bias": (c,),
+                   "layernorm.weight": (c,), "layernorm.bias": (c,)})
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for n in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                  "attention.output.dense"):
+            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c, c), (c,)
+        for n in ("norm1", "norm2"):
+            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c,), (c,)
+        shapes[p + "layer_scale1.lambda1"] = shapes[p + "layer_scale2.lambda1"] = (c,)
+        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (4 * c, c), (4 * c,)
+        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (c, 4 * c), (c,)
+    w = randomize(shapes, seed)
+    for k in w:
+        if k.endswith("lambda1"):                          # layer scales around 1 (DINOv2's init 1.0)
+            w[k] = (1 + w[k].astype(np.float32)).astype(np.float16)
+    w["embeddings.cls_token"] = w["embeddings.cls_token"].reshape(1, 1, c)
+    if registers:
+        w["embeddings.register_tokens"] = w["embeddings.register_tokens"][None]
+    w["embeddings.position_embeddings"] = w["embeddings.position_embeddings"][None]
+    return w
+
+
+def vit_attention_to_original(hf, i, sd):
+    """Block I's attention in HF (a ViTModel's or Dinov2Model's torch
+    tensors: encoder.layer.I.attention.attention.query / key / value,
+    attention.output.dense) into SD under the names of dino's and dinov2's
+    VisionTransformer (blocks.I.attn.qkv, attn.proj). Returns the two
+    prefixes, (HF's, SD's)."""
+    import torch
+    p, q = f"encoder.layer.{i}.", f"blocks.{i}."
+    a = p + "attention.attention."
+    sd[q + "attn.qkv.weight"] = torch.cat([hf[a + n + ".weight"] for n in ("query", "key", "value")])
+    sd[q + "attn.qkv.bias"] = torch.cat([hf[a + n + ".bias"] for n in ("query", "key", "value")])
+    sd[q + "attn.proj.weight"] = hf[p + "attention.output.dense.weight"]
+    sd[q + "attn.proj.bias"] = hf[p + "attention.output.dense.bias"]
+    return p, q
+
+
+def dinov2_to_original(model_dir):
+    """MODEL_DIR's Dinov2Model (or Dinov2WithRegistersModel) weights as the
+    state dict of facebookresearch/dinov2's DinoVisionTransformer (torch
+    float32 tensors)."""
+    import torch
+    hf = {k: torch.from_numpy(v.astype(np.float32)) for k, v in
+          load_safetensors(os.path.join(model_dir, "model.safetensors")).items()}
+    sd = {"cls_token": hf["embeddings.cls_token"], "pos_embed": hf["embeddings.position_embeddings"],
+          "mask_token": hf["embeddings.mask_token"],
+          "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
+          "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
+          "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
+    if "embeddings.register_tokens" in hf:
+        sd["register_tokens"] = hf["embeddings.register_tokens"]
+    layers = len({k.split(".")[2] for k in hf if k.startswith("encoder.layer.")})
+    for i in range(layers):
+        p, q = vit_attention_to_original(hf, i, sd)
+        sd[q + "ls1.gamma"], sd[q + "ls2.gamma"] = hf[p + "layer_scale1.lambda1"], hf[p + "layer_scale2.lambda1"]
+        for n in ("norm1", "norm2"):
+            sd[q + n + ".weight"], sd[q + n + ".bias"] = hf[p + n + ".weight"], hf[p + n + ".bias"]
+        for n in ("fc1", "fc2"):
+            sd[q + f"mlp.{n}.weight"], sd[q + f"mlp.{n}.bias"] = hf[p + f"mlp.{n}.weight"], hf[p + f"mlp.{n}.bias"]
+    return sd
+
+
 # ---- fixtures --------------------------------------------------------------------
 
 def git_commit(repo_dir):

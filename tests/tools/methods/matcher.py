@@ -71,8 +71,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, MODELS, git_commit, load_safetensors, randomize, save_safetensors,  # noqa: E402
-                    test_image, write_fixture)
+from common import (METHODS, MODELS, dinov2_to_original, dinov2_weights, git_commit, randomize,  # noqa: E402
+                    save_safetensors, test_image, write_fixture)
 import sam_amg  # noqa: E402  (before the repository goes first on sys.path: it puts this directory first)
 
 DINO_DIR = os.path.join(MODELS, "dinov2-matcher-tiny")
@@ -84,36 +84,15 @@ NEAR = 2e-4        # |logit - t| below this can flip under float32 noise (fmseg 
 # ---- the tiny DINOv2 ---------------------------------------------------------------------
 
 def make_dinov2(seed=21, content=3.0, positions=0.5):
-    """The tiny Dinov2Model directory: random weights (common.randomize),
-    layer scales around 1, the patch embedding x `content` and the position
-    embeddings x `positions` (so that patches of like colours get like
-    features, as a trained DINOv2's do for like parts)."""
+    """The tiny Dinov2Model directory: random weights (common.dinov2_weights:
+    randomize's, layer scales around 1), the patch embedding x `content`
+    and the position embeddings x `positions` (so that patches of like
+    colours get like features, as a trained DINOv2's do for like parts)."""
     d, c = DINO, DINO["width"]
-    shapes = {"embeddings.cls_token": (1, c), "embeddings.mask_token": (1, c),
-              "embeddings.position_embeddings": (d["grid"] ** 2 + 1, c),
-              "embeddings.patch_embeddings.projection.weight": (c, 3, d["patch"], d["patch"]),
-              "embeddings.patch_embeddings.projection.bias": (c,),
-              "layernorm.weight": (c,), "layernorm.bias": (c,)}
-    for i in range(d["layers"]):
-        p = f"encoder.layer.{i}."
-        for n in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                  "attention.output.dense"):
-            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c, c), (c,)
-        for n in ("norm1", "norm2"):
-            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c,), (c,)
-        shapes[p + "layer_scale1.lambda1"] = shapes[p + "layer_scale2.lambda1"] = (c,)
-        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (4 * c, c), (4 * c,)
-        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (c, 4 * c), (c,)
-    w = randomize(shapes, seed)
-    for k in w:
-        if k.endswith("lambda1"):                     # layer scales around 1 (trained ViT-L's are O(1))
-            w[k] = (1 + w[k].astype(np.float32)).astype(np.float16)
+    w = dinov2_weights(c, d["layers"], d["patch"], d["grid"], seed)
     for k, f in (("embeddings.patch_embeddings.projection.weight", content),
                  ("embeddings.position_embeddings", positions)):
         w[k] = (w[k].astype(np.float32) * f).astype(np.float16)
-    w["embeddings.cls_token"] = w["embeddings.cls_token"].reshape(1, 1, c)
-    w["embeddings.mask_token"] = w["embeddings.mask_token"].reshape(1, c)
-    w["embeddings.position_embeddings"] = w["embeddings.position_embeddings"][None]
     os.makedirs(DINO_DIR, exist_ok=True)
     save_safetensors(os.path.join(DINO_DIR, "model.safetensors"), w)
     config = {"architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_size": c,
@@ -125,32 +104,6 @@ def make_dinov2(seed=21, content=3.0, positions=0.5):
     with open(os.path.join(DINO_DIR, "config.json"), "w") as f:
         json.dump(config, f, indent=1, sort_keys=True)
     return DINO_DIR
-
-
-def dinov2_state_dict():
-    """The tiny Dinov2Model weights in the names of the repository's
-    DinoVisionTransformer (torch float32)."""
-    import torch
-    hf = {k: torch.from_numpy(v.astype(np.float32)) for k, v in
-          load_safetensors(os.path.join(DINO_DIR, "model.safetensors")).items()}
-    sd = {"cls_token": hf["embeddings.cls_token"], "pos_embed": hf["embeddings.position_embeddings"],
-          "mask_token": hf["embeddings.mask_token"],
-          "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
-          "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
-          "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
-    for i in range(DINO["layers"]):
-        p, q = f"encoder.layer.{i}.", f"blocks.{i}."
-        a = p + "attention.attention."
-        sd[q + "attn.qkv.weight"] = torch.cat([hf[a + n + ".weight"] for n in ("query", "key", "value")])
-        sd[q + "attn.qkv.bias"] = torch.cat([hf[a + n + ".bias"] for n in ("query", "key", "value")])
-        sd[q + "attn.proj.weight"] = hf[p + "attention.output.dense.weight"]
-        sd[q + "attn.proj.bias"] = hf[p + "attention.output.dense.bias"]
-        sd[q + "ls1.gamma"], sd[q + "ls2.gamma"] = hf[p + "layer_scale1.lambda1"], hf[p + "layer_scale2.lambda1"]
-        for n in ("norm1", "norm2"):
-            sd[q + n + ".weight"], sd[q + n + ".bias"] = hf[p + n + ".weight"], hf[p + n + ".bias"]
-        for n in ("fc1", "fc2"):
-            sd[q + f"mlp.{n}.weight"], sd[q + f"mlp.{n}.bias"] = hf[p + f"mlp.{n}.weight"], hf[p + f"mlp.{n}.bias"]
-    return sd
 
 
 # ---- the tiny SAM ------------------------------------------------------------------------------------
@@ -291,23 +244,7 @@ def make_sam(out=SAM_DIR, design=None):
     name = "mask_decoder.iou_prediction_head.proj_out."
     put(name + "weight", f32(name + "weight") * g["iou_scale"])
     put(name + "bias", np.full(w[name + "bias"].shape, g["iou_centre"]))
-    os.makedirs(out, exist_ok=True)
-    save_safetensors(os.path.join(out, "model.safetensors"), w)
-    vv, p, d = SAM_VISION, SAM_PROMPT, SAM_DECODER
-    config = {
-        "architectures": ["SamModel"], "model_type": "sam", "initializer_range": 0.02,
-        "vision_config": dict(vv, model_type="sam_vision_model", num_channels=3, hidden_act="gelu",
-                              layer_norm_eps=1e-6, qkv_bias=True, use_abs_pos=True, use_rel_pos=True,
-                              mlp_dim=int(vv["hidden_size"] * vv["mlp_ratio"]), attention_dropout=0.0,
-                              initializer_range=1e-10, dropout=0.0),
-        "prompt_encoder_config": dict(p, image_size=vv["image_size"], patch_size=vv["patch_size"],
-                                      image_embedding_size=vv["image_size"] // vv["patch_size"],
-                                      num_point_embeddings=4, hidden_act="gelu", layer_norm_eps=1e-6),
-        "mask_decoder_config": dict(d, hidden_act="relu", layer_norm_eps=1e-5),
-    }
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-    return out
+    return sa.write_sam_model(out, w)
 
 
 # ---- main_oss.py's arguments -------------------------------------------------------------------
@@ -466,7 +403,7 @@ def build(repo, argv, tmp):
     args = main_oss_parser(repo).parse_args(argv)
     args.sample_range = eval(args.sample_range)                  # as main_oss.py does
     args.device = torch.device("cpu")
-    sd = dinov2_state_dict()
+    sd = dinov2_to_original(DINO_DIR)
 
     def tiny_dinov2(**kw):
         kw = dict(kw, img_size=DINO["patch"] * DINO["grid"])
@@ -595,30 +532,17 @@ def case_images(spec):
 
 def filter_counts():
     """Wraps MaskData.filter to count what each step of the generator
-    removes: {step: removed}; returns (counts, restore)."""
-    import inspect
+    removes (sam_amg.count_filters, with the dense grid's and the prompt
+    sets' filters apart): {step: removed}; returns (counts, restore)."""
     from segment_anything.utils.amg import MaskData
-    removed, plain = {}, MaskData.filter
 
-    def size(data):
-        for k in ("rles", "iou_preds"):
-            if k in data._stats:
-                return len(data._stats[k])
-        return 0
-
-    def filter_(self, keep):
-        caller = inspect.stack()[1].function
+    def step(data, caller):
         if caller in ("_process_batch", "_process_sel_batch"):
             kind = "dense" if caller == "_process_batch" else "sets"
-            step = kind + (" near_crop_edge" if "boxes" in self._stats else
-                           " stability" if "stability_score" in self._stats else " pred_iou")
-        else:
-            step = {"_process_crop": "box_nms", "_generate_masks": "crop_nms"}[caller]
-        before = size(self)
-        plain(self, keep)
-        removed[step] = removed.get(step, 0) + before - size(self)
-    MaskData.filter = filter_
-    return removed, lambda: setattr(MaskData, "filter", plain)
+            return kind + (" near_crop_edge" if "boxes" in data._stats else
+                           " stability" if "stability_score" in data._stats else " pred_iou")
+        return {"_process_crop": "box_nms", "_generate_masks": "crop_nms"}[caller]
+    return sam_amg.count_filters(MaskData, step)
 
 
 def margins(args, logits, phase, records, points, merged, patch):

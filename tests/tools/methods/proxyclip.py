@@ -97,12 +97,7 @@ def dino_to_hub(model_dir):
           "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
           "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
     for i in range(DINO["layers"]):
-        p, q = f"encoder.layer.{i}.", f"blocks.{i}."
-        a = p + "attention.attention."
-        sd[q + "attn.qkv.weight"] = torch.cat([hf[a + n + ".weight"] for n in ("query", "key", "value")])
-        sd[q + "attn.qkv.bias"] = torch.cat([hf[a + n + ".bias"] for n in ("query", "key", "value")])
-        sd[q + "attn.proj.weight"] = hf[p + "attention.output.dense.weight"]
-        sd[q + "attn.proj.bias"] = hf[p + "attention.output.dense.bias"]
+        p, q = common.vit_attention_to_original(hf, i, sd)
         for n, m in (("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
             sd[q + m + ".weight"], sd[q + m + ".bias"] = hf[p + n + ".weight"], hf[p + n + ".bias"]
         sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc1.bias"] = hf[p + "intermediate.dense.weight"], hf[p + "intermediate.dense.bias"]
@@ -135,29 +130,7 @@ DINOV2 = dict(width=64, heads=2, layers=2, patch=14, grid=16, registers=4)   # V
 def make_dinov2(seed=12):
     d = DINOV2
     c = d["width"]
-    shapes = {"embeddings.cls_token": (1, c), "embeddings.mask_token": (1, c),
-              "embeddings.register_tokens": (d["registers"], c),
-              "embeddings.position_embeddings": (d["grid"] ** 2 + 1, c),
-              "embeddings.patch_embeddings.projection.weight": (c, 3, d["patch"], d["patch"]),
-              "embeddings.patch_embeddings.projection.bias": (c,),
-              "layernorm.weight": (c,), "layernorm.bias": (c,)}
-    for i in range(d["layers"]):
-        p = f"encoder.layer.{i}."
-        for n in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
-                  "attention.output.dense"):
-            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c, c), (c,)
-        for n in ("norm1", "norm2"):
-            shapes[p + n + ".weight"], shapes[p + n + ".bias"] = (c,), (c,)
-        shapes[p + "layer_scale1.lambda1"] = shapes[p + "layer_scale2.lambda1"] = (c,)
-        shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (4 * c, c), (4 * c,)
-        shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (c, 4 * c), (c,)
-    w = common.randomize(shapes, seed)
-    for k in w:
-        if k.endswith("lambda1"):                          # layer scales around DINOv2's init 1.0
-            w[k] = (1 + w[k].astype(np.float32)).astype(np.float16)
-    w["embeddings.cls_token"] = w["embeddings.cls_token"].reshape(1, 1, c)
-    w["embeddings.register_tokens"] = w["embeddings.register_tokens"][None]
-    w["embeddings.position_embeddings"] = w["embeddings.position_embeddings"][None]
+    w = common.dinov2_weights(c, d["layers"], d["patch"], d["grid"], seed, registers=d["registers"])
     os.makedirs(DINOV2_DIR, exist_ok=True)
     common.save_safetensors(os.path.join(DINOV2_DIR, "model.safetensors"), w)
     config = {"architectures": ["Dinov2WithRegistersModel"], "model_type": "dinov2_with_registers",
@@ -188,26 +161,7 @@ def hub_dinov2(dinov2_repo):
         num_heads=d["heads"], mlp_ratio=4, block_fn=partial(Block, attn_class=MemEffAttention),
         num_register_tokens=d["registers"], init_values=1.0, ffn_layer="mlp", block_chunks=0,
         interpolate_antialias=True, interpolate_offset=0.0)
-    hf = {k: torch.from_numpy(v.astype(np.float32))
-          for k, v in common.load_safetensors(os.path.join(DINOV2_DIR, "model.safetensors")).items()}
-    sd = {"cls_token": hf["embeddings.cls_token"], "pos_embed": hf["embeddings.position_embeddings"],
-          "register_tokens": hf["embeddings.register_tokens"], "mask_token": hf["embeddings.mask_token"],
-          "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
-          "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
-          "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
-    for i in range(d["layers"]):
-        p, q = f"encoder.layer.{i}.", f"blocks.{i}."
-        a = p + "attention.attention."
-        sd[q + "attn.qkv.weight"] = torch.cat([hf[a + n + ".weight"] for n in ("query", "key", "value")])
-        sd[q + "attn.qkv.bias"] = torch.cat([hf[a + n + ".bias"] for n in ("query", "key", "value")])
-        sd[q + "attn.proj.weight"] = hf[p + "attention.output.dense.weight"]
-        sd[q + "attn.proj.bias"] = hf[p + "attention.output.dense.bias"]
-        sd[q + "ls1.gamma"], sd[q + "ls2.gamma"] = hf[p + "layer_scale1.lambda1"], hf[p + "layer_scale2.lambda1"]
-        for n in ("norm1", "norm2"):
-            sd[q + n + ".weight"], sd[q + n + ".bias"] = hf[p + n + ".weight"], hf[p + n + ".bias"]
-        for n in ("fc1", "fc2"):
-            sd[q + f"mlp.{n}.weight"], sd[q + f"mlp.{n}.bias"] = hf[p + f"mlp.{n}.weight"], hf[p + f"mlp.{n}.bias"]
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(common.dinov2_to_original(DINOV2_DIR), strict=True)
     return model.eval()
 
 
@@ -232,23 +186,7 @@ def make_sam(seed=13):
     w = common.randomize(sa.sam_shapes(), seed)
     rng = np.random.default_rng(seed + 1)
     w["vision_encoder.pos_embed"] = (0.5 * rng.standard_normal(w["vision_encoder.pos_embed"].shape)).astype(np.float16)
-    os.makedirs(SAM_DIR, exist_ok=True)
-    common.save_safetensors(os.path.join(SAM_DIR, "model.safetensors"), w)
-    v, p, d = SAM_VISION, sa.PROMPT, sa.DECODER
-    config = {
-        "architectures": ["SamModel"], "model_type": "sam", "initializer_range": 0.02,
-        "vision_config": dict(v, model_type="sam_vision_model", num_channels=3, hidden_act="gelu",
-                              layer_norm_eps=1e-6, qkv_bias=True, use_abs_pos=True, use_rel_pos=True,
-                              mlp_dim=int(v["hidden_size"] * v["mlp_ratio"]), attention_dropout=0.0,
-                              initializer_range=1e-10, dropout=0.0),
-        "prompt_encoder_config": dict(p, image_size=v["image_size"], patch_size=v["patch_size"],
-                                      image_embedding_size=v["image_size"] // v["patch_size"],
-                                      num_point_embeddings=4, hidden_act="gelu", layer_norm_eps=1e-6),
-        "mask_decoder_config": dict(d, hidden_act="relu", layer_norm_eps=1e-5),
-    }
-    with open(os.path.join(SAM_DIR, "config.json"), "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-    return SAM_DIR
+    return sa.write_sam_model(SAM_DIR, w)
 
 
 # ---- the official segmentor -----------------------------------------------------------

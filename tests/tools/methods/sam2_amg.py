@@ -110,7 +110,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from common import METHODS, MODELS, ROOT, git_commit, randomize, save_safetensors, test_image, write_fixture  # noqa
-from sam_amg import amg_image, records_tensors  # noqa: E402
+from sam_amg import (RECORD_OUTPUTS, amg_image, count_filters, logit_margins, near_stability,  # noqa: E402
+                     record_key, records_tensors, repos_for_case, step_counts)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -186,22 +187,14 @@ def original_modules(sam2_path):
 
 def build_model(mods):
     msf, case = mods.msf, MODEL
-    trunk = mods.Hiera(embed_dim=case["embed_dim"], num_heads=case["num_heads"], q_pool=case["q_pool"],
-                       q_stride=(2, 2), stages=case["stages"], dim_mul=2.0, head_mul=2.0,
-                       window_pos_embed_bkg_spatial_size=case["bkg"], window_spec=case["window_spec"],
-                       global_att_blocks=case["global_blocks"])
-    pe = mods.PositionEmbeddingSine(num_pos_feats=case["d_model"], normalize=True, scale=None, temperature=10000)
-    neck = mods.FpnNeck(position_encoding=pe, d_model=case["d_model"], backbone_channel_list=trunk.channel_list,
-                        kernel_size=case["fpn_kernel"], stride=1, padding=case["fpn_padding"],
-                        fpn_interp_model="nearest", fpn_top_down_levels=list(case["top_down"]))
-    enc = mods.ImageEncoder(trunk=trunk, neck=neck, scalp=case["scalp"])
+    enc = msf.image_encoder(mods, case)
     model = msf.tiny_sam2(mods, case, enc)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     w = tuned_weights(shapes)
     model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in w.items()}, strict=True)
     calibrate(mods, model, w)
     model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in w.items()}, strict=True)
-    model.trunk_for_config = trunk
+    model.trunk_for_config = enc.trunk
     return model, w
 
 
@@ -431,6 +424,7 @@ BASE = dict(points_per_side=8, points_per_batch=64, pred_iou_thresh=0.0, stabili
 
 # ---- running the generator, counting what each step does -------------------------
 
+# sam_amg.py's AMG_STEPS but small_region_nms (SAM 2's generate runs no postprocess_small_regions)
 STEPS = ["pred_iou_thresh", "stability_score_thresh", "near_crop_edge", "box_nms", "crop_nms"]
 
 
@@ -464,38 +458,17 @@ def instrumented(mods, model, params, image):
     changed, and the margins of every thresholded decision against
     float32 noise, per mask keyed by (crop box, point, predicted IoU) as
     the records give them. Returns (records, info)."""
-    import inspect
     import sam2.automatic_mask_generator as amg_mod
     from sam2.utils.amg import MaskData
     gen = make_generator(mods, model, params)
     pred, dec = gen.predictor, model.sam_mask_decoder
     thr, offset = params["mask_threshold"], params["stability_score_offset"]
-    removed = {}
     st = dict(crop=None, points=None, nmask=None, offset=0, first=[], call={})
     masks_info = {}                      # key -> per-mask facts of the masks the filters saw
     info = dict(predictions=0, obj_nonpositive=0, obj_total=0, hole_lowres=0, hole_px=0, sprinkle_px=0,
                 hole_binary=0, dyn_calls=0, dyn_fallback=0, dyn_margin=float("inf"), nms_margin=float("inf"),
                 nms_score_gap=float("inf"), iou_noise=0.0, m2m_changed=0, m2m_iou_delta=[], thresholded_iou=[],
                 stab_pairs=[], near_stab=[], lowres_margin_all=float("inf"))
-    plain_filter = MaskData.filter
-
-    def size(data):
-        for k in ("rles", "iou_preds"):
-            if k in data._stats:
-                return len(data._stats[k])
-        return 0
-
-    def filter_(self, keep):
-        caller = inspect.stack()[1].function
-        if caller == "_process_batch":
-            step = ("near_crop_edge" if "boxes" in self._stats else
-                    "stability_score_thresh" if "stability_score" in self._stats else "pred_iou_thresh")
-        else:
-            step = {"_process_crop": "box_nms", "_generate_masks": "crop_nms"}[caller]
-        before = size(self)
-        plain_filter(self, keep)
-        removed[step] = removed.get(step, 0) + before - size(self)
-
     plain_nms = amg_mod.batched_nms
 
     def nms(boxes, scores, idxs, iou_threshold):
@@ -574,10 +547,7 @@ def instrumented(mods, model, params, image):
         info["lowres_margin_all"] = min(info["lowres_margin_all"], float(c["lowres_margin"].min()))
         refine = mask_input is not None
         thresholded = refine or not params["use_m2m"]
-        margins = torch.stack([(masks - t).abs().flatten(2).min(-1)[0] for t in (thr, thr + offset, thr - offset)])
-        margin = margins.min(0)[0]
-        hi = (masks > thr + offset).flatten(2).sum(-1)
-        lo = (masks > thr - offset).flatten(2).sum(-1)
+        margin, hi, lo = logit_margins(masks, thr, offset)
         x0, y0 = st["crop"][:2]
         if not refine:
             st["nmask"] = masks.shape[1]
@@ -609,42 +579,32 @@ def instrumented(mods, model, params, image):
                 if thresholded:
                     info["thresholded_iou"].append(float(iou[b, j]))
                     info["stab_pairs"].append((float(iou[b, j]), int(hi[b, j]), int(lo[b, j])))
-                    n_lo = float(lo[b, j])
-                    if n_lo > 0 and abs(float(hi[b, j]) / n_lo - params["stability_score_thresh"]) <= 1.5 / n_lo:
+                    if near_stability(hi[b, j], lo[b, j], params["stability_score_thresh"]):
                         info["near_stab"].append(min(f["margin"], f["lowres"]))
                     masks_info[key] = f
         if refine:
             st["offset"] += masks.shape[0]
         return masks, iou, low
 
-    MaskData.filter, amg_mod.batched_nms = filter_, nms
+    removed, restore_filter = count_filters(MaskData)
+    amg_mod.batched_nms = nms
     gen._process_crop, gen._process_batch, pred._predict = process_crop, process_batch, predict
     pred._transforms.postprocess_masks = post
     dec._dynamic_multimask_via_stability = dyn
     try:
         records = gen.generate(image)
     finally:
-        MaskData.filter, amg_mod.batched_nms = plain_filter, plain_nms
+        restore_filter()
+        amg_mod.batched_nms = plain_nms
         del dec._dynamic_multimask_via_stability
         hook.remove()
-    rec = []
-    for r in records:
-        x, y, w, h = (int(v) for v in r["crop_box"])
-        rec.append(masks_info[((x, y, x + w, y + h), float(r["point_coords"][0][0]), float(r["point_coords"][0][1]),
-                               float(r["predicted_iou"]))])
-    info["removed"], info["records"] = removed, rec
+    info["removed"], info["records"] = removed, [masks_info[record_key(r)] for r in records]
     return records, info
 
 
 def summarize(params, info, n_records, generated):
     """(counts text, margins text, margins dict)."""
-    removed = info["removed"]
-    n, parts = generated, [f"generated {generated}"]
-    for k in STEPS:
-        if k in removed:
-            n -= removed[k]
-            parts.append(f"{k} -{removed[k]} -> {n}")
-    assert n == n_records, (n, n_records)
+    counts = step_counts(info["removed"], None, generated, n_records, STEPS)
     rec = info["records"]
     extra = []
     if params["use_m2m"]:
@@ -678,39 +638,11 @@ def summarize(params, info, n_records, generated):
         del margins["record_lowres_logits"]
     if info["dyn_calls"]:
         margins["dynamic_stability_logits"] = info["dyn_margin"]
-    return "; ".join(parts), "; ".join(extra), margins
+    return counts, "; ".join(extra), margins
 
 
 # ---- cases ---------------------------------------------------------------------------
 
-def flat_image(h, w):
-    """The generator's test image: flat colour regions (a two-tone
-    background, sam_amg.py's shapes: a disk and a rectangle in each corner
-    region, a small square in the middle, a hole in the yellow rectangle and
-    a speck beside it), no photo texture: the high-resolution features then
-    vary smoothly, so few mask logits lie near a threshold."""
-    img = np.empty((h, w, 3), dtype=np.uint8)
-    img[:] = (120, 130, 140)
-    img[:, int(0.55 * w):] = (150, 140, 110)
-    yy, xx = np.mgrid[0:h, 0:w]
-
-    def disk(cy, cx, r, colour):
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = colour
-
-    def rect(y0, x0, y1, x1, colour):
-        img[y0:y1, x0:x1] = colour
-    disk(int(0.2 * h), int(0.2 * w), int(0.1 * h), (230, 40, 30))
-    rect(int(0.1 * h), int(0.65 * w), int(0.3 * h), int(0.9 * w), (30, 200, 60))
-    disk(int(0.78 * h), int(0.25 * w), int(0.12 * h), (40, 60, 220))
-    rect(int(0.68 * h), int(0.7 * w), int(0.88 * h), int(0.85 * w), (240, 220, 40))
-    rect(int(0.76 * h), int(0.76 * w), int(0.76 * h) + 3, int(0.76 * w) + 3, (128, 128, 128))
-    rect(int(0.62 * h), int(0.9 * w), int(0.62 * h) + 3, int(0.9 * w) + 3, (240, 220, 40))
-    c = (h // 2, w // 2)
-    rect(c[0] - 4, c[1] - 4, c[0] + 4, c[1] + 4, (250, 250, 250))
-    return img
-
-
-AMG_IMAGE = amg_image
 AMG_SIZE = (150, 200)       # (h, w): the full image is resized 200 -> 160 across (antialiased), 150 -> 160 down
 CASES = {
     "grid": dict(output_mode="binary_mask", settings=dict(
@@ -736,7 +668,7 @@ CASES = {
 def amg_case(mods, model, name, spec):
     from sam2.utils.amg import build_all_layer_point_grids, generate_crop_boxes
     h, w = AMG_SIZE
-    image = AMG_IMAGE(h, w)
+    image = amg_image(h, w)
     params = dict(BASE, **spec["settings"], output_mode=spec["output_mode"])
     records = run_amg(mods, model, params, image)
     again, info = instrumented(mods, model, params, image)
@@ -908,15 +840,9 @@ def main():
         print("wrote", write_model(mods, model, w))
     for name in args.cases:
         spec = CASES[name]
-        case_repos = dict(repos)
-        if spec["output_mode"] == "coco_rle":
-            try:
-                import pycocotools  # noqa: F401
-            except ImportError:
-                print(f"{name}: skipped (pycocotools not importable; give --cocoapi)")
-                continue
-            if args.cocoapi:
-                case_repos["cocodataset/cocoapi"] = git_commit(os.path.dirname(os.path.abspath(args.cocoapi)))
+        case_repos = repos_for_case(name, spec["output_mode"], args.cocoapi, repos)
+        if case_repos is None:
+            continue
         image, params, records, counts, extra, margins = amg_case(mods, model, name, spec)
         margin_text = ", ".join(f"{k} {v:.2g}" for k, v in margins.items())
         h, w_ = image.shape[:2]
@@ -927,9 +853,7 @@ def main():
             "recipe": "sam_amg",
             "params": params_for_method(params),
             "models": {"sam": "../models/" + MODEL["name"]},
-            "outputs": {k: {"compare": c} for k, c in (
-                ("area", "exact"), ("bbox", "exact"), ("crop_box", "exact"), ("segmentation", "exact"),
-                ("predicted_iou", "float"), ("stability_score", "float"), ("point_coords", "float"))},
+            "outputs": RECORD_OUTPUTS,
             "generator": dict({"script": "tests/tools/methods/sam2_amg.py", "repos": case_repos}, **versions()),
             "notes": (f"SAM2AutomaticMaskGenerator(model, **params).generate(image) unmodified on image.png "
                       f"({w_}x{h}, RGB uint8); model = facebookresearch/sam2's SAM2Base built with the tiny "

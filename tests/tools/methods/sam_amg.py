@@ -138,6 +138,29 @@ def sam_shapes():
     return s
 
 
+def write_sam_model(out, w):
+    """OUT/model.safetensors (W) and OUT/config.json: a SamModel at the
+    module's VISION / PROMPT / DECODER (what sam_shapes drew W at)."""
+    os.makedirs(out, exist_ok=True)
+    save_safetensors(os.path.join(out, "model.safetensors"), w)
+    v, p, d = VISION, PROMPT, DECODER
+    config = {
+        "architectures": ["SamModel"], "model_type": "sam", "initializer_range": 0.02,
+        "vision_config": dict(v, model_type="sam_vision_model", num_channels=3, hidden_act="gelu",
+                              layer_norm_eps=1e-6, qkv_bias=True, use_abs_pos=True, use_rel_pos=True,
+                              mlp_dim=int(v["hidden_size"] * v["mlp_ratio"]), attention_dropout=0.0,
+                              initializer_range=1e-10, dropout=0.0),
+        "prompt_encoder_config": dict(p, image_size=v["image_size"], patch_size=v["patch_size"],
+                                      image_embedding_size=v["image_size"] // v["patch_size"],
+                                      num_point_embeddings=4, hidden_act="gelu", layer_norm_eps=1e-6),
+        # the original TwoWayAttentionBlock's norms are nn.LayerNorm's 1e-5
+        "mask_decoder_config": dict(d, hidden_act="relu", layer_norm_eps=1e-5),
+    }
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+    return out
+
+
 def make_sam(name="sam-amg-tiny"):
     """The tiny SamModel directory (config.json + model.safetensors, F16
     weights) under tests/fixtures/methods/models/NAME. Returns it."""
@@ -202,22 +225,7 @@ def make_sam(name="sam-amg-tiny"):
     name = "mask_decoder.iou_prediction_head.proj_out."
     w[name + "weight"] = (w[name + "weight"].astype(np.float32) * IOU_SCALE).astype(np.float16)
     w[name + "bias"] = np.full(w[name + "bias"].shape, IOU_CENTRE, dtype=np.float16)
-    save_safetensors(os.path.join(out, "model.safetensors"), w)
-    v, p, d = VISION, PROMPT, DECODER
-    config = {
-        "architectures": ["SamModel"], "model_type": "sam", "initializer_range": 0.02,
-        "vision_config": dict(v, model_type="sam_vision_model", num_channels=3, hidden_act="gelu",
-                              layer_norm_eps=1e-6, qkv_bias=True, use_abs_pos=True, use_rel_pos=True,
-                              mlp_dim=int(v["hidden_size"] * v["mlp_ratio"]), attention_dropout=0.0,
-                              initializer_range=1e-10, dropout=0.0),
-        "prompt_encoder_config": dict(p, image_size=v["image_size"], patch_size=v["patch_size"],
-                                      image_embedding_size=v["image_size"] // v["patch_size"],
-                                      num_point_embeddings=4, hidden_act="gelu", layer_norm_eps=1e-6),
-        # the original TwoWayAttentionBlock's norms are nn.LayerNorm's 1e-5
-        "mask_decoder_config": dict(d, hidden_act="relu", layer_norm_eps=1e-5),
-    }
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
+    write_sam_model(out, w)
     return out
 
 
@@ -317,6 +325,31 @@ def run_amg(sam, image, settings):
     return SamAutomaticMaskGenerator(sam, **settings).generate(image)
 
 
+def logit_margins(masks, t, offset):
+    """Per mask of MASKS' logits (B, M, H, W): the smallest |logit - t'|
+    for t' = T and T +- OFFSET (binarisation and the stability score's two
+    cuts), and the counts of pixels above T + OFFSET and T - OFFSET (the
+    stability score's)."""
+    import torch
+    m = torch.stack([(masks - c).abs().flatten(2).min(-1)[0] for c in (t, t + offset, t - offset)])
+    return m.min(0)[0], (masks > t + offset).flatten(2).sum(-1), (masks > t - offset).flatten(2).sum(-1)
+
+
+def near_stability(hi, lo, thresh):
+    """Whether one pixel could move a mask's stability score (HI / LO,
+    logit_margins' counts) across THRESH."""
+    n_lo = float(lo)
+    return n_lo > 0 and abs(float(hi) / n_lo - thresh) <= 1.5 / n_lo
+
+
+def record_key(r):
+    """A record's (crop box XYXY, point x, point y, predicted IoU): how
+    the instrumented runs key the masks the generator's steps saw."""
+    x, y, w, h = (int(v) for v in r["crop_box"])
+    return ((x, y, x + w, y + h), float(r["point_coords"][0][0]), float(r["point_coords"][0][1]),
+            float(r["predicted_iou"]))
+
+
 def amg_margins(sam, image, settings, records):
     """How close the official run's decisions come to flipping under float32
     noise (a faithful float32 reimplementation differs by ~1e-6 in logits
@@ -326,7 +359,6 @@ def amg_margins(sam, image, settings, records):
     pred_iou_thresh| over every mask, and the smallest |logit - t| of the
     masks one pixel could move across stability_score_thresh. Taken in
     a third run whose predictor and batch steps are wrapped."""
-    import torch
     from segment_anything import SamAutomaticMaskGenerator
     gen = SamAutomaticMaskGenerator(sam, **settings)
     offset, mask_t = settings["stability_score_offset"], sam.mask_threshold
@@ -344,29 +376,21 @@ def amg_margins(sam, image, settings, records):
     def predict_torch(*args, **kwargs):
         masks, iou, low = plain_predict(*args, **kwargs)
         points, (x0, y0) = crop.pop(), crop[0][:2]
-        m = torch.stack([(masks - t).abs().flatten(2).min(-1)[0] for t in (mask_t, mask_t + offset, mask_t - offset)])
-        margin = m.min(0)[0]
-        hi = (masks > mask_t + offset).flatten(2).sum(-1)
-        lo = (masks > mask_t - offset).flatten(2).sum(-1)
+        margin, hi, lo = logit_margins(masks, mask_t, offset)
         for b in range(masks.shape[0]):
             for j in range(masks.shape[1]):
                 v = float(iou[b, j])
                 ious.append(v)
                 key = (crop[0], float(points[b][0] + x0), float(points[b][1] + y0), v)
                 pixel[key] = float(margin[b, j])
-                n_lo = float(lo[b, j])
-                if n_lo > 0 and abs(float(hi[b, j]) / n_lo - settings["stability_score_thresh"]) <= 1.5 / n_lo:
+                if near_stability(hi[b, j], lo[b, j], settings["stability_score_thresh"]):
                     near_stab.append(float(margin[b, j]))
         return masks, iou, low
 
     gen._process_crop, gen._process_batch, gen.predictor.predict_torch = process_crop, process_batch, predict_torch
     again = gen.generate(image)
     assert [r["area"] for r in again] == [r["area"] for r in records]
-    rec_pixel = []
-    for r in records:
-        x, y, w, h = (int(v) for v in r["crop_box"])
-        rec_pixel.append(pixel[((x, y, x + w, y + h), float(r["point_coords"][0][0]), float(r["point_coords"][0][1]),
-                                float(r["predicted_iou"]))])
+    rec_pixel = [pixel[record_key(r)] for r in records]
     order = sorted(float(r["predicted_iou"]) for r in records)
     gaps = [b - a for a, b in zip(order, order[1:])]
     thresh = settings["pred_iou_thresh"]
@@ -376,15 +400,25 @@ def amg_margins(sam, image, settings, records):
             "near_stability_logits": min(near_stab, default=float("inf"))}
 
 
-def amg_stats(sam, image, settings):
-    """The same run with MaskData.filter and remove_small_regions wrapped:
-    ({step: masks removed}, masks changed by the small-region step,
-    records), to say how much each step acted."""
+def amg_step(data, caller):
+    """Which step of the generator a MaskData.filter call is, by the
+    function that called it (in _process_batch, by what the data holds so
+    far)."""
+    if caller == "_process_batch":
+        return ("near_crop_edge" if "boxes" in data._stats else
+                "stability_score_thresh" if "stability_score" in data._stats else "pred_iou_thresh")
+    return {"_process_crop": "box_nms", "_generate_masks": "crop_nms",
+            "postprocess_small_regions": "small_region_nms"}[caller]
+
+
+def count_filters(mask_data, step=amg_step):
+    """Wraps MASK_DATA.filter (the MaskData class of segment-anything, of
+    a copy of it or of SAM 2) so that every call still filters and adds
+    the masks it removed to removed[step(data, caller)], caller the
+    function that called filter. Returns (removed, restore); restore()
+    puts the original back."""
     import inspect
-    import segment_anything.automatic_mask_generator as amg_mod
-    from segment_anything.utils.amg import MaskData
-    removed, changed = {}, []
-    plain_filter, plain_remove = MaskData.filter, amg_mod.remove_small_regions
+    removed, plain = {}, mask_data.filter
 
     def size(data):
         for k in ("rles", "iou_preds"):
@@ -393,34 +427,45 @@ def amg_stats(sam, image, settings):
         return 0
 
     def filter_(self, keep):
-        caller = inspect.stack()[1].function
-        if caller == "_process_batch":   # which filter: by what the data holds so far
-            step = ("near_crop_edge" if "boxes" in self._stats else
-                    "stability_score_thresh" if "stability_score" in self._stats else "pred_iou_thresh")
-        else:
-            step = {"_process_crop": "box_nms", "_generate_masks": "crop_nms",
-                    "postprocess_small_regions": "small_region_nms"}[caller]
+        name = step(self, inspect.stack()[1].function)
         before = size(self)
-        plain_filter(self, keep)
-        removed[step] = removed.get(step, 0) + before - size(self)
+        plain(self, keep)
+        removed[name] = removed.get(name, 0) + before - size(self)
+    mask_data.filter = filter_
+    return removed, lambda: setattr(mask_data, "filter", plain)
+
+
+def amg_stats(sam, image, settings):
+    """The same run with MaskData.filter and remove_small_regions wrapped:
+    ({step: masks removed}, masks changed by the small-region step,
+    records), to say how much each step acted."""
+    import segment_anything.automatic_mask_generator as amg_mod
+    from segment_anything.utils.amg import MaskData
+    changed, plain_remove = [], amg_mod.remove_small_regions
 
     def remove_(mask, area, mode):
         out, ch = plain_remove(mask, area, mode)
         changed.append(bool(ch))   # holes, then islands, per mask
         return out, ch
 
-    MaskData.filter, amg_mod.remove_small_regions = filter_, remove_
+    removed, restore = count_filters(MaskData)
+    amg_mod.remove_small_regions = remove_
     try:
         records = run_amg(sam, image, settings)
     finally:
-        MaskData.filter, amg_mod.remove_small_regions = plain_filter, plain_remove
+        restore()
+        amg_mod.remove_small_regions = plain_remove
     return removed, sum(changed[i] or changed[i + 1] for i in range(0, len(changed), 2)), records
 
 
-def step_counts(removed, changed, generated, n_records):
-    """'generated G; pred_iou_thresh -a -> ...' and a check that it adds up."""
-    order = ["pred_iou_thresh", "stability_score_thresh", "near_crop_edge", "box_nms", "crop_nms",
+AMG_STEPS = ["pred_iou_thresh", "stability_score_thresh", "near_crop_edge", "box_nms", "crop_nms",
              "small_region_nms"]
+
+
+def step_counts(removed, changed, generated, n_records, order=AMG_STEPS):
+    """'generated G; pred_iou_thresh -a -> ...' (the steps of ORDER that
+    removed any; CHANGED, the masks small_region_nms's step changed, where
+    ORDER has it) and a check that it adds up."""
     n, parts = generated, [f"generated {generated}"]
     for k in order:
         if k == "small_region_nms":
@@ -430,6 +475,28 @@ def step_counts(removed, changed, generated, n_records):
             parts.append(f"{k} -{removed[k]} -> {n}")
     assert n == n_records, (n, n_records)
     return "; ".join(parts)
+
+
+# method.json's outputs for the records records_tensors writes
+RECORD_OUTPUTS = {k: {"compare": c} for k, c in (
+    ("area", "exact"), ("bbox", "exact"), ("crop_box", "exact"), ("segmentation", "exact"),
+    ("predicted_iou", "float"), ("stability_score", "float"), ("point_coords", "float"))}
+
+
+def repos_for_case(name, mode, cocoapi, repos):
+    """The repositories behind a case (REPOS, plus cocodataset/cocoapi's
+    commit for a coco_rle case given --cocoapi), or None, said, for a
+    coco_rle case when pycocotools is not importable."""
+    out = dict(repos)
+    if mode == "coco_rle":
+        try:
+            import pycocotools  # noqa: F401
+        except ImportError:
+            print(f"{name}: skipped (pycocotools not importable; give --cocoapi)")
+            return None
+        if cocoapi:
+            out["cocodataset/cocoapi"] = git_commit(os.path.dirname(os.path.abspath(cocoapi)))
+    return out
 
 
 def records_tensors(records, mode, h, w):
@@ -587,15 +654,9 @@ def main():
     for case in args.cases:
         spec = CASES[case]
         mode = spec["output_mode"]
-        case_repos = dict(repos)
-        if mode == "coco_rle":
-            try:
-                import pycocotools  # noqa: F401
-            except ImportError:
-                print(f"{case}: skipped (pycocotools not importable; give --cocoapi)")
-                continue
-            if args.cocoapi:
-                case_repos["cocodataset/cocoapi"] = git_commit(os.path.dirname(os.path.abspath(args.cocoapi)))
+        case_repos = repos_for_case(case, mode, args.cocoapi, repos)
+        if case_repos is None:
+            continue
         h, w = spec["size"]
         image = amg_image(h, w)
         settings = dict(BASE, **spec["settings"], output_mode=mode)
@@ -625,9 +686,7 @@ def main():
             "recipe": "sam_amg",
             "params": params,
             "models": {"sam": "../models/sam-amg-tiny"},
-            "outputs": {k: {"compare": c} for k, c in (
-                ("area", "exact"), ("bbox", "exact"), ("crop_box", "exact"), ("segmentation", "exact"),
-                ("predicted_iou", "float"), ("stability_score", "float"), ("point_coords", "float"))},
+            "outputs": RECORD_OUTPUTS,
             "generator": {"script": "tests/tools/methods/sam_amg.py", "repos": case_repos,
                           "torch": torch.__version__.split("+")[0], "cv2": cv2.__version__,
                           "numpy": np.__version__},
