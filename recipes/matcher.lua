@@ -616,7 +616,8 @@ function recipe.setup(params, models, _, cfg)
   th:random64()                                    -- the DataLoader iterator's base seed
   local state = { params = params, vfm = vfm, predictor = require("fmseg.sam.predictor").new(sam),
                   py = pyrandom.python(params.seed), th = th }
-  local one = type(cfg) == "table" and type(cfg.data) == "table" and cfg.data.task == "oneshot"
+  local task = type(cfg) == "table" and type(cfg.data) == "table" and cfg.data.task
+  local one = task == "oneshot" or task == "fewshot"      -- the evaluation sets the references
   if not one or params.ref_image or params.ref_mask then
     recipe.set_reference(state, params.ref_image, params.ref_mask)
   end

@@ -162,7 +162,7 @@ end
 
 -- The checks and the predictor of setup; the reference is set now from
 -- params, or per item by a one-shot evaluation (cfg's data.task: oneshot,
--- set_reference before each class's images).
+-- set_reference before each class's images; fewshot: before each episode).
 function recipe.prepare(params, models, cfg, name, set_reference)
   if models.sam.family == "sam2" then
     error(("%s: models.sam is SAM 2; PerSAM's target-guided attention and target embedding are SAM's "
@@ -172,7 +172,8 @@ function recipe.prepare(params, models, cfg, name, set_reference)
     error(("%s: output must be instances or semantic, got %s"):format(name, tostring(params.output)), 0)
   end
   local state = { params = params, predictor = require("fmseg.sam.predictor").new(models.sam) }
-  local oneshot = type(cfg) == "table" and type(cfg.data) == "table" and cfg.data.task == "oneshot"
+  local task = type(cfg) == "table" and type(cfg.data) == "table" and cfg.data.task
+  local oneshot = task == "oneshot" or task == "fewshot"  -- the evaluation sets the references
   if not oneshot or params.ref_image or params.ref_mask then
     set_reference(state, params.ref_image, params.ref_mask)
   end

@@ -2,7 +2,9 @@
 -- leans on, bit for bit: CPython's random module (MT19937 seeded by
 -- init_by_array, getrandbits, _randbelow, sample), the iteration order of
 -- a CPython set of small ints, and torch's CPU generator (MT19937 seeded
--- by init_genrand; randint, exponential_, multinomial with one sample).
+-- by init_genrand; randint, exponential_, multinomial with one sample),
+-- and numpy's legacy RandomState (np.random.seed, the MT19937 seeded by
+-- init_genrand; permutation, choice without replacement).
 --
 --   local pyrandom = require("fmseg.pyrandom")
 --   local py = pyrandom.python(0)            -- random.seed(0)
@@ -11,6 +13,9 @@
 --   th:randint(n)                            -- torch.randint(n, (1,)).item()
 --   th:multinomial(probs)                    -- torch.multinomial(probs, 1).item() (0-based)
 --   pyrandom.set_order({5, 130, 3})          -- list(set([5, 130, 3]))
+--   local np = pyrandom.numpy(0)             -- np.random.seed(0)
+--   np:choice1(n)                            -- np.random.choice(a, 1, replace=False)[0]'s
+--                                            -- index into a (len n), 0-based
 --
 -- ref: CPython Modules/_randommodule.c (init_genrand, init_by_array,
 --      genrand_uint32, random_seed, getrandbits), Lib/random.py (sample,
@@ -19,7 +24,13 @@
 --      CPUGeneratorImpl.cpp (random, random64), core/DistributionsHelper.h,
 --      core/TransformationHelper.h (uniform_int_from_to, uniform_real,
 --      exponential: -1/lambda log(1 - u) on the CPU), native/Distributions.cpp
---      (multinomial: argmax of p / q, q ~ Exp(1), for one sample).
+--      (multinomial: argmax of p / q, q ~ Exp(1), for one sample); numpy
+--      random/_mt19937.pyx (_legacy_seeding: mt19937_seed = init_genrand),
+--      random/mtrand.pyx (choice: replace=False without p is
+--      permutation(pop_size)[:size]; permutation: shuffle of arange; shuffle:
+--      for i = n - 1 .. 1, swap x[i] and x[random_interval(i)]),
+--      random/src/distributions/distributions.c (random_interval: 32-bit
+--      words masked to the smallest 2^k - 1 >= max, redrawn while above max).
 local bit = require("bit")
 local ffi = require("ffi")
 
@@ -275,5 +286,58 @@ function Torch:multinomial(probs)
 end
 
 M.f32 = f32
+
+-- ---- numpy's legacy RandomState ---------------------------------------------------------
+
+local Np = setmetatable({}, { __index = MT })
+Np.__index = Np
+
+-- np.random.seed(seed) (an int in [0, 2^32)): the legacy RandomState's
+-- MT19937, init_genrand(seed)
+function M.numpy(seed)
+  if type(seed) ~= "number" or seed < 0 or seed % 1 ~= 0 or seed >= TWO32 then
+    error("pyrandom.numpy: the seed must be an integer in [0, 2^32)", 2)
+  end
+  local s = setmetatable(new_state(), Np)
+  s:init_genrand(seed)
+  return s
+end
+
+-- random_interval(max): uniform in [0, max], max < 2^32
+function Np:interval(max)
+  if max == 0 then return 0 end
+  if max >= TWO32 then error("pyrandom.numpy: interval above 2^32 - 1", 2) end
+  local span = 2 ^ bit_length(max)                   -- mask + 1
+  local v = self:next32() % span
+  while v > max do v = self:next32() % span end
+  return v
+end
+
+-- np.random.permutation(n) → list of n 0-based values
+function Np:permutation(n)
+  local a = {}
+  for i = 0, n - 1 do a[i + 1] = i end
+  for i = n - 1, 1, -1 do
+    local j = self:interval(i)
+    a[i + 1], a[j + 1] = a[j + 1], a[i + 1]
+  end
+  return a
+end
+
+-- np.random.choice(a, 1, replace=False)[0] for a sequence a of n items: the
+-- 0-based index of the item, permutation(n)[0] (the whole shuffle is drawn;
+-- only the moved positions are kept)
+function Np:choice1(n)
+  if n < 1 then error("pyrandom.numpy: choice from an empty sequence", 2) end
+  local moved = ffi.new("int32_t[?]", n)           -- value + 1 where moved, 0 where still in place
+  for i = n - 1, 1, -1 do
+    local j = self:interval(i)
+    local vi, vj = moved[i], moved[j]
+    if vi == 0 then vi = i + 1 end
+    if vj == 0 then vj = j + 1 end
+    moved[i], moved[j] = vj, vi
+  end
+  return moved[0] == 0 and 0 or moved[0] - 1
+end
 
 return M

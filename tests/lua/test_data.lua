@@ -180,7 +180,7 @@ do
     "ignore_index 3 must not be a class index", "an ignore index inside the classes is refused")
   tap.raises(function() data.open(config.load(ROOT .. "/configs/_base_/classes/../datasets/voc21.yaml",
       { "data.task=detect" }), { root = voc }) end,
-    "data.task must be semantic, discovery, interactive, oneshot or referring",
+    "data.task must be semantic, discovery, interactive, oneshot, referring or fewshot",
     "an unknown task is refused")
   tap.raises(function() data.open({ recipe = "x" }) end, "no `data` section", "a config without data is refused")
   -- a corrupt annotation names its path

@@ -10,7 +10,9 @@
 --     task: semantic                   # semantic (mIoU) | discovery (CorLoc) |
 --                                      # interactive (NoC: fmseg.eval.interactive_data) |
 --                                      # oneshot (PerSeg's mIoU: fmseg.eval.oneshot) |
---                                      # referring (oIoU: fmseg.eval.referring)
+--                                      # referring (oIoU: fmseg.eval.referring) |
+--                                      # fewshot (COCO-20i, FSS-1000, LVIS-92i episodes:
+--                                      # fmseg.eval.fewshot)
 --     root: data/VOCdevkit/VOC2012     # --data ROOT replaces it
 --     split: ImageSets/Segmentation/val.txt  # ids, one a line; without it
 --                                      # every image under `images` (recursive,
@@ -97,7 +99,7 @@ end
 -- The tasks whose datasets have readers of their own (one item per object,
 -- per class image, per expression).
 M.OWN_LAYOUTS = { interactive = "fmseg.eval.interactive_data", oneshot = "fmseg.eval.oneshot",
-                  referring = "fmseg.eval.referring" }
+                  referring = "fmseg.eval.referring", fewshot = "fmseg.eval.fewshot" }
 
 -- The `data` section and `classes` of a config, checked and filled in.
 function M.spec(cfg)
@@ -116,10 +118,12 @@ function M.spec(cfg)
   end
   local name = plain.name or "?"
   if M.OWN_LAYOUTS[plain.task] then
-    -- their own layouts: fmseg.eval.interactive_data, oneshot, referring
+    -- their own layouts: fmseg.eval.interactive_data, oneshot, referring, fewshot
     return { name = need(plain, "name", "string", name), title = opt(plain, "title", "string", name, name),
              task = plain.task, root = need(plain, "root", "string", name), layout = get("layout"),
-             ref_idx = get("ref_idx"), dataset = get("dataset"), split_by = get("split_by"), split = get("split") }
+             ref_idx = get("ref_idx"), dataset = get("dataset"), split_by = get("split_by"), split = get("split"),
+             benchmark = get("benchmark"), fold = get("fold"), shot = get("shot"), seed = get("seed"),
+             img_size = get("img_size"), use_original_imgsize = get("use_original_imgsize") }
   end
   local s = {
     name = need(plain, "name", "string", name),
@@ -150,8 +154,8 @@ function M.spec(cfg)
   end
   s.title = opt(plain, "title", "string", s.name, name)
   if s.task ~= "semantic" and s.task ~= "discovery" then
-    error(("dataset %s: data.task must be semantic, discovery, interactive, oneshot or referring, got %s"):format(
-      name, s.task), 0)
+    error(("dataset %s: data.task must be semantic, discovery, interactive, oneshot, referring or fewshot, "
+      .. "got %s"):format(name, s.task), 0)
   end
   if s.task == "semantic" then
     local cls = config.get(cfg, "classes")

@@ -9,7 +9,10 @@
 -- Writes to the output directory: miou.md, miou.csv, miou.png,
 -- per_class_iou.csv, and corloc.md / corloc.csv / corloc.png when
 -- discovery runs are among them, oneshot_miou.{md,csv,png} for one-shot
--- runs (PerSeg), noc.md / noc.csv / miou_per_click.png (NoC@85 / NoC@90
+-- runs (PerSeg), fewshot_miou.{md,csv,png} and fewshot_fbiou.{md,csv,png}
+-- for few-shot runs (COCO-20i, FSS-1000, LVIS-92i: one column per fold, with
+-- each benchmark's mean over its folds when all are there),
+-- noc.md / noc.csv / miou_per_click.png (NoC@85 / NoC@90
 -- and the mIoU after each click) for interactive runs; published.md / published.csv put each
 -- measured number beside the one its paper or repository reports
 -- (configs/published.yaml, fmseg.eval.published) when there is one.
@@ -32,10 +35,14 @@ local ORDER = { "voc21", "context60", "coco_object", "voc20", "context59", "coco
 local function is_num(x) return type(x) == "number" and x == x end
 
 -- The number a task's tables show: its field, its name, its published key
--- (semantic and one-shot: mIoU; discovery: CorLoc; referring: oIoU).
-local METRIC = { discovery = { "CorLoc", "corloc" }, referring = { "oIoU", "oiou" } }
+-- (semantic, one-shot and few-shot: mIoU; discovery: CorLoc; referring:
+-- oIoU; "fewshot_fbiou", the few-shot runs' FB-IoU table: FBIoU, shown as
+-- FB-IoU).
+local METRIC = { discovery = { "CorLoc", "corloc" }, referring = { "oIoU", "oiou" },
+                 fewshot_fbiou = { "FBIoU", "fbiou", "FB-IoU" } }
 local function metric_of(task) return (METRIC[task] or { "mIoU", "miou" })[1] end
 local function metric_key(task) return (METRIC[task] or { "mIoU", "miou" })[2] end
+local function metric_label(task) local m = METRIC[task] or { "mIoU" }; return m[3] or m[1] end
 
 -- metrics.json of each directory; unfinished runs and lone shards refused
 -- (errors start with `command`, default "table").
@@ -113,7 +120,7 @@ local function row_average(g, m, task)
 end
 
 function M.markdown(g, task)
-  local metric = metric_of(task)
+  local metric = metric_label(task)
   local head, rule = { "| Method" }, { "| ---" }
   for _, d in ipairs(g.datasets) do head[#head + 1] = d.title; rule[#rule + 1] = "---:" end
   head[#head + 1], rule[#rule + 1] = "Avg.", "---:"
@@ -187,6 +194,7 @@ end
 function M.published_pairs(g, task, book)
   local metric = metric_key(task)
   local pairs_ = {}
+  if not published.METRICS[metric] then return pairs_ end
   for _, m in ipairs(g.methods) do
     for _, d in ipairs(g.datasets) do
       local v = value_of(g.cells[m][d.name], task)
@@ -202,7 +210,7 @@ end
 
 -- "measured / published (difference)" per cell, and the sources.
 function M.published_markdown(g, task, pairs_)
-  local metric = metric_of(task)
+  local metric = metric_label(task)
   local cell, sources, order = {}, {}, {}
   for _, p in ipairs(pairs_) do
     cell[p.method] = cell[p.method] or {}
@@ -242,7 +250,7 @@ end
 -- Grouped bars: one group per dataset, one bar per method; y in percent.
 -- Returns an (H, W, 3) uint8 image.
 function M.bar_chart(g, task)
-  local metric = metric_of(task) .. " (%)"
+  local metric = metric_label(task) .. " (%)"
   local nm = math.max(#g.methods, 1)
   local bar, gap, group_gap = 16, 2, 28
   local plot_h, left, top_pad, bottom = 260, 44, 16, 34
@@ -299,6 +307,35 @@ function M.bar_chart(g, task)
     text(img, grp.x + math.floor((grp.w - text_width(d.title, 1)) / 2), y0 + 10, d.title, black)
   end
   return img
+end
+
+-- ---- few-shot runs ---------------------------------------------------------------
+
+-- Each benchmark's mean over its folds (COCO-20i's four, LVIS-92i's ten), per
+-- method, when the grid holds every fold of it: the number the papers
+-- report. "" when no benchmark is complete.
+function M.fold_means_markdown(g, task)
+  local folds = { coco20i = 4, lvis92i = 10 }
+  local lines = {}
+  for _, b in ipairs({ "coco20i", "lvis92i" }) do
+    for _, m in ipairs(g.methods) do
+      local seen, sum, n = {}, 0, 0
+      for _, d in ipairs(g.datasets) do
+        local r = g.cells[m][d.name]
+        local v = value_of(r, task)
+        if r and r.benchmark == b and v and type(r.fold) == "number" and not seen[r.fold] and not partial(r) then
+          seen[r.fold], sum, n = true, sum + v, n + 1
+        end
+      end
+      if n == folds[b] then
+        lines[#lines + 1] = ("| %s | %s | %.1f |"):format(m, require("fmseg.eval.fewshot").TITLES[b], sum / n)
+      end
+    end
+  end
+  if #lines == 0 then return "" end
+  table.insert(lines, 1, ("\n%s (%%), the mean over the folds\n\n| Method | Benchmark | Mean |\n| --- | --- | ---: |")
+    :format(metric_label(task)))
+  return table.concat(lines, "\n") .. "\n"
 end
 
 -- ---- interactive runs ------------------------------------------------------------
@@ -375,23 +412,27 @@ function M.command(dirs, out)
   local parts, written = {}, {}
   local compared, compared_csv = {}, { "task,method,dataset,measured,published,difference,source" }
   for _, spec in ipairs({ { task = "semantic", name = "miou" }, { task = "discovery", name = "corloc" },
-                          { task = "oneshot", name = "oneshot_miou" }, { task = "referring", name = "oiou" } }) do
+                          { task = "oneshot", name = "oneshot_miou" }, { task = "referring", name = "oiou" },
+                          { task = "fewshot", name = "fewshot_miou" },
+                          { task = "fewshot", name = "fewshot_fbiou", metric = "fewshot_fbiou" } }) do
     local g = M.grid(recs, spec.task)
     if #g.methods > 0 then
-      local md = M.markdown(g, spec.task)
+      local task = spec.metric or spec.task       -- the table's metric (METRIC)
+      local md = M.markdown(g, task)
+      if spec.task == "fewshot" then md = md .. M.fold_means_markdown(g, task) end
       parts[#parts + 1] = md
       write(out .. "/" .. spec.name .. ".md", md)
-      write(out .. "/" .. spec.name .. ".csv", M.csv(g, spec.task))
+      write(out .. "/" .. spec.name .. ".csv", M.csv(g, task))
       local png = out .. "/" .. spec.name .. ".png"
       local tmp = png .. ".tmp.png"
-      image.save_png(tmp, M.bar_chart(g, spec.task))
+      image.save_png(tmp, M.bar_chart(g, task))
       os.rename(tmp, png)
       written[#written + 1] = spec.name .. ".{md,csv,png}"
-      local pairs_ = M.published_pairs(g, spec.task)
+      local pairs_ = M.published_pairs(g, task)
       if #pairs_ > 0 then
-        compared[#compared + 1] = M.published_markdown(g, spec.task, pairs_)
+        compared[#compared + 1] = M.published_markdown(g, task, pairs_)
         for _, p in ipairs(pairs_) do
-          compared_csv[#compared_csv + 1] = table.concat({ spec.task, csv_field(p.method), csv_field(p.dataset),
+          compared_csv[#compared_csv + 1] = table.concat({ task, csv_field(p.method), csv_field(p.dataset),
             ("%.2f"):format(p.measured), ("%.2f"):format(p.published), ("%.2f"):format(p.measured - p.published),
             csv_field(p.source) }, ",")
         end

@@ -31,6 +31,14 @@
 -- items/<id>.json holds the item's intersection, union and target pixels,
 -- the totals PerSAM's per-class IoU and their mean.
 --
+-- data.task fewshot (fmseg.eval.fewshot: COCO-20i, FSS-1000, LVIS-92i): one
+-- item per episode, drawn at open as the official loader draws them; the
+-- episode's support handed to the recipe (set_reference), the resized query
+-- segmented; items/<id>.json holds its background and foreground
+-- intersection and union, the totals mIoU and FB-IoU as HSNet's
+-- AverageMeter computes them (the per-episode counts kept in the metrics
+-- record, so that shards merge in episode order).
+--
 -- Shards: --shard I/N (1-based I) takes the images at positions I, I + N,
 -- I + 2N, ... of the split (after --limit). Shards may share a run
 -- directory (items have distinct ids; each writes its own metrics file) or
@@ -43,6 +51,7 @@ local ev = require("fmseg.eval")
 local image = require("fmseg.image")
 local interactive = require("fmseg.eval.interactive")
 local oneshot = require("fmseg.eval.oneshot")
+local fewshot = require("fmseg.eval.fewshot")
 local referring = require("fmseg.eval.referring")
 local json = require("fmseg.io.json")
 local safetensors = require("fmseg.io.safetensors")
@@ -488,6 +497,7 @@ end
 local function totals(ds, records)
   if ds.task == "interactive" then return interactive.totals(records, ds.interactive) end
   if ds.task == "oneshot" then return oneshot.totals(records, ds.classes) end
+  if ds.task == "fewshot" then return fewshot.totals(records, ds) end
   if ds.task == "referring" then return referring.totals(records) end
   if ds.task == "discovery" then
     local correct = 0
@@ -570,8 +580,8 @@ function M.summary_text(rec)
     lines[#lines + 1] = ("CorLoc %s (%d of %d images)"):format(pct(rec.CorLoc), rec.correct, rec.total)
     return table.concat(lines, "\n") .. "\n"
   end
-  if rec.task == "interactive" or rec.task == "oneshot" or rec.task == "referring" then
-    local mod = ({ interactive = interactive, oneshot = oneshot, referring = referring })[rec.task]
+  if rec.task == "interactive" or rec.task == "oneshot" or rec.task == "referring" or rec.task == "fewshot" then
+    local mod = ({ interactive = interactive, oneshot = oneshot, referring = referring, fewshot = fewshot })[rec.task]
     for _, l in ipairs(mod.summary_lines(rec)) do lines[#lines + 1] = l end
     return table.concat(lines, "\n") .. "\n"
   end
@@ -693,6 +703,10 @@ function M.check_interactive(ds, recipe)
     error(("eval: %s is a one-shot dataset (data.task: oneshot) and recipe %s takes no reference; use one "
       .. "that does (persam, persam_f)"):format(ds.name, recipe.name), 0)
   end
+  if ds.task == "fewshot" and not recipe.oneshot then
+    error(("eval: %s is a few-shot dataset (data.task: fewshot) and recipe %s takes no reference; use one "
+      .. "that does (matcher, persam, persam_f)"):format(ds.name, recipe.name), 0)
+  end
   if ds.task == "interactive" and not recipe.interactive then
     error(("eval: %s is an interactive dataset (data.task: interactive) and recipe %s segments without clicks; "
       .. "use an interactive recipe (sam_clicks)"):format(ds.name, recipe.name), 0)
@@ -799,6 +813,8 @@ function M.evaluate_locked(opts, cfg, ds, dir, proto, selected)
           rec, stored = M.score_interactive(ds, i, session, opts.quiet)   -- stored: the last mask
         elseif ds.task == "oneshot" then
           rec, stored = M.score_oneshot(ds, i, session, opts.quiet)
+        elseif ds.task == "fewshot" then
+          rec, stored = fewshot.score(ds, i, session, opts.quiet)
         elseif ds.task == "referring" then
           rec, stored = M.score_referring(ds, i, session, opts.quiet)
         else
@@ -992,6 +1008,8 @@ function M.merge(dirs, out)
     merged = interactive.merge(recs)
   elseif base.task == "oneshot" then
     merged = oneshot.merge(recs)
+  elseif base.task == "fewshot" then
+    merged = fewshot.merge(recs)
   elseif base.task == "referring" then
     merged = referring.merge(recs)
   elseif base.task == "discovery" then

@@ -9,7 +9,9 @@
 -- tuple → Lua array (1-based), str / unicode / bytes → Lua string (UTF-8;
 -- Python 2 str bytes as stored), int → number (exact up to 2^53), float →
 -- number, True / False → booleans, None → fmseg.io.json.null (so that it
--- can stand in an array). Anything else (class instances, numpy arrays:
+-- can stand in an array). A Lua table forgets the order of a dict's keys;
+-- with { ordered = true } it is kept: pickle.keys(dict) lists them as
+-- Python iterates them (insertion order). Anything else (class instances, numpy arrays:
 -- GLOBAL, REDUCE, BUILD ...) is refused naming the opcode and its offset,
 -- as are truncated and malformed streams.
 local bit = require("bit")
@@ -116,9 +118,23 @@ end
 
 local MARK = {}
 
--- pickle bytes → the value
-function M.loads(data, what)
+-- dict → its keys in insertion order, for the dicts of { ordered = true } loads
+local orders = setmetatable({}, { __mode = "k" })
+
+-- The keys of a dict read with { ordered = true }, in Python's order
+-- (a fresh list), or nil for a table that is no such dict.
+function M.keys(d)
+  local o = orders[d]
+  if not o then return nil end
+  local out = {}
+  for i, k in ipairs(o) do out[i] = k end
+  return out
+end
+
+-- pickle bytes → the value; opts.ordered: keep the dicts' key order (M.keys)
+function M.loads(data, what, opts)
   what = what or "pickle"
+  local ordered = opts and opts.ordered
   local r = reader(data, what)
   local stack, memo, marks, memoized = {}, {}, {}, 0
   local function push(v) stack[#stack + 1] = v end
@@ -142,13 +158,23 @@ function M.loads(data, what)
     if type(t) ~= "table" or t == MARK then r.fail(("%s on something that is not a %s"):format(kind, kind)) end
     return t
   end
+  local function setitem(d, k, v)
+    if k == json.null then k = "None" end
+    if ordered and d[k] == nil then
+      local o = orders[d]
+      if not o then o = {}; orders[d] = o end
+      o[#o + 1] = k
+    end
+    d[k] = v
+  end
   local function setitems(d, items)
     if #items % 2 ~= 0 then r.fail("SETITEMS with an odd number of items") end
-    for i = 1, #items, 2 do
-      local k = items[i]
-      if k == json.null then k = "None" end
-      d[k] = items[i + 1]
-    end
+    for i = 1, #items, 2 do setitem(d, items[i], items[i + 1]) end
+  end
+  local function new_dict()
+    local d = {}
+    if ordered then orders[d] = {} end
+    return d
   end
   local function str_op(n) push(r.take(n)) end
   while true do
@@ -162,15 +188,15 @@ function M.loads(data, what)
       if #stack ~= 1 then r.fail(("STOP with %d values on the stack"):format(#stack), at) end
       return stack[1]
     elseif op == "(" then marks[#marks + 1] = #stack                       -- MARK
-    elseif op == "}" then push({})                                          -- EMPTY_DICT
+    elseif op == "}" then push(new_dict())                                  -- EMPTY_DICT
     elseif op == "]" then push({})                                          -- EMPTY_LIST
     elseif op == ")" then push({})                                          -- EMPTY_TUPLE
-    elseif op == "d" then local d = {}; setitems(d, pop_mark()); push(d)   -- DICT
+    elseif op == "d" then local d = new_dict(); setitems(d, pop_mark()); push(d)   -- DICT
     elseif op == "l" or op == "t" then push(pop_mark())                    -- LIST, TUPLE
     elseif op == "\133" then push({ pop() })                                -- TUPLE1
     elseif op == "\134" then local b = pop(); push({ pop(), b })            -- TUPLE2
     elseif op == "\135" then local c = pop(); local b = pop(); push({ pop(), b, c })   -- TUPLE3
-    elseif op == "s" then local v = pop(); local k = pop(); top("dict")[k] = v         -- SETITEM
+    elseif op == "s" then local v = pop(); local k = pop(); setitem(top("dict"), k, v) -- SETITEM
     elseif op == "u" then local items = pop_mark(); setitems(top("dict"), items)       -- SETITEMS
     elseif op == "a" then local v = pop(); local l = top("list"); l[#l + 1] = v        -- APPEND
     elseif op == "e" then                                                              -- APPENDS
@@ -238,11 +264,11 @@ function M.loads(data, what)
   end
 end
 
--- A pickle file → its value; errors name the file.
-function M.load(path)
+-- A pickle file → its value; errors name the file. opts as for loads.
+function M.load(path, opts)
   local data, err = fs.read(path)
   if not data then error(("%s: cannot read (%s)"):format(path, tostring(err)), 0) end
-  return M.loads(data, path)
+  return M.loads(data, path, opts)
 end
 
 return M
