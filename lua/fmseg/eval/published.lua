@@ -17,7 +17,7 @@ local core = require("fmseg.core")
 local M = {}
 
 M.path = core.root .. "/configs/published.yaml"
-M.METRICS = { miou = "mIoU", corloc = "CorLoc", oiou = "oIoU" }
+M.METRICS = { miou = "mIoU", corloc = "CorLoc", oiou = "oIoU", fbiou = "FBIoU" }
 
 local function fail(path, what, ...)
   error(("%s: " .. what):format(path, ...), 0)
@@ -32,7 +32,7 @@ local function check_entry(path, method, entry)
   for key, values in pairs(entry) do
     if key ~= "source" then
       if not M.METRICS[key] then
-        fail(path, "%s: unknown key '%s' (expected source, miou, corloc, oiou)", method, tostring(key))
+        fail(path, "%s: unknown key '%s' (expected source, miou, corloc, oiou, fbiou)", method, tostring(key))
       end
       if type(values) ~= "table" then fail(path, "%s.%s: expected dataset: number pairs", method, key) end
       for dataset, v in pairs(values) do
