@@ -243,15 +243,19 @@ end
 local Torch = setmetatable({}, { __index = MT })
 Torch.__index = Torch
 
--- torch.manual_seed(seed) (below 2^32)
-function M.torch(seed)
+-- An MT19937 of class `cls` after init_genrand(seed), seed an integer in
+-- [0, 2^32) (torch.manual_seed's and np.random.seed's initialisation)
+local function seeded(cls, seed, who)
   if type(seed) ~= "number" or seed < 0 or seed % 1 ~= 0 or seed >= TWO32 then
-    error("pyrandom.torch: the seed must be an integer in [0, 2^32)", 2)
+    error(("pyrandom.%s: the seed must be an integer in [0, 2^32)"):format(who), 3)
   end
-  local s = setmetatable(new_state(), Torch)
+  local s = setmetatable(new_state(), cls)
   s:init_genrand(seed)
   return s
 end
+
+-- torch.manual_seed(seed) (below 2^32)
+function M.torch(seed) return seeded(Torch, seed, "torch") end
 
 -- random64(): two words, the first the high half → hi, lo
 function Torch:random64()
@@ -294,14 +298,7 @@ Np.__index = Np
 
 -- np.random.seed(seed) (an int in [0, 2^32)): the legacy RandomState's
 -- MT19937, init_genrand(seed)
-function M.numpy(seed)
-  if type(seed) ~= "number" or seed < 0 or seed % 1 ~= 0 or seed >= TWO32 then
-    error("pyrandom.numpy: the seed must be an integer in [0, 2^32)", 2)
-  end
-  local s = setmetatable(new_state(), Np)
-  s:init_genrand(seed)
-  return s
-end
+function M.numpy(seed) return seeded(Np, seed, "numpy") end
 
 -- random_interval(max): uniform in [0, max], max < 2^32
 function Np:interval(max)
