@@ -172,15 +172,15 @@ local function open_coco(spec, ds)
       error(("dataset %s: %s: class %d lists only %s: no support can differ from the query"):format(spec.name,
         split, c, q), 0)
     end
-    local function frame(name)
+    local function coco_frame(name)
       local cut = name:find(".jpg", 1, true)
       return { name = name, image = join(spec.root, name),
                mask = join(spec.root, "annotations/" .. (cut and name:sub(1, cut - 1) or name) .. ".png") }
     end
     local supports = {}
-    for j, s in ipairs(sup) do supports[j] = frame(s) end
+    for j, s in ipairs(sup) do supports[j] = coco_frame(s) end
     ds.items[k] = { id = ("%04d_%s"):format(k, safe_id((basename(q):gsub("%.jpg$", "")))), index = k, class = c,
-                    query = frame(q), supports = supports, image = join(spec.root, q) }
+                    query = coco_frame(q), supports = supports, image = join(spec.root, q) }
   end
 end
 
@@ -261,17 +261,17 @@ local function open_fss(spec, ds)
       local second = f:match("^[^.]*%.([^.]*)")
       if second == "jpg" then
         local q = dir .. "/" .. f
-        local function frame(name)
+        local function fss_frame(name)
           local id = basename(name):match("^[^.]*")
           return { name = cat .. "/" .. basename(name), image = name, mask = dirname(name) .. "/" .. id .. ".png" }
         end
         -- np.random.choice(range(1, 11), 1, replace=False)[0]: <n>.jpg, n = permutation(10)[0] + 1
         local sup = draw_supports(np, 10, function(j) return dir .. "/" .. tostring(j + 1) .. ".jpg" end, q, ds.shot)
         local supports = {}
-        for j, s in ipairs(sup) do supports[j] = frame(s) end
+        for j, s in ipairs(sup) do supports[j] = fss_frame(s) end
         local k = #ds.items + 1
         ds.items[k] = { id = ("%04d_%s_%s"):format(k, safe_id(cat), safe_id(f:match("^[^.]*"))), index = k,
-                        class = c, query = frame(q), supports = supports, image = q }
+                        class = c, query = fss_frame(q), supports = supports, image = q }
       end
     end
   end
@@ -337,15 +337,15 @@ local function open_lvis(spec, ds)
       error(("dataset %s: %s: class %s has only the image %s: no support can differ from the query"):format(
         spec.name, path, tostring(cid), q), 0)
     end
-    local function frame(name)
+    local function lvis_frame(name)
       return { name = name, image = join(spec.root, "coco/" .. name), annotations = anno[cid][name],
                mask = ("%s [class %s, image %s]"):format(path, tostring(cid), name) }
     end
     local supports = {}
-    for j, s in ipairs(sup) do supports[j] = frame(s) end
+    for j, s in ipairs(sup) do supports[j] = lvis_frame(s) end
     local k = idx + 1
     ds.items[k] = { id = ("%04d_%s"):format(k, safe_id((basename(q):gsub("%.jpg$", "")))), index = k, class = ci,
-                    lvis_id = cid, query = frame(q), supports = supports, image = join(spec.root, "coco/" .. q) }
+                    lvis_id = cid, query = lvis_frame(q), supports = supports, image = join(spec.root, "coco/" .. q) }
   end
 end
 
