@@ -552,6 +552,20 @@ end
 
 -- Mask decoder ---------------------------------------------------------------------------
 
+-- The decoder's query tokens: out_tokens (K, C) for each of the bn
+-- prompts, followed by their sparse embeddings (B, N, P, C) or nil →
+-- (bn, K + P, C), and the count of dense embeddings (bn, b or 1), checked.
+local function decoder_tokens(out_tokens, sparse, dense, b, bn, who)
+  local c = out_tokens:size(2)
+  local tokens = T.zeros({ bn, out_tokens:size(1), c }) + out_tokens
+  if sparse then tokens = T.cat({ tokens, sparse:reshape(bn, sparse:size(3), c) }, 2) end
+  local nd = dense:size(1)
+  if nd ~= bn and nd ~= 1 and nd ~= b then
+    error(("%s: dense embeddings for %d prompts, expected %d, %d or 1"):format(who, nd, bn, b), 3)
+  end
+  return tokens, nd
+end
+
 -- x (B, ...) → (B*n, ...), each row repeated n times in a row.
 local function repeat_interleave(x, n)
   if n == 1 then return x end
@@ -896,14 +910,7 @@ function SAM:decode_masks(image_embeddings, sparse, dense, multimask, opts)
     tr_opts.target_embedding = target:float():reshape(1, 1, c)
   end
   -- output tokens (IoU, mask tokens) followed by the prompt's tokens
-  local out_tokens = T.cat({ dec.iou_token, dec.mask_tokens }, 1)           -- (1 + Mt, C)
-  local ntok = out_tokens:size(1)
-  local tokens = T.zeros({ bn, ntok, c }) + out_tokens
-  if sparse then tokens = T.cat({ tokens, sparse:reshape(bn, sparse:size(3), c) }, 2) end
-  local nd = dense:size(1)
-  if nd ~= bn and nd ~= 1 and nd ~= b then
-    error(("sam: dense embeddings for %d prompts, expected %d, %d or 1"):format(nd, bn, b), 2)
-  end
+  local tokens, nd = decoder_tokens(T.cat({ dec.iou_token, dec.mask_tokens }, 1), sparse, dense, b, bn, "sam")
   -- the image tokens (B*N | 1, HW, C): once when every prompt sees the same
   local shared = b == 1 and nd == 1
   local src = shared and image_embeddings or repeat_interleave(image_embeddings, n)
@@ -971,11 +978,12 @@ end
 -- and self.config.prompt; two_way_params and two_way_transformer (opts:
 -- out_tokens; cfg: num_attention_heads, layer_norm_eps, hidden_act of
 -- the blocks' MLP); feed_forward and feed_forward_forward (ReLU);
--- repeat_interleave; pick_rows (x, ascending 1-based rows → those rows).
+-- repeat_interleave; pick_rows (x, ascending 1-based rows → those rows);
+-- decoder_tokens (the query tokens and the checked dense count).
 M.shared = {
   prompt_methods = SAM, two_way_params = two_way_params, two_way_transformer = two_way_transformer,
   feed_forward = feed_forward, feed_forward_forward = feed_forward_forward,
-  repeat_interleave = repeat_interleave, pick_rows = pick_rows,
+  repeat_interleave = repeat_interleave, pick_rows = pick_rows, decoder_tokens = decoder_tokens,
 }
 
 return M

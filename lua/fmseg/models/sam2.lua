@@ -662,6 +662,16 @@ local function float32(x)
   return f32[0]
 end
 
+-- The 1-based column first..last of the largest of p[base + k - 1], the
+-- first on ties (torch's argmax)
+local function row_argmax(p, base, first, last)
+  local best = first
+  for k = first + 1, last do
+    if p[base + k - 1] > p[base + best - 1] then best = k end
+  end
+  return best
+end
+
 -- For prompt i: token 0's mask unless its stability score (the area above
 -- +delta over the area above -delta, 1 when nothing is above -delta) is
 -- below thresh, then the multimask output with the highest IoU (the first
@@ -685,11 +695,7 @@ local function dynamic_choice(masks, iou, delta, thresh)
     if score >= t then
       picks[i + 1] = 1
     else
-      local best = 2
-      for k = 3, mt do
-        if qp[i * mt + k - 1] > qp[i * mt + best - 1] then best = k end
-      end
-      picks[i + 1] = best
+      picks[i + 1] = row_argmax(qp, i * mt, 2, mt)
     end
   end
   return picks
@@ -766,12 +772,7 @@ function SAM2:decode_masks(feats, sparse, dense, multimask, opts)
   -- output tokens (object score, IoU, mask tokens) followed by the prompt's
   local out_tokens = T.cat({ dec.obj_score_token, dec.iou_token, dec.mask_tokens }, 1)   -- (2 + Mt, d)
   local ntok = out_tokens:size(1)
-  local tokens = T.zeros({ bn, ntok, c }) + out_tokens
-  if sparse then tokens = T.cat({ tokens, sparse:reshape(bn, sparse:size(3), c) }, 2) end
-  local nd = dense:size(1)
-  if nd ~= bn and nd ~= 1 and nd ~= b then
-    error(("sam2: dense embeddings for %d prompts, expected %d, %d or 1"):format(nd, bn, b), 2)
-  end
+  local tokens, nd = sam.shared.decoder_tokens(out_tokens, sparse, dense, b, bn, "sam2")
   local rep = sam.shared.repeat_interleave
   local shared = b == 1 and nd == 1
   local src = shared and emb or rep(emb, n)
@@ -864,13 +865,7 @@ function SAM2:sam_heads(feats, prompt)
   if multimask then
     local picks = {}
     local q = iou:contiguous():ptr()
-    for i = 0, b - 1 do
-      local k = 1
-      for j = 2, m do
-        if q[i * m + j - 1] > q[i * m + k - 1] then k = j end
-      end
-      picks[i + 1] = k
-    end
+    for i = 0, b - 1 do picks[i + 1] = row_argmax(q, i * m, 1, m) end
     best = pick(masks, picks)
   end
   return { low_res_multimasks = masks, ious = iou, low_res_masks = best, object_score_logits = obj,
