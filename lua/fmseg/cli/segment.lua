@@ -4,17 +4,19 @@ local config = require("fmseg.io.config")
 local image = require("fmseg.image")
 local fs = require("fmseg.io.fs")
 local segment = require("fmseg.method.segment")
+local T = require("fmseg.tensor")
 
 local function stem_of(path)
   return (path:match("([^/]+)$") or path):gsub("%.[^.]*$", "")
 end
 
-local USAGE = "segment CONFIG IMAGE... [-o DIR] [--set key=value] [--dump FILE]"
+local USAGE = "segment CONFIG IMAGE... [-o DIR] [--set key=value] [--dump FILE] [--expression TEXT]"
 
 local parser = require("fmseg.cli.args").parser("segment", USAGE, {
   { "-o", "--out", metavar = "DIR", default = "out", help = "where the outputs go" },
   { "--set", metavar = "k=v", key = "sets", list = true, help = "override a config key" },
   { "--dump", metavar = "FILE", help = "the recipe's intermediates, as safetensors" },
+  { "--expression", metavar = "TEXT", help = "what a referring recipe segments (e.g. global_local)" },
 }, { { "config", required = true }, { "images", required = true, list = true, label = "images" } })
 
 local M = { usage = "segment CONFIG IMAGE... [-o DIR] [--set k=v]",
@@ -34,11 +36,14 @@ function M.run(argv)
     io.stderr:write(("\rsegment: %d/%d %-60s"):format(k, #opts.images, path))
     local ok, err = pcall(function()
       local img = image.load(path)
-      local result = session:segment(img, { path = path, stem = stem_of(path) })
+      local result = session:segment(img, { path = path, stem = stem_of(path), expression = opts.expression,
+                                            raw = opts.expression })
       session:write(result, img, opts.out, stem_of(path))
       if opts.dump and result.dump then
         for name, t in pairs(result.dump) do
-          dumps[#opts.images == 1 and name or (stem_of(path) .. "." .. name)] = t
+          if T.is_tensor(t) then      -- tensors; a recipe's notes (strings) stay out
+            dumps[#opts.images == 1 and name or (stem_of(path) .. "." .. name)] = t
+          end
         end
       end
     end)

@@ -14,10 +14,14 @@
 --
 -- Items: every sentence of every ref of the split, in the refs' order
 -- (REFER.getRefIds(split=...), then ref['sentences']); its image is the
--- ref's image_id in instances.json, its mask the ref's annotation (its
--- polygons rasterised as pycocotools' frPyObjects and summed, REFER.getMask,
--- > 0; or its RLE). A recipe that reads expressions (`referring = true`)
--- gets the sentence as source.expression. Scores: oIoU = Σ intersection /
+-- ref's image_id in instances.json, its mask the ref's annotation: its
+-- polygons rasterised as pycocotools' frPyObjects and summed (REFER.getMask),
+-- the pixels where the sum is 1 (the loaders of LAVT and Zero-shot-RIS,
+-- `annot[ref_mask == 1] = 1`: where two polygons overlap is not the
+-- object); or its RLE. A recipe that reads expressions (`referring = true`)
+-- gets the sentence as source.expression (refer's 'sent': lower case, no
+-- punctuation) and as written as source.raw (its 'raw', what Global-Local
+-- CLIP and LAVT read). Scores: oIoU = Σ intersection /
 -- Σ union over the items, mIoU = the mean of the items' IoU.
 -- An item whose image is missing from instances.json or from disk, whose
 -- polygon has fewer than three points, or whose mask is empty is skipped
@@ -74,7 +78,7 @@ function M.open(spec)
         tostring(ref.image_id), tostring(ref.ann_id))
       for _, sent in ipairs(ref.sentences or {}) do
         items[#items + 1] = {
-          id = tostring(sent.sent_id), ref_id = ref.ref_id, expression = sent.sent or sent.raw,
+          id = tostring(sent.sent_id), ref_id = ref.ref_id, expression = sent.sent or sent.raw, raw = sent.raw,
           image = im and (image_dir .. "/" .. im.file_name) or nil, info = im, ann = anns[ref.ann_id],
           where = where,
           missing = (not im and ("%s: image %s is not in %s"):format(where, tostring(ref.image_id), inst_path))
@@ -97,8 +101,8 @@ function Dataset:image(i)
   return data.read_image(item.image, item.where)
 end
 
--- The ref's mask (H, W) uint8 0/1: its polygons rasterised and summed, > 0
--- (REFER.getMask), or its RLE.
+-- The ref's mask (H, W) uint8 0/1: its polygons rasterised and summed
+-- (REFER.getMask), == 1 (ReferDataset), or its RLE.
 function Dataset:mask(i)
   local item = self.items[i]
   local ann, info = item.ann, item.info
@@ -106,13 +110,15 @@ function Dataset:mask(i)
   local seg = ann.segmentation
   local out = T.zeros({ h, w }, "uint8")
   if type(seg) == "table" and type(seg[1]) == "table" then
+    local sum = T.zeros({ h, w })
     for k, poly in ipairs(seg) do
       if #poly < 6 then
         error(("%s: polygon %d of annotation %s has %d coordinates, fewer than three points"):format(item.where, k,
           tostring(ann.id), #poly), 0)
       end
-      out:copy(out:float():add_(masks.rle_decode(masks.rle_from_polygon(poly, h, w)):float()):gt(0):byte())
+      sum:add_(masks.rle_decode(masks.rle_from_polygon(poly, h, w)):float())
     end
+    out = sum:eq(1):byte()
   elseif type(seg) == "table" and seg.counts then
     out = masks.rle_decode(masks.json_to_rle(seg))
   else

@@ -699,6 +699,10 @@ function M.check_interactive(ds, recipe)
     error(("eval: %s is a referring dataset (data.task: referring) and recipe %s reads no expressions; use one "
       .. "that does (referring = true: it gets each sentence as source.expression)"):format(ds.name, recipe.name), 0)
   end
+  if recipe.referring and ds.task ~= "referring" then
+    error(("eval: recipe %s segments what an expression names; %s is not a referring dataset (data.task: "
+      .. "referring)"):format(recipe.name, ds.name), 0)
+  end
   if ds.task == "oneshot" and not recipe.oneshot then
     error(("eval: %s is a one-shot dataset (data.task: oneshot) and recipe %s takes no reference; use one "
       .. "that does (persam, persam_f)"):format(ds.name, recipe.name), 0)
@@ -779,7 +783,8 @@ function M.score_referring(ds, i, session, quiet)
     return ds:image(i), ds:mask(i)
   end)
   if not img then return { id = item.id, skipped = gt } end
-  local result = session:segment(img, { path = item.image, stem = item.id, expression = item.expression })
+  local result = session:segment(img, { path = item.image, stem = item.id, expression = item.expression,
+                                         raw = item.raw })
   local pred = oneshot.prediction(result, img:size(1), img:size(2))
   local inter, union = oneshot.counts(pred, gt)
   return { id = item.id, ref_id = item.ref_id, expression = item.expression, intersection = inter, union = union },

@@ -153,7 +153,8 @@ function M.run(dir, opts)
   local t0 = os.clock()
   local session = segment.session(config_of(dir, meta))
   local result = session:segment(image.load(dir .. "/" .. meta.image),
-                                 { path = dir .. "/" .. meta.image, stem = meta.image:match("([^/]*)%.%w+$") })
+                                 { path = dir .. "/" .. meta.image, stem = meta.image:match("([^/]*)%.%w+$"),
+                                   expression = meta.expression, raw = meta.expression })
   local elapsed = os.clock() - t0
 
   local names = {}
