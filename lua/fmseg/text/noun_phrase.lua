@@ -3,7 +3,7 @@
 -- parser.
 --
 --   local np = require("fmseg.text.noun_phrase")
---   np.words("The man's hat, on the left.")  --> {"the", "man", "'s", "hat", ",", ...}
+--   np.words("The man's hat, on the left.")  --> {"The", "man", "'s", "hat", ",", ...}
 --   np.head("the man in a red shirt on the left")   --> "the man"
 --   np.head("the dog is lying on the grass")        --> "the dog"
 --   np.head("second from left")                     --> "second from left"
@@ -61,7 +61,7 @@ M.POSITION = set([[
 M.ING_NOUNS = set([[
   ring king thing building ceiling clothing painting drawing string wing swing sling sibling
   darling pudding stuffing icing frosting topping filling awning railing siding bedding morning
-  evening ending opening crossing landing railing sing spring duckling dumpling seedling
+  evening ending opening crossing landing spring duckling dumpling seedling
   ]])
 
 local SUFFIXES = { "n't", "'s", "'re", "'ve", "'m", "'d", "'ll" }
