@@ -11,7 +11,8 @@
 -- `recipe:`), or the mask source's instances for a recipe that declares
 -- `regions = true` (`regions: {recipe: sam_amg, ...}`; such a source
 -- declares `produces = "instances"`), else nil; `source` = {path, stem}
--- of the image's file when it came from one. See README.md ("Writing a recipe") and fmseg.method.segment
+-- of the image's file when it came from one, and for a recipe that declares
+-- `referring = true` the sentence it segments (expression; raw, as written). See README.md ("Writing a recipe") and fmseg.method.segment
 -- for the result kinds.
 local core = require("fmseg.core")
 local fs = require("fmseg.io.fs")
