@@ -12,8 +12,9 @@
 -- `regions = true` (`regions: {recipe: sam_amg, ...}`; such a source
 -- declares `produces = "instances"`), else nil; `source` = {path, stem}
 -- of the image's file when it came from one, and for a recipe that declares
--- `referring = true` the sentence it segments (expression; raw, as written). See README.md ("Writing a recipe") and fmseg.method.segment
--- for the result kinds.
+-- `referring = true` the sentence it segments (expression; raw, as
+-- written). See README.md ("Writing a recipe") and fmseg.method.segment for
+-- the result kinds.
 local core = require("fmseg.core")
 local fs = require("fmseg.io.fs")
 
