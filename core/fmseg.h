@@ -651,6 +651,24 @@ int fm_emd_uniform(double *cost, const fm_tensor *costs);
  * each row, or -1 for the R - C rows left over when R > C. */
 int fm_linear_sum_assignment(fm_tensor *col_for_row, const fm_tensor *costs, int32_t maximize);
 
+/* ---- the fully connected CRF (core/densecrf.c) ---------------------------- */
+
+/* pydensecrf's DenseCRF2D with addPairwiseGaussian(sxy = gaussian_sxy,
+ * compat = gaussian_weight) and addPairwiseBilateral(sxy = bilateral_sxy,
+ * srgb = bilateral_srgb, compat = bilateral_weight): Potts compatibilities,
+ * diagonal kernels, symmetric normalisation. */
+typedef struct fm_crf_params {
+  int32_t iterations;
+  float gaussian_sxy, gaussian_weight;
+  float bilateral_sxy, bilateral_srgb, bilateral_weight;
+} fm_crf_params;
+/* Mean-field inference: unary (C, H, W) F32 energies (−log p), image
+ * (H, W, 3) U8 -> q_out (C, H, W) F32 marginals after p->iterations steps,
+ * filtered on permutohedral lattices as pydensecrf's SSE build does; naive
+ * = 1 finds lattice vertices by linear search (the twin for tests). */
+int fm_dense_crf(fm_tensor *q_out, const fm_tensor *unary, const fm_tensor *image, const fm_crf_params *p,
+                 int32_t naive);
+
 #ifdef __cplusplus
 }
 #endif
