@@ -131,6 +131,25 @@ tap.raises(function() session:segment(require("fmseg.image").load(FIX .. "/image
              .. "COCO_train2014_000000000042.jpg"), { path = "x" }) end, "reads an expression",
            "no expression: the recipe says it reads one")
 
+-- one expression on one photo from the command line: the chosen proposal
+-- written as the outputs, the recipe's tensors dumped (its strings left out)
+do
+  local image_path = FIX .. "/images/mscoco/images/train2014/COCO_train2014_000000000042.jpg"
+  local cfg_path = write_config("refcoco", "unc", 0.95)
+  local out, dump = tmp .. "/cli", tmp .. "/cli.safetensors"
+  local rc, text = tiny.run(("%s/fmseg segment %s %s -o %s --dump %s --expression %q"):format(ROOT, cfg_path,
+    image_path, out, dump, "The man in a red shirt on the left."))
+  tap.eq(rc, 0, "fmseg segment --expression runs a referring recipe", text)
+  local st = require("fmseg.io.safetensors").open(dump)
+  local want = official.datasets.refcoco.sentences["1000"]
+  tap.eq(st:get("index"):get(1), want.index, "the dump holds the official choice for that sentence")
+  tap.ok(not st:has("sentence") and not st:has("noun_phrase"), "the recipe's strings stay out of the dump")
+  tap.ok(tiny.read(out .. "/COCO_train2014_000000000042.json") ~= nil, "the outputs are written")
+  local rc2, text2 = tiny.run(("%s/fmseg segment %s %s -o %s"):format(ROOT, cfg_path, image_path, out))
+  tap.ok(rc2 ~= 0 and text2:find("reads an expression", 1, true) ~= nil,
+         "without --expression the image fails, saying what is missing", text2)
+end
+
 -- a referring recipe on a dataset without expressions: refused before any image
 do
   local root = tmp .. "/cityscapes"
