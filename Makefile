@@ -116,15 +116,18 @@ test-lua: all $(TEST_HELPERS)
 # Each suite runs PyTorch's side (bench/torch_SUITE.py, where python3 has
 # torch) just before fmseg's (bench/bench_SUITE.lua), so that both see the
 # same load; bench/summary.lua then prints one table (build/bench/summary.md).
-# The C benchmarks wait passively, as ./fmseg does (lua/main.c).
+# The C benchmarks wait passively, as ./fmseg does (lua/main.c), and every
+# process gets the OpenBLAS kernels ./fmseg runs with (bench/blas_core.lua).
 # FMSEG_BENCH_QUICK=1 skips SD, SAM and SAM 2 at 1024.
 BENCH_SUITES := vit sam sam2 sd
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
 	@mkdir -p build/bench && rm -f build/bench/*.json build/bench/summary.md && \
 	  cat /proc/loadavg > build/bench/loadavg.start
-	@for b in $(BENCH_BIN); do echo "== $$b"; OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $$b || exit 1; done
-	@py=; for p in python3 /usr/bin/python3; do \
+	@export OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-$$(./fmseg run bench/blas_core.lua)}; \
+	for b in $(BENCH_BIN); do echo "== $$b"; OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $$b || exit 1; done
+	@export OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-$$(./fmseg run bench/blas_core.lua)}; \
+	py=; for p in python3 /usr/bin/python3; do \
 	  if $$p -c 'import torch' 2>/dev/null; then py=$$p; break; fi; done; \
 	for s in $(BENCH_SUITES); do \
 	  if [ -n "$$py" ]; then echo "== bench/torch_$$s.py ($$py)"; PYTHONDONTWRITEBYTECODE=1 $$py bench/torch_$$s.py || exit 1; fi; \

@@ -398,8 +398,8 @@ Suite.__index = Suite
 -- from build/bench/torch_<name>.json (bench/torch_<name>.py) when present.
 function M.suite(name)
   local torch = read_json(("%s/torch_%s.json"):format(M.OUT, name)) or {}
-  print(("%s — %d threads, load average %s%s"):format(name, M.threads(), M.loadavg(),
-    torch.torch and (", PyTorch " .. torch.torch .. " results found") or ""))
+  print(("%s — %d threads, OpenBLAS %s kernels, load average %s%s"):format(name, M.threads(),
+    ffi.string(C.fm_blas_core()), M.loadavg(), torch.torch and (", PyTorch " .. torch.torch .. " results found") or ""))
   print(M.format_header())
   return setmetatable({ name = name, rows = {}, torch = torch.models or {} }, Suite)
 end

@@ -1,4 +1,5 @@
-/* error.c — the per-thread error message, version, thread count. */
+/* error.c — the per-thread error message, version, thread count, and
+ * OpenBLAS's setup (work buffers, its kernel family). */
 #include "internal.h"
 
 #include <cblas.h>
@@ -6,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -87,5 +89,35 @@ int fm_blas_reserve(void) {
 }
 
 int fm_get_threads(void) { return omp_get_max_threads(); }
+
+const char *fm_blas_core(void) { return openblas_get_corename(); }
+
+/* Kernel families that predate AVX2: what OpenBLAS's DYNAMIC_ARCH falls
+ * back to for a CPU model it does not know (Debian 12's 0.3.21 takes a
+ * 2-core Sapphire Rapids Xeon for "Prescott": sgemm at 45 GFLOP/s, against
+ * 188 with its SkylakeX kernels). */
+static const char *const FM__PRE_AVX2_CORES[] = {
+  "prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "sandybridge", "barcelona", "bobcat",
+  "bulldozer", "piledriver", "opteron", "opteron(sse3)", "katmai", "coppermine", "northwood", "banias",
+  "athlon", "unknown",
+};
+
+static bool fm__pre_avx2(const char *core) {
+  if (!core) return true;
+  for (size_t i = 0; i < sizeof FM__PRE_AVX2_CORES / sizeof *FM__PRE_AVX2_CORES; ++i)
+    if (strcasecmp(core, FM__PRE_AVX2_CORES[i]) == 0) return true;
+  return false;
+}
+
+const char *fm_blas_core_upgrade(void) {
+  if (getenv("OPENBLAS_CORETYPE")) return NULL;          /* the user's choice */
+  if (!fm__pre_avx2(openblas_get_corename())) return NULL;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return NULL;
+}
 
 void fm_free(void *p) { free(p); }

@@ -51,6 +51,13 @@ int fm_get_threads(void);
  * after FMSEG_THREADS): -1 with a message when an address-space limit
  * leaves no room for them, since OpenBLAS itself would retry forever. */
 int fm_blas_reserve(void);
+/* OpenBLAS's kernel family (openblas_get_corename: "Haswell", "SkylakeX",
+ * ...). fm_blas_core_upgrade: the family to ask for with OPENBLAS_CORETYPE
+ * when OpenBLAS fell back to one that predates AVX2 on a CPU that has AVX2
+ * (or AVX-512), as it does for models newer than it knows; NULL when the
+ * choice is fine or OPENBLAS_CORETYPE is set. */
+const char *fm_blas_core(void);
+const char *fm_blas_core_upgrade(void);
 
 /* SIGINT / SIGTERM (core/interrupt.c): fm_interrupt_catch(1) notes the
  * first one instead of dying (a second one stops the process as usual);

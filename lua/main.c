@@ -42,19 +42,30 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
-/* libgomp reads OMP_WAIT_POLICY when it loads, before main: to change the
- * default we set it and start again. Spinning threads cost up to 5x on a
- * busy 2-core machine (a segment run: 0.9-5.9 s spinning, 1 s passive);
- * a value the user set is kept. */
-static void ensure_passive_wait(char **argv) {
-  if (getenv("OMP_WAIT_POLICY")) return;
-  setenv("OMP_WAIT_POLICY", "passive", 1);
-  execv("/proc/self/exe", argv);
-  /* execv failed: carry on with the default policy */
+/* libgomp reads OMP_WAIT_POLICY and OpenBLAS reads OPENBLAS_CORETYPE when
+ * they load, before main: to change them we set them and start again.
+ * Spinning threads cost up to 5x on a busy 2-core machine (a segment run:
+ * 0.9-5.9 s spinning, 1 s passive). OpenBLAS falls back to pre-AVX2 kernels
+ * on CPUs newer than it knows (4x slower products; fm_blas_core_upgrade).
+ * Values the user set are kept. */
+static void ensure_runtime_env(char **argv) {
+  int again = 0;
+  if (!getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    again = 1;
+  }
+  const char *core = fm_blas_core_upgrade();
+  if (core) {
+    setenv("FMSEG_BLAS_FALLBACK", fm_blas_core(), 1);   /* for fmseg --version */
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    again = 1;
+  }
+  if (again) execv("/proc/self/exe", argv);
+  /* execv failed: carry on with the defaults */
 }
 
 int main(int argc, char **argv) {
-  ensure_passive_wait(argv);
+  ensure_runtime_env(argv);
 
   /* Activations of hundreds of MB are allocated and freed per layer; with
    * glibc's defaults each one is a fresh mmap whose pages fault in again

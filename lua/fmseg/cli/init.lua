@@ -45,7 +45,11 @@ function M.main(args)
     return name == nil and 1 or 0
   end
   if name == "--version" or name == "version" then
+    local core = require("fmseg.core")
     print("fmseg " .. require("fmseg").version())
+    local fallback = os.getenv("FMSEG_BLAS_FALLBACK")
+    print(("OpenBLAS kernels: %s, %d threads%s"):format(core.ffi.string(core.C.fm_blas_core()), core.C.fm_get_threads(),
+      fallback and (" (OPENBLAS_CORETYPE set by fmseg: OpenBLAS had taken this CPU for %s)"):format(fallback) or ""))
     return 0
   end
   local known = false
