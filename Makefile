@@ -118,19 +118,34 @@ test-lua: all $(TEST_HELPERS)
 # same load; bench/summary.lua then prints one table (build/bench/summary.md).
 # The C benchmarks wait passively, as ./fmseg does (lua/main.c), and every
 # process gets the OpenBLAS kernels ./fmseg runs with (bench/blas_core.lua).
+# ONNX Runtime runs PyTorch's models too (exported by torch.onnx; the t/ort
+# column) where npm exists: onnxruntime-node, CPU provider, installed under
+# build/bench/node with --ignore-scripts (the CPU runtime is in the package;
+# its install script only fetches GPU providers).
 # FMSEG_BENCH_QUICK=1 skips SD, SAM and SAM 2 at 1024.
 BENCH_SUITES := vit sam sam2 sd
+ORT_VERSION := 1.30.0
+ORT_DIR := build/bench/node
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BIN)
-	@mkdir -p build/bench && rm -f build/bench/*.json build/bench/summary.md && \
+	@mkdir -p build/bench && rm -rf build/bench/*.json build/bench/summary.md build/bench/onnx && \
 	  cat /proc/loadavg > build/bench/loadavg.start
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+	  [ -d $(ORT_DIR)/node_modules/onnxruntime-node ] || npm install --prefix $(ORT_DIR) --ignore-scripts \
+	    --no-audit --no-fund onnxruntime-node@$(ORT_VERSION) >/dev/null 2>&1 || \
+	    echo "bench: npm could not install onnxruntime-node: no t/ort column"; \
+	else echo "bench: node / npm not found: no t/ort column (ONNX Runtime)"; fi
 	@export OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-$$(./fmseg run bench/blas_core.lua)}; \
 	for b in $(BENCH_BIN); do echo "== $$b"; OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $$b || exit 1; done
 	@export OPENBLAS_CORETYPE=$${OPENBLAS_CORETYPE:-$$(./fmseg run bench/blas_core.lua)}; \
 	py=; for p in python3 /usr/bin/python3; do \
 	  if $$p -c 'import torch' 2>/dev/null; then py=$$p; break; fi; done; \
+	onnx=; [ -n "$$py" ] && [ -d $(ORT_DIR)/node_modules/onnxruntime-node ] && onnx=build/bench/onnx; \
 	for s in $(BENCH_SUITES); do \
-	  if [ -n "$$py" ]; then echo "== bench/torch_$$s.py ($$py)"; PYTHONDONTWRITEBYTECODE=1 $$py bench/torch_$$s.py || exit 1; fi; \
+	  if [ -n "$$py" ]; then echo "== bench/torch_$$s.py ($$py)"; \
+	    FMSEG_BENCH_ONNX=$$onnx PYTHONDONTWRITEBYTECODE=1 $$py bench/torch_$$s.py || exit 1; fi; \
+	  if [ -n "$$onnx" ]; then echo "== bench/ort_bench.js $$s"; \
+	    NODE_PATH=$(ORT_DIR)/node_modules node bench/ort_bench.js $$s || exit 1; rm -rf build/bench/onnx/$$s; fi; \
 	  echo "== bench/bench_$$s.lua"; ./fmseg run bench/bench_$$s.lua || exit 1; \
 	done
 	@./fmseg run bench/summary.lua

@@ -358,14 +358,16 @@ end
 local COLUMNS = {
   { "model", "%-36s", "%-36s" }, { "ms", "%10s", "%10.2f" }, { "GFLOP", "%8s", "%8.1f" },
   { "GFLOP/s", "%8s", "%8.1f" }, { "floor ms", "%10s", "%10.2f" }, { "t/floor", "%7s", "%7.2f" },
-  { "torch ms", "%10s", "%10.2f" }, { "t/torch", "%7s", "%7.2f" }, { "peak MB", "%8s", "%8.0f" },
+  { "torch ms", "%10s", "%10.2f" }, { "t/torch", "%7s", "%7.2f" }, { "ort ms", "%10s", "%10.2f" },
+  { "t/ort", "%7s", "%7.2f" }, { "peak MB", "%8s", "%8.0f" },
 }
 
--- One table row (Markdown) for a result { name, ms, gflop, floor_ms, torch_ms, peak_mb }
+-- One table row (Markdown) for a result { name, ms, gflop, floor_ms, torch_ms, ort_ms, peak_mb }
 function M.format_row(r)
   local values = {
     r.name, r.ms, r.gflop, r.gflop and r.ms and r.gflop / r.ms * 1e3, r.floor_ms,
-    r.floor_ms and r.ms / r.floor_ms, r.torch_ms, r.torch_ms and r.ms / r.torch_ms, r.peak_mb,
+    r.floor_ms and r.ms / r.floor_ms, r.torch_ms, r.torch_ms and r.ms / r.torch_ms, r.ort_ms,
+    r.ort_ms and r.ms / r.ort_ms, r.peak_mb,
   }
   local cells = {}
   for i, col in ipairs(COLUMNS) do
@@ -386,7 +388,8 @@ function M.format_header(first)
 end
 
 M.LEGEND = "ms: fmseg, median; floor ms: the model's own products alone through fm_matmul (sgemm);\n" ..
-  "t/floor, t/torch: fmseg's time over the floor's / PyTorch's (below 1: fmseg takes less);\n" ..
+  "t/floor, t/torch, t/ort: fmseg's time over the floor's / PyTorch's / ONNX Runtime's (below 1: fmseg takes\n" ..
+  "less; ONNX Runtime runs PyTorch's model exported by torch.onnx, bench/ort_bench.js);\n" ..
   "peak MB: the process's peak RSS during that model."
 
 -- Suites ---------------------------------------------------------------------------
@@ -395,13 +398,17 @@ local Suite = {}
 Suite.__index = Suite
 
 -- A benchmark file's results: build/bench/<name>.json, with PyTorch's
--- from build/bench/torch_<name>.json (bench/torch_<name>.py) when present.
+-- from build/bench/torch_<name>.json (bench/torch_<name>.py) and ONNX
+-- Runtime's from build/bench/ort_<name>.json (bench/ort_bench.js) when
+-- present.
 function M.suite(name)
   local torch = read_json(("%s/torch_%s.json"):format(M.OUT, name)) or {}
+  local ort = read_json(("%s/ort_%s.json"):format(M.OUT, name)) or {}
   print(("%s — %d threads, OpenBLAS %s kernels, load average %s%s"):format(name, M.threads(),
     ffi.string(C.fm_blas_core()), M.loadavg(), torch.torch and (", PyTorch " .. torch.torch .. " results found") or ""))
   print(M.format_header())
-  return setmetatable({ name = name, rows = {}, torch = torch.models or {} }, Suite)
+  if ort.ort then print(("ONNX Runtime %s results found"):format(ort.ort)) end
+  return setmetatable({ name = name, rows = {}, torch = torch.models or {}, ort = ort.models or {} }, Suite)
 end
 
 -- Times fn (one forward pass that frees what it returns): a recorded pass
@@ -424,10 +431,10 @@ function Suite:model(name, fn, opts)
     if i > #times then times[#times + 1] = time_once(fn) end
     floors[i] = time_once(floor)
   end
-  local torch = self.torch[name]
+  local torch, ort = self.torch[name], self.ort[name]
   local row = {
     name = name, ms = median(times) * 1e3, gflop = record.flops * 1e-9, floor_ms = median(floors) * 1e3,
-    torch_ms = torch and torch.ms, torch_peak_mb = torch and torch.peak_mb, peak_mb = peak,
+    torch_ms = torch and torch.ms, torch_peak_mb = torch and torch.peak_mb, ort_ms = ort and ort.ms, peak_mb = peak,
     runs = #times, load = M.loadavg(),
   }
   free_floor()

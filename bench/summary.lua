@@ -1,6 +1,6 @@
 -- summary.lua — the last step of `make bench`: one table of every result
--- in build/bench/ (bench_kernels, bench_*.lua with PyTorch's times beside
--- them), printed and written to build/bench/summary.md.
+-- in build/bench/ (bench_kernels, bench_*.lua with PyTorch's and ONNX
+-- Runtime's times beside them), printed and written to build/bench/summary.md.
 --
 --   ./fmseg run bench/summary.lua
 local bench = require("benchlib")
@@ -26,9 +26,10 @@ end
 local lines = {}
 local function out(s) lines[#lines + 1] = s or "" end
 
-local torch
+local torch, ort
 for _, s in ipairs(SUITES) do
   torch = torch or bench.read_json(("%s/torch_%s.json"):format(bench.OUT, s))
+  ort = ort or bench.read_json(("%s/ort_%s.json"):format(bench.OUT, s))
 end
 local start = first_line(bench.OUT .. "/loadavg.start")
 out("# fmseg benchmarks")
@@ -37,6 +38,9 @@ out(("%s, %d threads; load average %s at the start, %s at the end (1, 5, 15 min)
   cpu_model(), bench.threads(), start and start:match("^(%S+ %S+ %S+)") or "?", bench.loadavg()))
 out(torch and ("PyTorch %s, %d threads, OMP_WAIT_POLICY=passive, run just before each fmseg suite."):format(
   torch.torch, torch.threads) or "PyTorch: not found (no t/torch column).")
+out(ort and ("ONNX Runtime %s (onnxruntime-node, CPU provider), %d threads, passive waiting, on PyTorch's models "
+  .. "exported by torch.onnx (the ViTs and the SAM encoder)."):format(ort.ort, ort.threads)
+  or "ONNX Runtime: not run (no t/ort column; needs npm and python3-torch).")
 if bench.quick() then out("FMSEG_BENCH_QUICK: SD, SAM and SAM 2 at 1024 skipped.") end
 out()
 out("## Models")

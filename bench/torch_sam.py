@@ -138,7 +138,7 @@ def main():
     model = Encoder().eval()
     x = torch.randn(1, 3, SIZE, SIZE)
     res.model(f"sam-vit-b encoder {SIZE}", lambda: model(x), warmup=1 if repeats > 1 else 0,
-              repeats=repeats)
+              repeats=repeats, onnx=(model, [x]))
     amg_rows(res)
     res.finish()
 

@@ -77,7 +77,7 @@ def main():
     x = torch.rand(1, 3, 224, 224) * 4 - 2
     for name, cfg in CONFIGS.items():
         model = Tower(**cfg).eval()
-        res.model(name, lambda: model(x), warmup=2, repeats=repeats)
+        res.model(name, lambda: model(x), warmup=2, repeats=repeats, onnx=(model, [x]))
         del model
     res.finish()
 
