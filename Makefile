@@ -117,7 +117,9 @@ test-lua: all $(TEST_HELPERS)
 # torch) just before fmseg's (bench/bench_SUITE.lua), so that both see the
 # same load; bench/summary.lua then prints one table (build/bench/summary.md).
 # The C benchmarks wait passively, as ./fmseg does (lua/main.c), and every
-# process gets the OpenBLAS kernels ./fmseg runs with (bench/blas_core.lua).
+# process gets the same OpenBLAS kernels: those the CPU can run
+# (bench/blas_core.lua, FMSEG_BLAS_UPGRADE's choice) unless OPENBLAS_CORETYPE
+# is set.
 # ONNX Runtime runs PyTorch's models too (exported by torch.onnx; the t/ort
 # column) where npm exists: onnxruntime-node, CPU provider, installed under
 # build/bench/node with --ignore-scripts (the CPU runtime is in the package;

@@ -46,15 +46,19 @@ static int traceback(lua_State *L) {
  * they load, before main: to change them we set them and start again.
  * Spinning threads cost up to 5x on a busy 2-core machine (a segment run:
  * 0.9-5.9 s spinning, 1 s passive). OpenBLAS falls back to pre-AVX2 kernels
- * on CPUs newer than it knows (4x slower products; fm_blas_core_upgrade).
- * Values the user set are kept. */
+ * on CPUs newer than it knows (4x slower products; fm_blas_core_upgrade):
+ * FMSEG_BLAS_UPGRADE=1 asks for the kernels the CPU can run. That is not
+ * the default because other kernels sum in another order, and results move
+ * in their last digits (fmseg --version says what runs). Values the user
+ * set are kept. */
 static void ensure_runtime_env(char **argv) {
   int again = 0;
   if (!getenv("OMP_WAIT_POLICY")) {
     setenv("OMP_WAIT_POLICY", "passive", 1);
     again = 1;
   }
-  const char *core = fm_blas_core_upgrade();
+  const char *upgrade = getenv("FMSEG_BLAS_UPGRADE");
+  const char *core = upgrade && strcmp(upgrade, "1") == 0 ? fm_blas_core_upgrade() : NULL;
   if (core) {
     setenv("FMSEG_BLAS_FALLBACK", fm_blas_core(), 1);   /* for fmseg --version */
     setenv("OPENBLAS_CORETYPE", core, 1);

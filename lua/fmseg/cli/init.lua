@@ -34,7 +34,8 @@ local function usage_text()
   lines[#lines + 1] = "  fmseg --help | --version"
   lines[#lines + 1] = "Each command's options: fmseg COMMAND --help."
   lines[#lines + 1] = "Environment: FMSEG_THREADS (threads), FMSEG_CACHE (text classifiers; off),"
-  lines[#lines + 1] = "  FMSEG_FIXTURES (test fixtures), FMSEG_DEBUG (tracebacks)."
+  lines[#lines + 1] = "  FMSEG_FIXTURES (test fixtures), FMSEG_DEBUG (tracebacks), FMSEG_BLAS_UPGRADE=1 (OpenBLAS"
+  lines[#lines + 1] = "  kernels for this CPU when OpenBLAS fell back to older ones: fmseg --version says)."
   return table.concat(lines, "\n")
 end
 
@@ -47,9 +48,15 @@ function M.main(args)
   if name == "--version" or name == "version" then
     local core = require("fmseg.core")
     print("fmseg " .. require("fmseg").version())
-    local fallback = os.getenv("FMSEG_BLAS_FALLBACK")
-    print(("OpenBLAS kernels: %s, %d threads%s"):format(core.ffi.string(core.C.fm_blas_core()), core.C.fm_get_threads(),
-      fallback and (" (OPENBLAS_CORETYPE set by fmseg: OpenBLAS had taken this CPU for %s)"):format(fallback) or ""))
+    local fallback, running = os.getenv("FMSEG_BLAS_FALLBACK"), core.ffi.string(core.C.fm_blas_core())
+    print(("OpenBLAS kernels: %s, %d threads%s"):format(running, core.C.fm_get_threads(),
+      fallback and (" (FMSEG_BLAS_UPGRADE: OpenBLAS had taken this CPU for %s)"):format(fallback) or ""))
+    local better = core.C.fm_blas_core_upgrade()
+    if better ~= nil then
+      print(("  OpenBLAS fell back to %s kernels, which predate AVX2, on a CPU that runs %s ones: "
+        .. "FMSEG_BLAS_UPGRADE=1 (or OPENBLAS_CORETYPE=%s) makes products about 4x faster; results then "
+        .. "differ in their last digits"):format(running, core.ffi.string(better), core.ffi.string(better)))
+    end
     return 0
   end
   local known = false
