@@ -116,8 +116,13 @@ function recipe.global_features(state, x224, masks)
   local x = clip:encode_image(x224, { layers = mb }).last                   -- (1, 1 + g*g, C)
   local tokens = x:size(2)
   local g = math.floor(math.sqrt(tokens - 1) + 0.5)
-  local stack = T.stack(masks, 1):float():reshape(1, #masks, masks[1]:size(1), masks[1]:size(2))
-  local m = nn.interpolate(stack, g, g, { mode = "bilinear" }):reshape(#masks, g * g, 1)
+  -- each mask to the grid on its own: a float copy of all of them at once
+  -- would be N x H x W floats (120 MB for 100 masks of a COCO image)
+  local small = {}
+  for i, mask in ipairs(masks) do
+    small[i] = nn.interpolate(mask:float():reshape(1, 1, mask:size(1), mask:size(2)), g, g, { mode = "bilinear" })
+  end
+  local m = T.cat(small, 1):reshape(#masks, g * g, 1)
   local zeros = T.zeros({ #masks, 1, 1 })
   for i = mb + 1, #layers do
     local cls = x:narrow(2, 1, 1) + zeros                                  -- (N, 1, C)
