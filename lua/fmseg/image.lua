@@ -65,6 +65,23 @@ function M.from_chw(x)
   return x:clamp(0, 255):round():permute(2, 3, 1):contiguous():byte()
 end
 
+-- (H, W, 3) uint8 RGB → (H, W) uint8 0/1: the pixels whose fixed-point grey
+-- floor((R wr + G wg + B wb + 2^(bits−1)) / 2^bits) is at least `min`, as the
+-- libraries threshold mask images: PIL's convert('L') is M.PIL_GREY (ITU-R
+-- 601-2 in 16 bits), OpenCV's BGR2GRAY M.CV2_GREY (14 bits).
+M.PIL_GREY = { 19595, 38470, 7471, bits = 16 }
+M.CV2_GREY = { 4899, 9617, 1868, bits = 14 }
+function M.grey_at_least(img, weights, min)
+  local h, w = img:size(1), img:size(2)
+  local out = T.zeros({ h, w }, "uint8")
+  local ip, op = img:contiguous():ptr(), out:ptr()
+  local wr, wg, wb, half, scale = weights[1], weights[2], weights[3], 2 ^ (weights.bits - 1), 2 ^ weights.bits
+  for k = 0, h * w - 1 do
+    if math.floor((ip[3 * k] * wr + ip[3 * k + 1] * wg + ip[3 * k + 2] * wb + half) / scale) >= min then op[k] = 1 end
+  end
+  return out
+end
+
 -- PIL-style antialiased resize of an (H, W, C) uint8 image.
 function M.resize_pil(img, oh, ow, mode)
   local out = T.new({ oh, ow, img:size(3) }, "uint8")

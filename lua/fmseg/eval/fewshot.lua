@@ -278,17 +278,8 @@ local function open_fss(spec, ds)
   ds.split_file = path
 end
 
--- PIL's convert('L') of an RGB image (ITU-R 601-2: (R 19595 + G 38470 + B 7471 + 2^15) >> 16) >= 128 → 0/1
-function M.pil_grey_mask(img)
-  local h, w = img:size(1), img:size(2)
-  local out = T.zeros({ h, w }, "uint8")
-  local ip, op = img:contiguous():ptr(), out:ptr()
-  for k = 0, h * w - 1 do
-    local l = math.floor((ip[3 * k] * 19595 + ip[3 * k + 1] * 38470 + ip[3 * k + 2] * 7471 + 32768) / 65536)
-    if l >= 128 then op[k] = 1 end
-  end
-  return out
-end
+-- PIL's convert('L') of an RGB image (ITU-R 601-2) >= 128 → 0/1
+function M.pil_grey_mask(img) return image.grey_at_least(img, image.PIL_GREY, 128) end
 
 -- ---- LVIS-92i ---------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@
 -- intersection / (Σ union + 1e-10) over its images, Acc = Σ intersection /
 -- (Σ target + 1e-10); mIoU and mAcc average the classes.
 local data = require("fmseg.eval.data")
+local image = require("fmseg.image")
 local fs = require("fmseg.io.fs")
 local skipped = require("fmseg.eval.skipped")
 local T = require("fmseg.tensor")
@@ -76,18 +77,8 @@ function Dataset:image(i)
   return data.read_image(item.image, "item " .. item.id)
 end
 
--- OpenCV's BGR2GRAY (fixed point: (R 4899 + G 9617 + B 1868 + 2^13) >> 14)
--- of an (H, W, 3) RGB image, above 0 → (H, W) uint8 0/1
-function M.grey_mask(img)
-  local h, w = img:size(1), img:size(2)
-  local out = T.zeros({ h, w }, "uint8")
-  local ip, op = img:contiguous():ptr(), out:ptr()
-  for k = 0, h * w - 1 do
-    local r, g, b = ip[3 * k], ip[3 * k + 1], ip[3 * k + 2]
-    if math.floor((r * 4899 + g * 9617 + b * 1868 + 8192) / 16384) > 0 then op[k] = 1 end
-  end
-  return out
-end
+-- OpenCV's BGR2GRAY of an (H, W, 3) RGB image, above 0 → (H, W) uint8 0/1
+function M.grey_mask(img) return image.grey_at_least(img, image.CV2_GREY, 1) end
 
 function Dataset:mask(i)
   local item = self.items[i]
